@@ -1,0 +1,306 @@
+//! Segments: the header every segment starts with, the writer that appends
+//! records and switches segments, and the reader.
+//!
+//! Segment header (20 bytes):
+//!
+//! ```text
+//! offset size field
+//!  0     8    magic "SHOALLOG"
+//!  8     2    segment format version (1), u16 LE
+//! 10     2    reserved, zero
+//! 12     4    segment number, u32 LE
+//! 16     4    CRC-32C of bytes 0..16, u32 LE
+//! ```
+//!
+//! The first record of segment n is at LSN (n, 20).
+
+use super::record::{encode_record, reseal, RecordBody, RecordView, RECORD_HEADER_LEN};
+use super::{LogError, RecordError};
+use crate::config::Limits;
+use crate::ids::{Generation, Lsn};
+use crate::traits::Storage;
+use alloc::vec::Vec;
+
+/// Length of a segment header; the offset of its first record.
+pub const SEGMENT_HEADER_LEN: usize = 20;
+/// Magic bytes at the start of every segment.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SHOALLOG";
+/// The segment format version this build writes and reads.
+pub const SEGMENT_VERSION: u16 = 1;
+/// The number of the first segment of a new log.
+pub const FIRST_SEGMENT: u32 = 1;
+
+/// The header at the start of a segment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SegmentHeader {
+    /// The segment's number.
+    pub number: u32,
+}
+
+impl SegmentHeader {
+    /// Encode the header.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut h = [0u8; SEGMENT_HEADER_LEN];
+        h[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        h[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&self.number.to_le_bytes());
+        let crc = crate::crc::checksum(&h[0..16]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Decode and check a header; `None` for anything malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let h = bytes.get(..SEGMENT_HEADER_LEN)?;
+        if h[0..8] != SEGMENT_MAGIC
+            || u16::from_le_bytes([h[8], h[9]]) != SEGMENT_VERSION
+            || h[10..12] != [0, 0]
+        {
+            return None;
+        }
+        let crc = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
+        if crc != crate::crc::checksum(&h[0..16]) {
+            return None;
+        }
+        Some(SegmentHeader {
+            number: u32::from_le_bytes([h[12], h[13], h[14], h[15]]),
+        })
+    }
+}
+
+/// Appends records to the log: the master's own ([`LogWriter::append`]) and
+/// those a client receives ([`LogWriter::append_raw`]), at the LSNs the
+/// master gave them.
+#[derive(Clone, Debug)]
+pub struct LogWriter {
+    next: Lsn,
+    last: Lsn,
+    last_generation: Generation,
+    /// Whether segment `next.file` exists in storage yet.
+    open: bool,
+    limits: Limits,
+    scratch: Vec<u8>,
+}
+
+impl LogWriter {
+    /// A writer continuing the log that recovery found.
+    pub fn new(recovered: &super::Recovered, limits: Limits) -> Self {
+        LogWriter {
+            next: recovered.next,
+            last: recovered.last,
+            last_generation: recovered.last_generation,
+            open: recovered.segment_open,
+            limits,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Where the next record goes (unless it forces a segment switch).
+    pub fn next_lsn(&self) -> Lsn {
+        self.next
+    }
+
+    /// LSN of the last record, or [`Lsn::ZERO`] for an empty log.
+    pub fn last_lsn(&self) -> Lsn {
+        self.last
+    }
+
+    /// Generation of the last record (zero for an empty log).
+    pub fn last_generation(&self) -> Generation {
+        self.last_generation
+    }
+
+    fn place(&self, total: usize) -> Lsn {
+        let end = self.next.offset as u64 + total as u64;
+        if end > self.limits.segment_size as u64 && self.next.offset as usize > SEGMENT_HEADER_LEN {
+            Lsn::new(self.next.file + 1, SEGMENT_HEADER_LEN as u32)
+        } else {
+            self.next
+        }
+    }
+
+    fn write_at<S: Storage>(
+        &mut self,
+        s: &mut S,
+        lsn: Lsn,
+        record: &[u8],
+        generation: Generation,
+    ) -> Result<(), LogError<S::Error>> {
+        if lsn.file != self.next.file || !self.open {
+            s.create_segment(lsn.file).map_err(LogError::Storage)?;
+            let h = SegmentHeader { number: lsn.file }.encode();
+            s.append(lsn.file, &h).map_err(LogError::Storage)?;
+            self.open = true;
+        }
+        s.append(lsn.file, record).map_err(LogError::Storage)?;
+        self.last = lsn;
+        self.last_generation = generation;
+        self.next = Lsn::new(lsn.file, lsn.offset + record.len() as u32);
+        Ok(())
+    }
+
+    /// Encode and append a record written by this site; returns its LSN.
+    pub fn append<S: Storage>(
+        &mut self,
+        s: &mut S,
+        generation: Generation,
+        body: &RecordBody<'_, '_>,
+    ) -> Result<Lsn, LogError<S::Error>> {
+        let mut buf = core::mem::take(&mut self.scratch);
+        buf.clear();
+        let res = encode_record(self.next, generation, body, &mut buf, &self.limits)
+            .map_err(LogError::Record)
+            .and_then(|n| {
+                let lsn = self.place(n);
+                if lsn != self.next {
+                    reseal(&mut buf, lsn);
+                }
+                self.write_at(s, lsn, &buf, generation).map(|_| lsn)
+            });
+        self.scratch = buf;
+        res
+    }
+
+    /// Append a record received from the master at `lsn`. It must be the
+    /// log's next position, or the first record of the next segment.
+    pub fn append_raw<S: Storage>(
+        &mut self,
+        s: &mut S,
+        lsn: Lsn,
+        record: &[u8],
+    ) -> Result<(), LogError<S::Error>> {
+        let view = RecordView::parse(record, lsn, &self.limits)?;
+        if view.bytes.len() != record.len() {
+            return Err(LogError::Record(RecordError::BadBody));
+        }
+        let switch = lsn.file == self.next.file + 1
+            && lsn.offset as usize == SEGMENT_HEADER_LEN
+            && self.open;
+        if lsn != self.next && !switch {
+            return Err(LogError::OutOfOrder {
+                expected: self.next,
+                got: lsn,
+            });
+        }
+        if lsn.offset as u64 + record.len() as u64 > u32::MAX as u64 {
+            return Err(LogError::Record(RecordError::BadLsn));
+        }
+        self.write_at(s, lsn, record, view.generation)
+    }
+
+    /// Remove every record at or after `at` (rollback, P2). `at` must be the
+    /// LSN of a record in the log or the log's next position; `prev` is the
+    /// LSN of the record before `at` (zero if none) and its generation.
+    pub fn truncate<S: Storage>(
+        &mut self,
+        s: &mut S,
+        at: Lsn,
+        prev: Lsn,
+        prev_generation: Generation,
+    ) -> Result<(), LogError<S::Error>> {
+        if at > self.next || at.offset < SEGMENT_HEADER_LEN as u32 {
+            return Err(LogError::BadTruncate(at));
+        }
+        for seg in s.segments().map_err(LogError::Storage)? {
+            if seg > at.file {
+                s.remove_segment(seg).map_err(LogError::Storage)?;
+            }
+        }
+        if self.open || at.file < self.next.file {
+            s.truncate(at.file, at.offset as u64)
+                .map_err(LogError::Storage)?;
+        }
+        s.sync().map_err(LogError::Storage)?;
+        self.open = self.open || at.file < self.next.file;
+        self.next = at;
+        self.last = prev;
+        self.last_generation = prev_generation;
+        Ok(())
+    }
+
+    /// Drop the whole log and continue it at `start`, the first LSN of a
+    /// segment (internal initialisation, S6).
+    pub fn restart_at<S: Storage>(
+        &mut self,
+        s: &mut S,
+        start: Lsn,
+    ) -> Result<(), LogError<S::Error>> {
+        if start.offset as usize != SEGMENT_HEADER_LEN || start.file == 0 {
+            return Err(LogError::BadTruncate(start));
+        }
+        for seg in s.segments().map_err(LogError::Storage)? {
+            s.remove_segment(seg).map_err(LogError::Storage)?;
+        }
+        s.sync().map_err(LogError::Storage)?;
+        self.next = start;
+        self.last = Lsn::ZERO;
+        self.last_generation = Generation(0);
+        self.open = false;
+        Ok(())
+    }
+}
+
+/// Reads records by LSN, through a buffer it owns.
+#[derive(Clone, Debug)]
+pub struct LogReader {
+    limits: Limits,
+    buf: Vec<u8>,
+}
+
+impl LogReader {
+    /// A reader for logs within `limits`.
+    pub fn new(limits: Limits) -> Self {
+        LogReader {
+            limits,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Read the record at `lsn`. An LSN at the very end of a segment is read
+    /// as the first record of the next one. Returns the record and the LSN
+    /// just past it (the next record's LSN unless a segment switch follows).
+    pub fn read<S: Storage>(
+        &mut self,
+        s: &mut S,
+        lsn: Lsn,
+    ) -> Result<(RecordView<'_>, Lsn), LogError<S::Error>> {
+        let mut lsn = lsn;
+        let len = s
+            .segment_len(lsn.file)
+            .map_err(|_| LogError::NotFound(lsn))?;
+        if lsn.offset as u64 >= len {
+            lsn = Lsn::new(lsn.file + 1, SEGMENT_HEADER_LEN as u32);
+            if s.segment_len(lsn.file).is_err() {
+                return Err(LogError::NotFound(lsn));
+            }
+        }
+        if (lsn.offset as usize) < SEGMENT_HEADER_LEN {
+            return Err(LogError::NotFound(lsn));
+        }
+        self.buf.clear();
+        self.buf.resize(RECORD_HEADER_LEN, 0);
+        let n = s
+            .read(lsn.file, lsn.offset as u64, &mut self.buf)
+            .map_err(LogError::Storage)?;
+        if n < RECORD_HEADER_LEN {
+            return Err(LogError::NotFound(lsn));
+        }
+        let total = RecordView::total_len(&self.buf, &self.limits)?;
+        self.buf.resize(total, 0);
+        let n = s
+            .read(
+                lsn.file,
+                lsn.offset as u64 + RECORD_HEADER_LEN as u64,
+                &mut self.buf[RECORD_HEADER_LEN..],
+            )
+            .map_err(LogError::Storage)?;
+        if n < total - RECORD_HEADER_LEN {
+            return Err(LogError::Record(RecordError::Truncated {
+                need: total,
+                have: RECORD_HEADER_LEN + n,
+            }));
+        }
+        let view = RecordView::parse(&self.buf, lsn, &self.limits)?;
+        Ok((view, Lsn::new(lsn.file, lsn.offset + total as u32)))
+    }
+}

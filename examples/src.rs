@@ -1,0 +1,1 @@
+//! Small programs that embed shoal; see `examples/`.

@@ -1,0 +1,1 @@
+//! shoal-tests: cross-crate tests, and (issue 3) the deterministic simulator.
