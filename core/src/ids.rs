@@ -89,13 +89,17 @@ pub struct CommitToken {
 #[serde(transparent)]
 pub struct Instant(pub u64);
 
-impl Instant {
+impl core::ops::Add<core::time::Duration> for Instant {
+    type Output = Instant;
+
     /// This instant plus `d`, saturating.
-    pub fn add(self, d: core::time::Duration) -> Instant {
+    fn add(self, d: core::time::Duration) -> Instant {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         Instant(self.0.saturating_add(us))
     }
+}
 
+impl Instant {
     /// Time from `earlier` to `self`, zero if `earlier` is later.
     pub fn since(self, earlier: Instant) -> core::time::Duration {
         core::time::Duration::from_micros(self.0.saturating_sub(earlier.0))

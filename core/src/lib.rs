@@ -27,6 +27,8 @@ pub mod ids;
 pub mod log;
 pub mod mem;
 pub mod meta;
+pub mod site;
+pub mod store;
 pub mod traits;
 pub mod wire;
 

@@ -1,0 +1,433 @@
+//! The client's half of the site: finding the master (R1), verifying its
+//! log against the master's and rolling back what the master lacks (S1,
+//! P2), catching up and filling gaps with a doubling re-request back-off
+//! (R2, R13), acknowledging what is durable (R5), and watching the master's
+//! heartbeat (R9).
+//!
+//! Verification bisects this site's own record index: a record matches
+//! when the master holds byte-identical bytes at the same LSN, and matching
+//! is a prefix property (one master per generation writes each record), so
+//! the common point is found in O(log n) round trips, the first of which is
+//! the site's last record (the common case: nothing to roll back).
+
+use super::*;
+use crate::wire::LogEntry;
+
+impl<S: Storage> Site<S> {
+    /// A message from a site claiming mastership of `env.generation`.
+    pub(super) fn on_new_master(&mut self, env: &Envelope) -> Result<(), Drop> {
+        if env.generation < self.meta.generation {
+            return Err(Drop::Stale);
+        }
+        match self.role {
+            Role::Idle => return Err(Drop::WrongRole),
+            Role::Master if env.generation > self.meta.generation => {
+                // A newer master exists: this one is out of date.
+                let now = self.now;
+                self.rep_start_client(now);
+            }
+            // Two masters of one generation: resolved by elections (P1).
+            Role::Master => return Err(Drop::WrongRole),
+            Role::Client => {}
+        }
+        let newer = env.generation > self.meta.generation;
+        if newer {
+            self.meta.generation = env.generation;
+            self.save_meta();
+        }
+        self.master_heard = self.now;
+        self.monitor_fired = false;
+        let same = self.master == Some(env.from) && !newer;
+        if same && self.sync != SyncState::NoMaster && self.sync != SyncState::Stuck {
+            return Ok(());
+        }
+        self.master = Some(env.from);
+        self.startup_done = false;
+        self.want = None;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.acked_sent = Lsn::ZERO;
+        self.sync_target = env.lsn;
+        self.event(Event::NewMaster(env.from));
+        if self.cfg.delay_client {
+            self.sync = SyncState::Delayed;
+        } else {
+            self.start_sync();
+        }
+        Ok(())
+    }
+
+    /// Any message from the current master: it is alive; its LSN may show
+    /// this site is missing the tail of the log.
+    pub(super) fn on_master_traffic(&mut self, env: &Envelope) -> Result<(), Drop> {
+        if self.role != Role::Client {
+            return Err(Drop::WrongRole);
+        }
+        if env.generation < self.meta.generation {
+            return Err(Drop::Stale);
+        }
+        if env.generation > self.meta.generation || self.master != Some(env.from) {
+            return self.on_new_master(env);
+        }
+        self.master_heard = self.now;
+        self.monitor_fired = false;
+        if self.sync == SyncState::Ready && env.lsn > self.writer.last_lsn() && self.want.is_none()
+        {
+            self.want_log(Lsn::ZERO, env.lsn);
+        }
+        Ok(())
+    }
+
+    /// Begin synchronising with the known master.
+    pub(super) fn start_sync(&mut self) {
+        let target = self.sync_target;
+        match self.index.len().checked_sub(1) {
+            None => {
+                self.sync = SyncState::CatchUp { target };
+                self.want_log(Lsn::ZERO, target);
+            }
+            Some(last) => {
+                self.sync = SyncState::Verify {
+                    lo: None,
+                    hi: self.index.len(),
+                    probe: last,
+                    resend_at: self.now,
+                };
+                self.send_probe();
+            }
+        }
+    }
+
+    fn send_probe(&mut self) {
+        let SyncState::Verify { lo, hi, probe, .. } = self.sync else {
+            return;
+        };
+        let (Some(master), Some(e)) = (self.master, self.index.get(probe).copied()) else {
+            return;
+        };
+        self.sync = SyncState::Verify {
+            lo,
+            hi,
+            probe,
+            resend_at: self.now + self.cfg.timeouts.rerequest_max,
+        };
+        self.send(master, Flags::NONE, &Message::VerifyReq { lsn: e.lsn });
+    }
+
+    /// VERIFY: the master's record at (or, when it has none there, before)
+    /// the probed LSN.
+    pub(super) fn on_verify(
+        &mut self,
+        env: &Envelope,
+        e: Option<&LogEntry<'_>>,
+    ) -> Result<(), Drop> {
+        let SyncState::Verify { probe, .. } = self.sync else {
+            return Err(Drop::Duplicate);
+        };
+        if self.master != Some(env.from) || env.generation != self.meta.generation {
+            return Err(Drop::Stale);
+        }
+        let Some(mine) = self.index.get(probe).copied() else {
+            return Err(Drop::Duplicate);
+        };
+        let matched = match e {
+            Some(e) if e.lsn == mine.lsn => self.read_record(mine.lsn).as_deref() == Some(e.record),
+            Some(_) => false,
+            None => return Err(Drop::Duplicate),
+        };
+        self.verify_step(matched, matched);
+        Ok(())
+    }
+
+    /// VERIFY_FAIL: the master has no record at that LSN. In verification
+    /// that means the LSN is older than the master's log; during catch-up
+    /// it means this site's position is not in the master's log at all, so
+    /// it verifies again.
+    pub(super) fn on_verify_fail(&mut self, env: &Envelope, lsn: Lsn) -> Result<(), Drop> {
+        if self.role != Role::Client || self.master != Some(env.from) {
+            return Err(Drop::WrongRole);
+        }
+        match self.sync {
+            SyncState::Verify { probe, .. } => {
+                if self.index.get(probe).map(|e| e.lsn) != Some(lsn) {
+                    return Err(Drop::Duplicate);
+                }
+                let older = self.index.get(probe).is_some_and(|e| e.lsn < env.lsn);
+                // Older than the master's whole log goes "right" (the common
+                // point, if any, is later); otherwise it is a mismatch.
+                self.verify_step(older, false);
+            }
+            SyncState::CatchUp { .. } | SyncState::Ready => self.start_sync(),
+            _ => return Err(Drop::Duplicate),
+        }
+        Ok(())
+    }
+
+    fn verify_step(&mut self, right: bool, matched: bool) {
+        let SyncState::Verify { lo, hi, probe, .. } = self.sync else {
+            return;
+        };
+        let (lo, hi) = if right {
+            (Some((probe, matched)), hi)
+        } else {
+            (lo, probe)
+        };
+        let lo_i = lo.map_or(-1, |(i, _)| i as isize);
+        if lo_i + 1 >= hi as isize {
+            match lo {
+                Some((i, true)) => self.verified(i + 1),
+                Some((_, false)) => self.no_overlap(),
+                None => self.verified(0),
+            }
+            return;
+        }
+        let mid = (lo_i + (hi as isize - lo_i) / 2) as usize;
+        self.sync = SyncState::Verify {
+            lo,
+            hi,
+            probe: mid,
+            resend_at: self.now,
+        };
+        self.send_probe();
+    }
+
+    /// The first `keep` records match the master: cut the rest and catch up.
+    fn verified(&mut self, keep: usize) {
+        if !self.rollback_to(keep) {
+            self.sync = SyncState::Stuck;
+            return;
+        }
+        let target = self.sync_target;
+        self.sync = SyncState::CatchUp { target };
+        self.want = None;
+        self.want_log(Lsn::ZERO, target);
+        self.check_caught_up();
+    }
+
+    /// This site's log shares nothing the master can still send.
+    /// Internal initialisation (S6) is not built yet, so the client stops
+    /// here with its data intact and says so.
+    fn no_overlap(&mut self) {
+        self.sync = SyncState::Stuck;
+        self.want = None;
+        self.event(Event::JoinFailure);
+    }
+
+    /// Ask the master for the log from this site's next position.
+    fn want_log(&mut self, to: Lsn, until: Lsn) {
+        let wait = self.cfg.timeouts.rerequest_min;
+        self.want = Some(Want {
+            to,
+            until,
+            next_at: self.now + wait,
+            wait,
+        });
+        self.request_log(false);
+    }
+
+    fn request_log(&mut self, rerequest: bool) {
+        let (Some(master), Some(w)) = (self.master, self.want) else {
+            return;
+        };
+        let from = if self.index.is_empty() {
+            Lsn::ZERO
+        } else {
+            self.writer.next_lsn()
+        };
+        let flags = if rerequest {
+            Flags::REREQUEST
+        } else {
+            Flags::NONE
+        };
+        self.stats.log_requests += 1;
+        self.send(master, flags, &Message::LogReq { from, to: w.to });
+    }
+
+    /// One LOG record from the master.
+    pub(super) fn on_log(&mut self, env: &Envelope, e: &LogEntry<'_>) -> Result<(), Drop> {
+        self.on_master_traffic(env)?;
+        if !matches!(self.sync, SyncState::Ready | SyncState::CatchUp { .. }) {
+            // Verifying or delayed: records are fetched after the common
+            // point is known.
+            return Ok(());
+        }
+        let last = self.writer.last_lsn();
+        if e.lsn <= last {
+            self.stats.duplicates += 1;
+            if env.flags.contains(Flags::PERMANENT) && self.flushed >= e.lsn {
+                // The first ack may have been lost: say it again.
+                self.acked_sent = Lsn::ZERO;
+                self.maybe_ack();
+            }
+            return Err(Drop::Duplicate);
+        }
+        let permanent = env.flags.contains(Flags::PERMANENT);
+        if e.prev == last {
+            self.apply_entry(e.lsn, e.record, permanent)?;
+            self.drain_pending();
+            self.after_progress();
+            return Ok(());
+        }
+        // Early: keep it (bounded) and ask for the gap.
+        if !self.pending.contains_key(&e.lsn) {
+            if self.pending_bytes + e.record.len() > self.cfg.limits.max_pending_bytes as usize {
+                return Err(Drop::PendingFull);
+            }
+            self.pending_bytes += e.record.len();
+            self.pending
+                .insert(e.lsn, (e.prev, e.record.to_vec(), permanent));
+        }
+        if self.want.is_none() {
+            self.want_log(e.lsn, e.prev);
+        }
+        Ok(())
+    }
+
+    fn apply_entry(&mut self, lsn: Lsn, record: &[u8], permanent: bool) -> Result<(), Drop> {
+        if self.index.is_empty() && lsn != self.writer.next_lsn() {
+            // The master's log starts later than this empty log's default.
+            if self.writer.restart_at(&mut self.storage, lsn).is_err() {
+                return Err(Drop::Duplicate);
+            }
+        }
+        let entry = self
+            .append_replicated(lsn, record)
+            .map_err(|_| Drop::Duplicate)?;
+        if permanent || matches!(entry.kind, RecordKind::Commit | RecordKind::Membership) {
+            self.perm_lsn = entry.lsn;
+            self.ask_flush(entry.lsn);
+        }
+        Ok(())
+    }
+
+    fn drain_pending(&mut self) {
+        while let Some((&lsn, _)) = self.pending.iter().next() {
+            let last = self.writer.last_lsn();
+            let Some((prev, record, permanent)) = self.pending.get(&lsn).cloned() else {
+                break;
+            };
+            if lsn <= last {
+                self.pending.remove(&lsn);
+                self.pending_bytes -= record.len();
+                continue;
+            }
+            if prev != last {
+                break;
+            }
+            self.pending.remove(&lsn);
+            self.pending_bytes -= record.len();
+            if self.apply_entry(lsn, &record, permanent).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// After records were applied: reset the back-off, settle the
+    /// outstanding request, wake waiters, and see if sync is done.
+    fn after_progress(&mut self) {
+        let last = self.writer.last_lsn();
+        let min = self.cfg.timeouts.rerequest_min;
+        if let Some(w) = self.want.as_mut() {
+            w.wait = min;
+            w.next_at = self.now + min;
+        }
+        if self.want.is_some_and(|w| last >= w.until) && self.pending.is_empty() {
+            self.want = None;
+        }
+        if self.want.is_none() {
+            if let Some((&lsn, (prev, _, _))) = self.pending.iter().next() {
+                let prev = *prev;
+                self.want_log(lsn, prev);
+            }
+        }
+        self.check_caught_up();
+        self.check_waiters();
+    }
+
+    fn check_caught_up(&mut self) {
+        if let SyncState::CatchUp { target } = self.sync {
+            if self.writer.last_lsn() >= target {
+                self.sync = SyncState::Ready;
+                if !self.startup_done {
+                    self.startup_done = true;
+                    self.event(Event::StartupDone);
+                }
+                self.maybe_ack();
+            }
+        }
+    }
+
+    /// LOG_MORE: the master stopped at its answer cap; ask for the rest.
+    pub(super) fn on_log_more(&mut self, env: &Envelope, _next: Lsn) -> Result<(), Drop> {
+        self.on_master_traffic(env)?;
+        if self.want.is_some() {
+            self.request_log(false);
+        }
+        Ok(())
+    }
+
+    /// Acknowledge what is durable, if it covers a permanent record not yet
+    /// acknowledged (R5). Views never ack (R12).
+    pub(super) fn maybe_ack(&mut self) {
+        if self.cfg.view || !matches!(self.sync, SyncState::Ready | SyncState::CatchUp { .. }) {
+            return;
+        }
+        let Some(master) = self.master else {
+            return;
+        };
+        let durable = self.flushed.min(self.writer.last_lsn());
+        if self.perm_lsn > self.acked_sent && durable > self.acked_sent {
+            self.acked_sent = durable;
+            self.send(master, Flags::NONE, &Message::Ack { lsn: durable });
+        }
+    }
+
+    pub(super) fn monitor_deadline(&self) -> Option<Instant> {
+        let d = self.cfg.timeouts.heartbeat_monitor;
+        if self.role != Role::Client || self.master.is_none() || d.is_zero() || self.monitor_fired {
+            return None;
+        }
+        Some(self.master_heard + d)
+    }
+
+    pub(super) fn client_timeouts(&mut self) {
+        if self.role != Role::Client {
+            return;
+        }
+        let now = self.now;
+        if let Some(w) = self.want {
+            if w.next_at <= now {
+                let wait = (w.wait * 2).min(self.cfg.timeouts.rerequest_max);
+                self.want = Some(Want {
+                    wait,
+                    next_at: now + wait,
+                    ..w
+                });
+                self.request_log(true);
+            }
+        }
+        if let SyncState::Verify { resend_at, .. } = self.sync {
+            if resend_at <= now {
+                self.send_probe();
+            }
+        }
+        if self.monitor_deadline().is_some_and(|d| d <= now) {
+            // R9: the master went quiet. Elections (E1) take over from here;
+            // until then the client looks for a master.
+            self.monitor_fired = true;
+            self.master = None;
+            self.sync = SyncState::NoMaster;
+            self.want = None;
+            self.event(Event::MasterFailure);
+            self.find_master_at = Some(now);
+        }
+        if self.find_master_at.is_some_and(|t| t <= now) {
+            if self.master.is_none() {
+                self.broadcast(Flags::NONE, &Message::MasterReq);
+                self.find_master_at = Some(now + self.cfg.timeouts.election);
+            } else {
+                self.find_master_at = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The master's half of the site: commits and their acks (R3-R5), serving
+//! log and verify requests (R2, S1), membership changes (R7), heartbeats
+//! (R9) and checkpoints (R8).
+
+use super::acks::{self, GroupShape};
+use super::*;
+use crate::config::Durability;
+use crate::log::{Checkpoint, MemberAction, Op, RecordError};
+use crate::wire::{JoinAnswer, JoinReq, JoinResult, LogEntry, Member as WireMember};
+
+impl<S: Storage> Site<S> {
+    pub(super) fn group_shape(&self) -> GroupShape {
+        let me = self.meta.site;
+        let mut g = GroupShape {
+            nsites: 0,
+            nvotes: self.cfg.nvotes,
+            clients: 0,
+            electable_clients: 0,
+            connected_clients: 0,
+            master_electable: self.cfg.effective_priority() > 0,
+        };
+        let mut members = 0;
+        for m in self.members.iter().filter(|m| !m.is_view()) {
+            members += 1;
+            if m.id == me {
+                continue;
+            }
+            g.clients += 1;
+            g.electable_clients += u32::from(m.is_electable());
+            g.connected_clients += u32::from(m.connected);
+        }
+        g.nsites = self.cfg.nsites.unwrap_or(members.max(1));
+        g
+    }
+
+    pub(super) fn commit_inner(
+        &mut self,
+        ops: &[Op<'_>],
+        durability: Durability,
+    ) -> Result<RequestId, CommitError> {
+        if self.role != Role::Master {
+            return Err(CommitError::NotMaster(self.master));
+        }
+        if ops.is_empty() {
+            return Err(CommitError::Invalid(RecordError::LimitExceeded(
+                "operation count (a transaction needs at least one operation)",
+            )));
+        }
+        if self.commits.len() >= self.cfg.limits.max_pending_commits as usize {
+            return Err(CommitError::Busy);
+        }
+        let txn_id = self.next_txn;
+        let body = RecordBody::Commit {
+            txn_id,
+            timestamp: self.now,
+            ops,
+        };
+        let entry = match self.append_own(&body) {
+            Ok(e) => e,
+            Err(LogError::Record(e)) => return Err(CommitError::Invalid(e)),
+            Err(_) => return Err(CommitError::Storage),
+        };
+        self.next_txn += 1;
+        self.writes_since_checkpoint = true;
+        let id = self.new_request();
+        let token = CommitToken {
+            lsn: entry.lsn,
+            generation: entry.generation,
+        };
+        self.ship(entry, true);
+        let need = acks::need(self.cfg.ack_policy, &self.group_shape());
+        let sync = durability == Durability::Sync;
+        if sync {
+            self.ask_flush(entry.lsn);
+        }
+        self.commits.push_back(PendingCommit {
+            id,
+            token,
+            sync,
+            deadline: self.now + self.cfg.timeouts.ack,
+            acks: 0,
+            needed: need.acks,
+            permanent: need.acks == 0,
+            timed_out: need.impossible,
+        });
+        if need.impossible {
+            // The group cannot supply the acks: the commit stands locally,
+            // the log is flushed, and PERM_FAILED is raised (R5).
+            self.ask_flush(entry.lsn);
+        }
+        self.progress_commits();
+        self.check_waiters();
+        Ok(id)
+    }
+
+    /// Send a record just appended to every other member.
+    pub(super) fn ship(&mut self, entry: IndexEntry, permanent: bool) {
+        let prev = self
+            .index
+            .len()
+            .checked_sub(2)
+            .map_or(Lsn::ZERO, |p| self.index[p].lsn);
+        let Some(record) = self.read_record(entry.lsn) else {
+            return;
+        };
+        let flags = if permanent {
+            Flags::PERMANENT
+        } else {
+            Flags::NONE
+        };
+        let msg = Message::Log(LogEntry {
+            lsn: entry.lsn,
+            prev,
+            record: &record,
+        });
+        self.broadcast(flags, &msg);
+    }
+
+    /// Count acks and answer every commit that is done, in order.
+    pub(super) fn progress_commits(&mut self) {
+        if self.commits.is_empty() {
+            return;
+        }
+        let shape = self.group_shape();
+        let need = acks::need(self.cfg.ack_policy, &shape);
+        let me = self.meta.site;
+        let all_available = self.cfg.ack_policy == crate::config::AckPolicy::AllAvailable;
+        for i in 0..self.commits.len() {
+            let c = self.commits[i];
+            if c.permanent || c.timed_out {
+                continue;
+            }
+            let acks = self
+                .members
+                .iter()
+                .filter(|m| m.id != me && !m.is_view() && m.acked >= c.token.lsn)
+                .filter(|m| !need.electable_only || m.is_electable())
+                .filter(|m| !all_available || m.connected)
+                .count() as u32;
+            let c = &mut self.commits[i];
+            c.acks = acks;
+            c.needed = need.acks;
+            if acks >= need.acks && !need.impossible {
+                c.permanent = true;
+            }
+        }
+        // Answer from the front, so answers come in commit order.
+        while let Some(c) = self.commits.front().copied() {
+            let flushed = self.flushed >= c.token.lsn;
+            let local_ok = !c.sync || flushed;
+            let done = (c.permanent && local_ok) || (c.timed_out && flushed);
+            if !done {
+                break;
+            }
+            self.commits.pop_front();
+            self.stats.commits += 1;
+            if !c.permanent {
+                self.stats.perm_failed += 1;
+                self.event(Event::PermFailed(c.token.lsn));
+            }
+            self.answer(Answer::Commit {
+                id: c.id,
+                result: Ok(CommitOutcome {
+                    token: c.token,
+                    permanent: c.permanent,
+                    acks: c.acks,
+                    needed: c.needed,
+                    flushed,
+                }),
+            });
+        }
+    }
+
+    pub(super) fn fail_pending_commits(&mut self) {
+        // Commits in flight when mastership is lost: they are in this
+        // site's log, but whether they survive depends on the next master.
+        while let Some(c) = self.commits.pop_front() {
+            self.stats.perm_failed += 1;
+            self.event(Event::PermFailed(c.token.lsn));
+            self.answer(Answer::Commit {
+                id: c.id,
+                result: Ok(CommitOutcome {
+                    token: c.token,
+                    permanent: false,
+                    acks: c.acks,
+                    needed: c.needed,
+                    flushed: self.flushed >= c.token.lsn,
+                }),
+            });
+        }
+    }
+
+    pub(super) fn on_ack(&mut self, env: &Envelope, lsn: Lsn) -> Result<(), Drop> {
+        if self.role != Role::Master {
+            return Err(Drop::WrongRole);
+        }
+        if env.generation != self.meta.generation {
+            return Err(Drop::Stale);
+        }
+        let last = self.writer.last_lsn();
+        if let Some(m) = self.members.get_mut(env.from) {
+            // An ack past this log's end is a lie or a bug; never count it.
+            m.acked = m.acked.max(lsn.min(last));
+        }
+        self.progress_commits();
+        Ok(())
+    }
+
+    pub(super) fn master_timeouts(&mut self) {
+        if self.role != Role::Master {
+            return;
+        }
+        let now = self.now;
+        let mut expired = false;
+        for c in self.commits.iter_mut() {
+            if !c.permanent && !c.timed_out && c.deadline <= now {
+                c.timed_out = true;
+                expired = true;
+            }
+        }
+        if expired {
+            // R5: on timeout the commit stands locally and the log is
+            // flushed before the answer says so.
+            if let Some(c) = self.commits.iter().rev().find(|c| c.timed_out) {
+                let lsn = c.token.lsn;
+                self.ask_flush(lsn);
+            }
+            self.progress_commits();
+        }
+        if self.heartbeat_at.is_some_and(|t| t <= now) {
+            self.broadcast(Flags::NONE, &Message::Heartbeat);
+            self.heartbeat_at = self.next_heartbeat();
+        }
+        if self.checkpoint_at.is_some_and(|t| t <= now) {
+            self.checkpoint_at = Some(now + self.cfg.timeouts.checkpoint_delay);
+            if self.writes_since_checkpoint {
+                self.writes_since_checkpoint = false;
+                let ck = Checkpoint {
+                    lsn: self.writer.last_lsn(),
+                    timestamp: now,
+                };
+                if let Ok(e) = self.append_own(&RecordBody::Checkpoint(ck)) {
+                    self.ship(e, false);
+                }
+            }
+        }
+    }
+
+    pub(super) fn next_heartbeat(&self) -> Option<Instant> {
+        let d = self.cfg.timeouts.heartbeat_send;
+        (!d.is_zero()).then(|| self.now + d)
+    }
+
+    /// Answer a LOG_REQ / ALL_REQ: records from `from` up to `to` (zero =
+    /// the end), at most `max_answer_bytes`, then LOG_MORE (R13).
+    pub(super) fn serve_log(&mut self, env: &Envelope, from: Lsn, to: Lsn) -> Result<(), Drop> {
+        if self.role != Role::Master {
+            // Client-to-client service (S3) comes with the sync features.
+            return Err(Drop::WrongRole);
+        }
+        self.stats.requests_served += 1;
+        let start = match self.index_from(from) {
+            Ok(i) => i,
+            Err(()) => {
+                // Not a record boundary in this log: the requester's log
+                // differs; make it verify again.
+                self.send(env.from, Flags::NONE, &Message::VerifyFail { lsn: from });
+                return Ok(());
+            }
+        };
+        if !from.is_zero() && start == 0 && self.index.first().is_some_and(|e| e.lsn > from) {
+            self.send(env.from, Flags::NONE, &Message::VerifyFail { lsn: from });
+            return Ok(());
+        }
+        let cap = self.cfg.limits.max_answer_bytes as usize;
+        let mut sent = 0usize;
+        let mut i = start;
+        while i < self.index.len() {
+            let e = self.index[i];
+            if !to.is_zero() && e.lsn >= to {
+                break;
+            }
+            if sent > 0 && sent + e.len as usize > cap {
+                self.send(env.from, Flags::NONE, &Message::LogMore { next: e.lsn });
+                return Ok(());
+            }
+            let prev = i.checked_sub(1).map_or(Lsn::ZERO, |p| self.index[p].lsn);
+            let Some(record) = self.read_record(e.lsn) else {
+                break;
+            };
+            let flags = if e.kind == RecordKind::Commit {
+                Flags::PERMANENT
+            } else {
+                Flags::NONE
+            };
+            let msg = Message::Log(LogEntry {
+                lsn: e.lsn,
+                prev,
+                record: &record,
+            });
+            self.send(env.from, flags, &msg);
+            sent += e.len as usize;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Answer a VERIFY_REQ: the record at exactly `lsn`, or VERIFY_FAIL.
+    pub(super) fn serve_verify(&mut self, env: &Envelope, lsn: Lsn) -> Result<(), Drop> {
+        if self.role != Role::Master {
+            return Err(Drop::WrongRole);
+        }
+        self.stats.requests_served += 1;
+        match self.index_of(lsn) {
+            Some(i) => {
+                let prev = i.checked_sub(1).map_or(Lsn::ZERO, |p| self.index[p].lsn);
+                if let Some(record) = self.read_record(lsn) {
+                    let msg = Message::Verify(LogEntry {
+                        lsn,
+                        prev,
+                        record: &record,
+                    });
+                    self.send(env.from, Flags::NONE, &msg);
+                }
+            }
+            None => self.send(env.from, Flags::NONE, &Message::VerifyFail { lsn }),
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_join_req(&mut self, j: &JoinReq<'_>) {
+        let reply_to = Dest::Address(String::from(j.address));
+        if self.role != Role::Master {
+            let master = self.master;
+            self.send_join_answer(reply_to, JoinResult::NotMaster(master), SiteId(0));
+            return;
+        }
+        let site = match self.members.by_address(j.address) {
+            Some(m) => m.id,
+            None => {
+                if self.members.len() >= self.cfg.limits.max_sites as usize {
+                    self.send_join_answer(reply_to, JoinResult::GroupFull, SiteId(0));
+                    return;
+                }
+                let site = self.members.next_id();
+                let mut flags = 0;
+                if j.view {
+                    flags |= members::FLAG_VIEW;
+                }
+                if j.priority == 0 {
+                    flags |= members::FLAG_UNELECTABLE;
+                }
+                let m = Membership {
+                    action: MemberAction::Add,
+                    site,
+                    address: j.address,
+                    flags,
+                };
+                match self.append_own(&RecordBody::Membership(m)) {
+                    Ok(e) => {
+                        self.ship(e, true);
+                        self.ask_flush(e.lsn);
+                    }
+                    Err(_) => {
+                        self.send_join_answer(reply_to, JoinResult::Unavailable, SiteId(0));
+                        return;
+                    }
+                }
+                site
+            }
+        };
+        self.send_join_answer(reply_to, JoinResult::Accepted, site);
+    }
+
+    /// Answer a join, with the whole membership so the joiner knows every
+    /// address (and, when redirected, where the master is).
+    fn send_join_answer(&mut self, to: Dest, result: JoinResult, site: SiteId) {
+        let owned: Vec<(SiteId, String, u8)> = self
+            .members
+            .iter()
+            .map(|m| (m.id, m.address.clone(), m.flags))
+            .collect();
+        let mut members = heapless::Vec::new();
+        for (id, address, flags) in &owned {
+            let _ = members.push(WireMember {
+                site: *id,
+                address,
+                flags: *flags,
+            });
+        }
+        let msg = Message::JoinAnswer(JoinAnswer {
+            result,
+            site,
+            members,
+        });
+        self.send_many(&[to], Flags::NONE, &msg);
+    }
+
+    /// Remove a site from the group (R7). Only the master can.
+    pub fn remove_site(&mut self, now: Instant, site: SiteId) -> Result<RequestId, CommitError> {
+        self.now = now;
+        let id = self.new_request();
+        self.remove_inner(site, Some(id))?;
+        Ok(id)
+    }
+
+    pub(super) fn remove_inner(
+        &mut self,
+        site: SiteId,
+        id: Option<RequestId>,
+    ) -> Result<(), CommitError> {
+        if self.role != Role::Master {
+            return Err(CommitError::NotMaster(self.master));
+        }
+        if self.members.get(site).is_none() {
+            if let Some(id) = id {
+                self.answer(Answer::Remove { id, result: Ok(()) });
+            }
+            return Ok(());
+        }
+        let m = Membership {
+            action: MemberAction::Remove,
+            site,
+            address: "",
+            flags: 0,
+        };
+        let e = self
+            .append_own(&RecordBody::Membership(m))
+            .map_err(|_| CommitError::Storage)?;
+        // The removed site gets the record too, so it learns it is out.
+        self.send_removed(site, e);
+        self.ship(e, true);
+        self.ask_flush(e.lsn);
+        if let Some(id) = id {
+            self.answer(Answer::Remove { id, result: Ok(()) });
+        }
+        Ok(())
+    }
+
+    fn send_removed(&mut self, site: SiteId, e: IndexEntry) {
+        let prev = self
+            .index
+            .len()
+            .checked_sub(2)
+            .map_or(Lsn::ZERO, |p| self.index[p].lsn);
+        if let Some(record) = self.read_record(e.lsn) {
+            let msg = Message::Log(LogEntry {
+                lsn: e.lsn,
+                prev,
+                record: &record,
+            });
+            self.send(site, Flags::PERMANENT, &msg);
+        }
+    }
+}

@@ -1,0 +1,1085 @@
+//! The replication state machine: one [`Site`], driven by inputs and
+//! producing [`Output`]s.
+//!
+//! Inputs: a frame from a peer ([`Site::handle_frame`]), the passing of time
+//! ([`Site::handle_timeout`]), a finished log flush
+//! ([`Site::handle_flushed`]), a connection that opened or broke
+//! ([`Site::handle_connection`]), and application calls (`commit`, `get`,
+//! `rep_start_*`, `rep_sync`, `txn_applied`, `join`, `remove_site`).
+//! Outputs are pulled with [`Site::poll_output`]; the next deadline is
+//! [`Site::poll_timeout`]. The site never reads a clock, never blocks and
+//! never sleeps: the same code runs under tokio, in a browser and in the
+//! deterministic simulator.
+//!
+//! The log storage is owned by the site and called synchronously (appends
+//! and reads are cheap); the one slow step, a flush, is an output the host
+//! completes later, so many commits share one flush.
+
+pub mod acks;
+mod client;
+mod master;
+pub mod members;
+pub mod output;
+
+pub use output::*;
+
+use crate::config::Config;
+use crate::ids::{CommitToken, Generation, Instant, Lsn, SiteId};
+use crate::log::record::RecordBody;
+use crate::log::{recover, LogError, LogReader, LogWriter, Membership, Record, RecordKind};
+use crate::meta::Meta;
+use crate::store::Store;
+use crate::traits::Storage;
+use crate::wire::{encode_frame, Envelope, Flags, Message};
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+use members::{Change, Members};
+
+/// What this site is doing in the group.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    /// Not started (before `rep_start`, or while joining).
+    Idle,
+    /// Takes writes and ships its log.
+    Master,
+    /// Replicates the master's log.
+    Client,
+}
+
+/// One record of the log, as the site indexes it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct IndexEntry {
+    /// Where it lives.
+    pub lsn: Lsn,
+    /// The generation that wrote it.
+    pub generation: Generation,
+    /// Its length in bytes (header included).
+    pub len: u32,
+    /// Its kind.
+    pub kind: RecordKind,
+}
+
+impl IndexEntry {
+    /// The LSN just past the record (same segment).
+    pub fn end(&self) -> Lsn {
+        Lsn::new(self.lsn.file, self.lsn.offset + self.len)
+    }
+}
+
+/// Why a site could not be opened.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum OpenError<E> {
+    /// The configuration is invalid.
+    Config(crate::config::ConfigError),
+    /// The log could not be recovered.
+    Log(LogError<E>),
+    /// The metadata record is corrupt.
+    Meta(crate::meta::MetaError),
+}
+
+impl<E: fmt::Display> fmt::Display for OpenError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Config(e) => write!(f, "invalid configuration: {e}"),
+            OpenError::Log(e) => write!(f, "log recovery failed: {e}"),
+            OpenError::Meta(e) => write!(f, "site metadata unreadable: {e}"),
+        }
+    }
+}
+
+/// Why a read was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReadError {
+    /// The client is synchronising and NOWAIT is set (S5).
+    Lockout,
+}
+
+/// Counters a status view shows (B5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Stats {
+    /// Frames handled.
+    pub frames_in: u64,
+    /// Frames sent (each destination counts).
+    pub frames_out: u64,
+    /// Frames dropped as malformed.
+    pub dropped_malformed: u64,
+    /// Frames dropped as stale (older generation) or out of role.
+    pub dropped_stale: u64,
+    /// Records received that were already present.
+    pub duplicates: u64,
+    /// Records applied from the master.
+    pub records_applied: u64,
+    /// Gap and catch-up requests sent (first sends and re-sends).
+    pub log_requests: u64,
+    /// Log requests this site served for others.
+    pub requests_served: u64,
+    /// Sends dropped because the output queue was full.
+    pub sends_dropped: u64,
+    /// Commits answered.
+    pub commits: u64,
+    /// Commits whose ack policy failed.
+    pub perm_failed: u64,
+    /// Log flushes asked of the host.
+    pub flushes: u64,
+    /// Commits rolled back.
+    pub rolled_back: u64,
+}
+
+/// A commit the master is waiting on.
+#[derive(Clone, Copy, Debug)]
+struct PendingCommit {
+    id: RequestId,
+    token: CommitToken,
+    sync: bool,
+    deadline: Instant,
+    acks: u32,
+    needed: u32,
+    permanent: bool,
+    timed_out: bool,
+}
+
+/// A waiting `txn_applied`.
+#[derive(Clone, Copy, Debug)]
+struct Waiter {
+    id: RequestId,
+    token: CommitToken,
+    deadline: Instant,
+}
+
+/// The one outstanding log request of a client (gap fill or catch-up).
+#[derive(Clone, Copy, Debug)]
+struct Want {
+    /// End of the wanted range, exclusive; zero = open-ended (catch-up).
+    to: Lsn,
+    /// The request is settled once the log reaches this LSN.
+    until: Lsn,
+    /// When to ask again.
+    next_at: Instant,
+    /// The current back-off.
+    wait: Duration,
+}
+
+/// Where a client stands with its master.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SyncState {
+    /// No master known.
+    NoMaster,
+    /// Master known, DELAYCLIENT: wait for `rep_sync` (S2).
+    Delayed,
+    /// Finding the common point with the master's log by bisection over
+    /// this site's index (S1, P2). `lo` is the highest index known to be
+    /// "to the right" (matched, or older than the master's log), with
+    /// whether it matched; `hi` the lowest index known not to match.
+    Verify {
+        lo: Option<(usize, bool)>,
+        hi: usize,
+        probe: usize,
+        resend_at: Instant,
+    },
+    /// Fetching the master's log until `target` is reached.
+    CatchUp { target: Lsn },
+    /// In step with the master.
+    Ready,
+    /// No overlap with the master's log and no way to initialise.
+    Stuck,
+}
+
+/// A join under way.
+#[derive(Clone, Debug)]
+struct Joining {
+    helper: String,
+    next_at: Instant,
+}
+
+/// The replication state machine of one site.
+pub struct Site<S: Storage> {
+    cfg: Config,
+    address: String,
+    storage: S,
+    writer: LogWriter,
+    reader: LogReader,
+    index: Vec<IndexEntry>,
+    meta: Meta,
+    store: Store,
+    members: Members,
+    role: Role,
+    master: Option<SiteId>,
+    now: Instant,
+    out: VecDeque<Output>,
+    next_request: RequestId,
+    next_txn: u64,
+    flushed: Lsn,
+    flush_asked: Lsn,
+    // Master.
+    commits: VecDeque<PendingCommit>,
+    heartbeat_at: Option<Instant>,
+    checkpoint_at: Option<Instant>,
+    writes_since_checkpoint: bool,
+    // Client.
+    sync: SyncState,
+    pending: BTreeMap<Lsn, (Lsn, Vec<u8>, bool)>,
+    pending_bytes: usize,
+    want: Option<Want>,
+    master_heard: Instant,
+    monitor_fired: bool,
+    perm_lsn: Lsn,
+    acked_sent: Lsn,
+    startup_done: bool,
+    sync_target: Lsn,
+    find_master_at: Option<Instant>,
+    // Both.
+    waiters: Vec<Waiter>,
+    joining: Option<Joining>,
+    stats: Stats,
+    frame_buf: Vec<u8>,
+}
+
+impl<S: Storage> Site<S> {
+    /// Open a site over its storage: recover the log, read the metadata,
+    /// and rebuild the store and membership by replaying the log.
+    pub fn open(
+        cfg: Config,
+        address: &str,
+        mut storage: S,
+        now: Instant,
+    ) -> Result<Self, OpenError<S::Error>> {
+        cfg.validate().map_err(OpenError::Config)?;
+        let recovered = recover(&mut storage, &cfg.limits).map_err(OpenError::Log)?;
+        let meta = match storage
+            .read_meta()
+            .map_err(|e| OpenError::Log(LogError::Storage(e)))?
+        {
+            Some(bytes) => Meta::decode(&bytes).map_err(OpenError::Meta)?,
+            None => Meta::default(),
+        };
+        let writer = LogWriter::new(&recovered, cfg.limits);
+        let mut site = Site {
+            reader: LogReader::new(cfg.limits),
+            cfg,
+            address: String::from(address),
+            storage,
+            writer,
+            index: Vec::new(),
+            meta,
+            store: Store::new(),
+            members: Members::default(),
+            role: Role::Idle,
+            master: None,
+            now,
+            out: VecDeque::new(),
+            next_request: 1,
+            next_txn: 1,
+            flushed: recovered.last,
+            flush_asked: recovered.last,
+            commits: VecDeque::new(),
+            heartbeat_at: None,
+            checkpoint_at: None,
+            writes_since_checkpoint: false,
+            sync: SyncState::NoMaster,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            want: None,
+            master_heard: now,
+            monitor_fired: false,
+            perm_lsn: Lsn::ZERO,
+            acked_sent: Lsn::ZERO,
+            startup_done: false,
+            sync_target: Lsn::ZERO,
+            find_master_at: None,
+            waiters: Vec::new(),
+            joining: None,
+            stats: Stats::default(),
+            frame_buf: Vec::new(),
+        };
+        site.replay(recovered.first).map_err(OpenError::Log)?;
+        Ok(site)
+    }
+
+    /// Rebuild the index, store and membership from the log on storage.
+    fn replay(&mut self, first: Lsn) -> Result<(), LogError<S::Error>> {
+        self.index.clear();
+        self.store = Store::new();
+        self.members.clear();
+        if first.is_zero() {
+            return Ok(());
+        }
+        let last = self.writer.last_lsn();
+        let mut lsn = first;
+        loop {
+            let (view, next) = self.reader.read(&mut self.storage, lsn)?;
+            let entry = IndexEntry {
+                lsn: view.lsn,
+                generation: view.generation,
+                len: view.bytes.len() as u32,
+                kind: view.kind,
+            };
+            match view.decode(&self.cfg.limits)? {
+                Record::Commit(c) => self.store.apply(&c)?,
+                Record::Membership(m) => {
+                    self.members.apply(&m);
+                }
+                Record::Checkpoint(_) | Record::NewGeneration(_) => {}
+            }
+            self.index.push(entry);
+            if entry.lsn >= last {
+                break;
+            }
+            lsn = next;
+        }
+        Ok(())
+    }
+
+    // ----- accessors -------------------------------------------------------
+
+    /// This site's id (zero before it has joined or created a group).
+    pub fn id(&self) -> SiteId {
+        self.meta.site
+    }
+
+    /// This site's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Master, client, or idle.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The master this site follows (itself when master).
+    pub fn master(&self) -> Option<SiteId> {
+        self.master
+    }
+
+    /// Current master generation.
+    pub fn generation(&self) -> Generation {
+        self.meta.generation
+    }
+
+    /// Current election generation.
+    pub fn egen(&self) -> crate::ids::ElectionGen {
+        self.meta.egen
+    }
+
+    /// LSN of the last record in the log.
+    pub fn last_lsn(&self) -> Lsn {
+        self.writer.last_lsn()
+    }
+
+    /// Highest LSN known durable.
+    pub fn flushed_lsn(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// The key-value state.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The membership.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// The log index (every record's LSN, generation, length and kind).
+    pub fn log_index(&self) -> &[IndexEntry] {
+        &self.index
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The storage (hosts use it to flush; the simulator to crash it).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// Give the storage back (shutdown, or a simulated crash).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// A client that is synchronising: reads wait (or fail with NOWAIT).
+    pub fn is_synchronizing(&self) -> bool {
+        self.role == Role::Client
+            && matches!(
+                self.sync,
+                SyncState::Verify { .. } | SyncState::CatchUp { .. }
+            )
+    }
+
+    /// Read a key (S5: refused with LOCKOUT while synchronising under
+    /// NOWAIT; the async driver waits instead when NOWAIT is off).
+    pub fn get(&self, db: &str, key: &[u8]) -> Result<Option<&[u8]>, ReadError> {
+        if self.cfg.nowait && self.is_synchronizing() {
+            return Err(ReadError::Lockout);
+        }
+        Ok(self.store.get(db, key))
+    }
+
+    /// Read the encoded record at `lsn` (tests compare logs through it).
+    pub fn read_record(&mut self, lsn: Lsn) -> Option<Vec<u8>> {
+        self.reader
+            .read(&mut self.storage, lsn)
+            .ok()
+            .map(|(v, _)| v.bytes.to_vec())
+    }
+
+    // ----- outputs ---------------------------------------------------------
+
+    /// The next thing the host must do, if any. Wakes: after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest time at which [`Site::handle_timeout`] has work to do.
+    /// Changes after any input.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        for c in &self.commits {
+            if !c.timed_out && !c.permanent {
+                at(Some(c.deadline));
+            }
+        }
+        for w in &self.waiters {
+            at(Some(w.deadline));
+        }
+        at(self.want.map(|w| w.next_at));
+        at(self.heartbeat_at);
+        at(self.checkpoint_at);
+        at(self.joining.as_ref().map(|j| j.next_at));
+        at(self.find_master_at);
+        if let SyncState::Verify { resend_at, .. } = self.sync {
+            at(Some(resend_at));
+        }
+        if let Some(d) = self.monitor_deadline() {
+            at(Some(d));
+        }
+        t
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn answer(&mut self, a: Answer) {
+        self.out.push_back(Output::Answer(a));
+    }
+
+    fn envelope(&self, flags: Flags) -> Envelope {
+        Envelope {
+            from: self.meta.site,
+            generation: self.meta.generation,
+            egen: self.meta.egen,
+            lsn: self.writer.last_lsn(),
+            flags,
+        }
+    }
+
+    /// Encode `msg` once and queue it for every destination.
+    fn send_many(&mut self, dests: &[Dest], flags: Flags, msg: &Message<'_>) {
+        let env = self.envelope(flags);
+        let mut buf = core::mem::take(&mut self.frame_buf);
+        buf.clear();
+        if encode_frame(&env, msg, &mut buf, &self.cfg.limits).is_ok() {
+            for d in dests {
+                if self.out.len() >= self.cfg.limits.max_outputs as usize {
+                    self.stats.sends_dropped += 1;
+                    continue;
+                }
+                self.stats.frames_out += 1;
+                self.out.push_back(Output::Send {
+                    to: d.clone(),
+                    frame: buf.clone(),
+                });
+            }
+        }
+        self.frame_buf = buf;
+    }
+
+    fn send(&mut self, to: SiteId, flags: Flags, msg: &Message<'_>) {
+        self.send_many(&[Dest::Site(to)], flags, msg);
+    }
+
+    /// Send to every other member (views included: they replicate too).
+    fn broadcast(&mut self, flags: Flags, msg: &Message<'_>) {
+        let me = self.meta.site;
+        let dests: Vec<Dest> = self
+            .members
+            .iter()
+            .filter(|m| m.id != me)
+            .map(|m| Dest::Site(m.id))
+            .collect();
+        self.send_many(&dests, flags, msg);
+    }
+
+    fn ask_flush(&mut self, lsn: Lsn) {
+        if lsn > self.flush_asked && lsn > self.flushed {
+            self.flush_asked = lsn;
+            self.stats.flushes += 1;
+            self.out.push_back(Output::Flush { lsn });
+        }
+    }
+
+    fn save_meta(&mut self) {
+        let bytes = self.meta.encode();
+        // A failed metadata write leaves the old record in place; the site
+        // carries on with its in-memory state and retries at the next change.
+        let _ = self.storage.write_meta(&bytes);
+    }
+
+    fn new_request(&mut self) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    // ----- the log ---------------------------------------------------------
+
+    /// Append a record this site writes (as master); apply it; index it.
+    fn append_own(&mut self, body: &RecordBody<'_, '_>) -> Result<IndexEntry, LogError<S::Error>> {
+        let lsn = self
+            .writer
+            .append(&mut self.storage, self.meta.generation, body)?;
+        let next = self.writer.next_lsn();
+        let entry = IndexEntry {
+            lsn,
+            generation: self.meta.generation,
+            len: next.offset - lsn.offset,
+            kind: body.kind(),
+        };
+        self.index.push(entry);
+        match body {
+            RecordBody::Commit { ops, .. } => {
+                for op in ops.iter() {
+                    self.store.apply_op(op);
+                }
+            }
+            RecordBody::Membership(m) => self.apply_membership(m),
+            _ => {}
+        }
+        Ok(entry)
+    }
+
+    /// Append a record received from the master; apply it; index it.
+    fn append_replicated(
+        &mut self,
+        lsn: Lsn,
+        record: &[u8],
+    ) -> Result<IndexEntry, LogError<S::Error>> {
+        self.writer.append_raw(&mut self.storage, lsn, record)?;
+        let view = crate::log::RecordView::parse(record, lsn, &self.cfg.limits)?;
+        let entry = IndexEntry {
+            lsn,
+            generation: view.generation,
+            len: record.len() as u32,
+            kind: view.kind,
+        };
+        self.index.push(entry);
+        match view.decode(&self.cfg.limits)? {
+            Record::Commit(c) => self.store.apply(&c)?,
+            Record::Membership(m) => self.apply_membership(&m),
+            Record::Checkpoint(_) | Record::NewGeneration(_) => {}
+        }
+        self.stats.records_applied += 1;
+        Ok(entry)
+    }
+
+    fn apply_membership(&mut self, m: &Membership<'_>) {
+        match self.members.apply(m) {
+            Change::Added(id) => self.event(Event::SiteAdded(id)),
+            Change::Removed(id) if id == self.meta.site => self.event(Event::LocalSiteRemoved),
+            Change::Removed(id) => self.event(Event::SiteRemoved(id)),
+            Change::Updated(_) | Change::None => {}
+        }
+    }
+
+    /// Position in the index of the record at exactly `lsn`.
+    fn index_of(&self, lsn: Lsn) -> Option<usize> {
+        self.index.binary_search_by(|e| e.lsn.cmp(&lsn)).ok()
+    }
+
+    /// Index position of the first record at or after `lsn`, treating the
+    /// end of a segment as the start of the next.
+    fn index_from(&self, lsn: Lsn) -> Result<usize, ()> {
+        if lsn.is_zero() {
+            return Ok(0);
+        }
+        let pos = self.index.partition_point(|e| e.lsn < lsn);
+        if self.index.get(pos).is_some_and(|e| e.lsn == lsn) {
+            return Ok(pos);
+        }
+        // `lsn` is the end of the record before `pos` (the same segment or a
+        // switch to the next): a valid position.
+        match pos.checked_sub(1).and_then(|p| self.index.get(p)) {
+            Some(prev) if prev.end() == lsn => Ok(pos),
+            _ => Err(()),
+        }
+    }
+
+    /// Cut the log after index position `keep` (exclusive: entries
+    /// `0..keep` stay), reporting rolled-back commits and rebuilding the
+    /// store. Returns false when AUTOROLLBACK is off and commits would go.
+    fn rollback_to(&mut self, keep: usize) -> bool {
+        if keep >= self.index.len() {
+            return true;
+        }
+        let commits: Vec<CommitToken> = self.index[keep..]
+            .iter()
+            .filter(|e| e.kind == RecordKind::Commit)
+            .map(|e| CommitToken {
+                lsn: e.lsn,
+                generation: e.generation,
+            })
+            .collect();
+        if !commits.is_empty() && !self.cfg.autorollback {
+            self.event(Event::WouldRollback);
+            return false;
+        }
+        let at = self.index[keep].lsn;
+        let (prev, prev_gen) = match keep.checked_sub(1).map(|p| self.index[p]) {
+            Some(e) => (e.lsn, e.generation),
+            None => (Lsn::ZERO, Generation(0)),
+        };
+        let first = self.index[0].lsn;
+        if self
+            .writer
+            .truncate(&mut self.storage, at, prev, prev_gen)
+            .is_err()
+        {
+            return false;
+        }
+        self.flushed = self.flushed.min(prev);
+        self.flush_asked = self.flush_asked.min(prev);
+        self.acked_sent = self.acked_sent.min(prev);
+        self.perm_lsn = self.perm_lsn.min(prev);
+        let keep_first = if keep == 0 { Lsn::ZERO } else { first };
+        let _ = self.replay(keep_first);
+        self.stats.rolled_back += commits.len() as u64;
+        // Waiters on rolled-back commits learn it now.
+        let gone: Vec<RequestId> = self
+            .waiters
+            .iter()
+            .filter(|w| commits.contains(&w.token))
+            .map(|w| w.id)
+            .collect();
+        for id in gone {
+            self.finish_waiter(id, Err(WaitError::RolledBack));
+        }
+        self.event(Event::Rollback(Rollback { from: at, commits }));
+        true
+    }
+
+    // ----- application calls ------------------------------------------------
+
+    /// Create a new group with this site as its first member and master
+    /// (R7: the group creator).
+    pub fn create_group(&mut self, now: Instant) -> Result<(), CommitError> {
+        self.now = now;
+        if self.meta.site.0 == 0 {
+            self.meta.site = SiteId(1);
+            self.save_meta();
+        }
+        self.rep_start_master(now)?;
+        if self.members.get(self.meta.site).is_none() {
+            let flags = self.own_flags();
+            let address = self.address.clone();
+            let m = Membership {
+                action: crate::log::MemberAction::Add,
+                site: self.meta.site,
+                address: &address,
+                flags,
+            };
+            self.append_own(&RecordBody::Membership(m))
+                .map_err(|_| CommitError::Storage)?;
+            let last = self.writer.last_lsn();
+            self.ask_flush(last);
+        }
+        Ok(())
+    }
+
+    fn own_flags(&self) -> u8 {
+        let mut f = 0;
+        if self.cfg.view {
+            f |= members::FLAG_VIEW;
+        }
+        if self.cfg.effective_priority() == 0 {
+            f |= members::FLAG_UNELECTABLE;
+        }
+        f
+    }
+
+    /// Join an existing group through a helper site's address (R7). The
+    /// answer arrives as [`Answer::Join`]; the site then starts as client.
+    pub fn join(&mut self, now: Instant, helper: &str) {
+        self.now = now;
+        if self.meta.site.0 != 0 && !self.members.is_empty() {
+            // Already a member: restart as client.
+            self.rep_start_client(now);
+            self.answer(Answer::Join {
+                result: Ok(self.meta.site),
+            });
+            return;
+        }
+        self.joining = Some(Joining {
+            helper: String::from(helper),
+            next_at: now,
+        });
+        self.send_join();
+    }
+
+    fn send_join(&mut self) {
+        let Some(j) = self.joining.as_mut() else {
+            return;
+        };
+        j.next_at = self.now + self.cfg.timeouts.election;
+        let helper = j.helper.clone();
+        let address = self.address.clone();
+        let msg = Message::JoinReq(crate::wire::JoinReq {
+            address: &address,
+            priority: self.cfg.effective_priority(),
+            view: self.cfg.view,
+        });
+        self.send_many(&[Dest::Address(helper)], Flags::NONE, &msg);
+    }
+
+    /// Become master (R1). A new generation starts: max(gen+1, egen).
+    pub fn rep_start_master(&mut self, now: Instant) -> Result<(), CommitError> {
+        self.now = now;
+        if self.meta.site.0 == 0 {
+            return Err(CommitError::Unavailable);
+        }
+        let gen = Generation((self.meta.generation.0 + 1).max(self.meta.egen.0));
+        self.meta.generation = gen;
+        self.save_meta();
+        self.role = Role::Master;
+        self.master = Some(self.meta.site);
+        self.sync = SyncState::Ready;
+        self.want = None;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        for m in self.members.iter_mut() {
+            m.acked = Lsn::ZERO;
+        }
+        let ng = crate::log::NewGeneration {
+            generation: gen,
+            master: self.meta.site,
+            timestamp: now,
+        };
+        self.append_own(&RecordBody::NewGeneration(ng))
+            .map_err(|_| CommitError::Storage)?;
+        self.event(Event::Master);
+        self.broadcast(Flags::NONE, &Message::NewMaster);
+        self.heartbeat_at = self.next_heartbeat();
+        self.checkpoint_at = Some(now + self.cfg.timeouts.checkpoint_delay);
+        // Waiters for commits of older generations that this log does not
+        // hold can never be satisfied now.
+        self.check_waiters();
+        Ok(())
+    }
+
+    /// Become a client (R1): look for the master.
+    pub fn rep_start_client(&mut self, now: Instant) {
+        self.now = now;
+        let was_master = self.role == Role::Master;
+        self.role = Role::Client;
+        self.master = None;
+        self.sync = SyncState::NoMaster;
+        self.heartbeat_at = None;
+        self.checkpoint_at = None;
+        self.master_heard = now;
+        self.monitor_fired = false;
+        self.fail_pending_commits();
+        if was_master || self.out.iter().all(|o| *o != Output::Event(Event::Client)) {
+            self.event(Event::Client);
+        }
+        self.broadcast(Flags::NONE, &Message::NewClient);
+        self.broadcast(Flags::NONE, &Message::MasterReq);
+        self.find_master_at = Some(now + self.cfg.timeouts.election);
+    }
+
+    /// With DELAYCLIENT, start synchronising with the known master (S2).
+    pub fn rep_sync(&mut self, now: Instant) {
+        self.now = now;
+        if self.role == Role::Client && self.sync == SyncState::Delayed {
+            self.start_sync();
+        }
+    }
+
+    /// Commit a transaction (R3) with the given local durability (R4). The
+    /// outcome arrives as [`Answer::Commit`].
+    pub fn commit(
+        &mut self,
+        now: Instant,
+        ops: &[crate::log::Op<'_>],
+        durability: crate::config::Durability,
+    ) -> Result<RequestId, CommitError> {
+        self.now = now;
+        self.commit_inner(ops, durability)
+    }
+
+    /// Wait until this site has applied the commit `token` names (R3). The
+    /// outcome arrives as [`Answer::TxnApplied`], at once if already known.
+    pub fn txn_applied(
+        &mut self,
+        now: Instant,
+        token: CommitToken,
+        timeout: Duration,
+    ) -> RequestId {
+        self.now = now;
+        let id = self.new_request();
+        match self.token_state(token) {
+            Some(result) => self.answer(Answer::TxnApplied { id, result }),
+            None if self.waiters.len() >= self.cfg.limits.max_pending_commits as usize => self
+                .answer(Answer::TxnApplied {
+                    id,
+                    result: Err(WaitError::Busy),
+                }),
+            None => self.waiters.push(Waiter {
+                id,
+                token,
+                deadline: now + timeout,
+            }),
+        }
+        id
+    }
+
+    /// Whether the commit is applied here (Some(Ok)), gone (Some(Err)), or
+    /// not yet known (None).
+    fn token_state(&self, token: CommitToken) -> Option<Result<(), WaitError>> {
+        match self.index_of(token.lsn) {
+            Some(i) if self.index[i].generation == token.generation => Some(Ok(())),
+            Some(_) => Some(Err(WaitError::RolledBack)),
+            None if token.lsn <= self.writer.last_lsn()
+                && self.index.first().is_some_and(|e| e.lsn <= token.lsn) =>
+            {
+                Some(Err(WaitError::RolledBack))
+            }
+            None => None,
+        }
+    }
+
+    fn check_waiters(&mut self) {
+        let mut done: Vec<(RequestId, Result<(), WaitError>)> = Vec::new();
+        for w in &self.waiters {
+            if let Some(r) = self.token_state(w.token) {
+                done.push((w.id, r));
+            }
+        }
+        for (id, r) in done {
+            self.finish_waiter(id, r);
+        }
+    }
+
+    fn finish_waiter(&mut self, id: RequestId, result: Result<(), WaitError>) {
+        if let Some(p) = self.waiters.iter().position(|w| w.id == id) {
+            self.waiters.swap_remove(p);
+            self.answer(Answer::TxnApplied { id, result });
+        }
+    }
+
+    // ----- inputs ------------------------------------------------------------
+
+    /// A frame arrived from a peer.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) -> Result<(), Drop> {
+        self.now = now;
+        self.stats.frames_in += 1;
+        let limits = self.cfg.limits;
+        let (env, msg) = match crate::wire::decode_frame(frame, &limits) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                return Err(Drop::Malformed(e));
+            }
+        };
+        if env.from == self.meta.site && env.from.0 != 0 {
+            return Ok(());
+        }
+        let known = self.members.get(env.from).is_some();
+        if let Some(m) = self.members.get_mut(env.from) {
+            m.last_heard = now;
+        }
+        let r = match &msg {
+            Message::JoinReq(j) => {
+                self.on_join_req(j);
+                Ok(())
+            }
+            Message::JoinAnswer(a) => {
+                self.on_join_answer(a);
+                Ok(())
+            }
+            _ if !known && self.meta.site.0 != 0 => Err(Drop::UnknownSite),
+            _ => self.dispatch(&env, &msg),
+        };
+        if matches!(r, Err(Drop::Stale) | Err(Drop::WrongRole)) {
+            self.stats.dropped_stale += 1;
+        }
+        r
+    }
+
+    fn dispatch(&mut self, env: &Envelope, msg: &Message<'_>) -> Result<(), Drop> {
+        match msg {
+            Message::MasterReq | Message::NewClient | Message::NewSite => {
+                if self.role == Role::Master {
+                    self.send(env.from, Flags::NONE, &Message::NewMaster);
+                }
+                Ok(())
+            }
+            Message::NewMaster => self.on_new_master(env),
+            Message::Heartbeat => self.on_master_traffic(env),
+            Message::Alive | Message::AliveReq => Ok(()),
+            Message::Log(e) => self.on_log(env, e),
+            Message::BulkLog(b) => {
+                for e in b.entries().flatten() {
+                    self.on_log(env, &e)?;
+                }
+                Ok(())
+            }
+            Message::LogMore { next } => self.on_log_more(env, *next),
+            Message::LogReq { from, to } => self.serve_log(env, *from, *to),
+            Message::AllReq { from } => self.serve_log(env, *from, Lsn::ZERO),
+            Message::VerifyReq { lsn } => self.serve_verify(env, *lsn),
+            Message::Verify(e) => self.on_verify(env, Some(e)),
+            Message::VerifyFail { lsn } => self.on_verify_fail(env, *lsn),
+            Message::Ack { lsn } => self.on_ack(env, *lsn),
+            Message::RemoveReq { site } => {
+                if self.role == Role::Master {
+                    let _ = self.remove_inner(*site, None);
+                }
+                Ok(())
+            }
+            Message::DupMaster => Ok(()),
+            // Elections, leases, initialisation, channels and forwarding
+            // belong to later parts of the engine; their messages are
+            // decoded and validated but not acted on yet.
+            _ => Ok(()),
+        }
+    }
+
+    /// Time passed: fire every deadline at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.master_timeouts();
+        self.client_timeouts();
+        // Waiters.
+        let expired: Vec<RequestId> = self
+            .waiters
+            .iter()
+            .filter(|w| w.deadline <= now)
+            .map(|w| w.id)
+            .collect();
+        for id in expired {
+            self.finish_waiter(id, Err(WaitError::Timeout));
+        }
+        if self.joining.as_ref().is_some_and(|j| j.next_at <= now) {
+            self.send_join();
+        }
+    }
+
+    /// The host made the log durable up to `lsn`.
+    pub fn handle_flushed(&mut self, now: Instant, lsn: Lsn) {
+        self.now = now;
+        let lsn = lsn.min(self.writer.last_lsn());
+        if lsn <= self.flushed {
+            return;
+        }
+        self.flushed = lsn;
+        match self.role {
+            Role::Master => self.progress_commits(),
+            Role::Client => self.maybe_ack(),
+            Role::Idle => {}
+        }
+    }
+
+    /// A connection to `site` opened (`up`) or broke.
+    pub fn handle_connection(&mut self, now: Instant, site: SiteId, up: bool) {
+        self.now = now;
+        let Some(m) = self.members.get_mut(site) else {
+            return;
+        };
+        if m.connected == up {
+            return;
+        }
+        m.connected = up;
+        if up {
+            self.event(Event::ConnectEstablished(site));
+            if self.role == Role::Client && self.master.is_none() {
+                self.send(site, Flags::NONE, &Message::MasterReq);
+            }
+        } else {
+            self.event(Event::ConnectBroken(site));
+            if self.role == Role::Master {
+                // ALL_AVAILABLE may be met now that a client is gone.
+                self.progress_commits();
+            }
+        }
+    }
+
+    /// The host could not connect to `site`.
+    pub fn handle_connect_failed(&mut self, now: Instant, site: SiteId) {
+        self.now = now;
+        self.event(Event::ConnectTryFailed(site));
+    }
+
+    /// The host dropped incoming frames because its queue was full (R13).
+    /// Dropped records are re-requested through the usual gap handling.
+    pub fn handle_inqueue_full(&mut self, now: Instant) {
+        self.now = now;
+        self.event(Event::InqueueFull);
+    }
+
+    fn on_join_answer(&mut self, a: &crate::wire::JoinAnswer<'_>) {
+        if self.joining.is_none() {
+            return;
+        }
+        match a.result {
+            crate::wire::JoinResult::Accepted => {
+                self.joining = None;
+                self.meta.site = a.site;
+                self.save_meta();
+                for m in &a.members {
+                    self.members.apply(&Membership {
+                        action: crate::log::MemberAction::Add,
+                        site: m.site,
+                        address: m.address,
+                        flags: m.flags,
+                    });
+                }
+                self.answer(Answer::Join { result: Ok(a.site) });
+                let now = self.now;
+                self.rep_start_client(now);
+            }
+            crate::wire::JoinResult::NotMaster(Some(m)) => {
+                // Ask the master directly, by the address the helper gave.
+                if let Some(addr) = a.members.iter().find(|x| x.site == m).map(|x| x.address) {
+                    if let Some(j) = self.joining.as_mut() {
+                        j.helper = String::from(addr);
+                    }
+                    self.send_join();
+                }
+            }
+            crate::wire::JoinResult::NotMaster(None) | crate::wire::JoinResult::Unavailable => {}
+            crate::wire::JoinResult::GroupFull => {
+                self.joining = None;
+                self.answer(Answer::Join {
+                    result: Err(JoinError::GroupFull),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Basic replication through the Site state machine over an instant,
+//! lossless in-memory network (R1, R2, R3, R5, R7). The deterministic
+//! simulator in shoal-tests covers faults; these tests pin down the happy
+//! paths the simulator builds on.
+
+use shoal_core::config::{Config, Durability};
+use shoal_core::log::Op;
+use shoal_core::mem::MemStorage;
+use shoal_core::site::{Answer, CommitOutcome, Dest, Event, Output, Role, Site};
+use shoal_core::{Instant, SiteId};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+struct Net {
+    sites: Vec<Site<MemStorage>>,
+    now: Instant,
+    answers: Vec<(usize, Answer)>,
+    events: Vec<(usize, Event)>,
+    cut: Vec<usize>,
+}
+
+impl Net {
+    fn new(n: usize, cfg: Config) -> Net {
+        let sites = (0..n)
+            .map(|i| {
+                Site::open(cfg, &format!("s{i}"), MemStorage::new(64 << 20), Instant(0))
+                    .expect("open")
+            })
+            .collect();
+        Net {
+            sites,
+            now: Instant(0),
+            answers: vec![],
+            events: vec![],
+            cut: vec![],
+        }
+    }
+
+    fn target(&self, d: &Dest) -> Option<usize> {
+        match d {
+            Dest::Site(id) => self.sites.iter().position(|s| s.id() == *id),
+            Dest::Address(a) => self.sites.iter().position(|s| s.address() == a),
+        }
+    }
+
+    /// Deliver everything until quiet.
+    fn run(&mut self) {
+        let mut q: VecDeque<(usize, Vec<u8>)> = VecDeque::new();
+        loop {
+            let mut progressed = false;
+            for i in 0..self.sites.len() {
+                while let Some(o) = self.sites[i].poll_output() {
+                    progressed = true;
+                    match o {
+                        Output::Send { to, frame } => {
+                            if let Some(t) = self.target(&to) {
+                                if !self.cut.contains(&t) && !self.cut.contains(&i) {
+                                    q.push_back((t, frame));
+                                }
+                            }
+                        }
+                        Output::Flush { lsn } => self.sites[i].handle_flushed(self.now, lsn),
+                        Output::Event(e) => self.events.push((i, e)),
+                        Output::Answer(a) => self.answers.push((i, a)),
+                    }
+                }
+            }
+            while let Some((t, f)) = q.pop_front() {
+                progressed = true;
+                let _ = self.sites[t].handle_frame(self.now, &f);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = self.sites.iter().filter_map(|s| s.poll_timeout()).min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    for s in &mut self.sites {
+                        s.handle_timeout(self.now);
+                    }
+                    self.run();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    fn group(n: usize, cfg: Config) -> Net {
+        let mut net = Net::new(n, cfg);
+        net.sites[0].create_group(Instant(0)).unwrap();
+        net.run();
+        for i in 1..n {
+            let now = net.now;
+            net.sites[i].join(now, "s0");
+            net.run();
+        }
+        net.advance(Duration::from_millis(100));
+        net
+    }
+
+    fn commit(&mut self, i: usize, key: &str, value: &str) -> CommitOutcome {
+        self.commit_within(i, key, value, Duration::from_millis(1))
+    }
+
+    fn commit_within(&mut self, i: usize, key: &str, value: &str, d: Duration) -> CommitOutcome {
+        let now = self.now;
+        let ops = [Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value: value.as_bytes(),
+        }];
+        let id = self.sites[i]
+            .commit(now, &ops, Durability::Sync)
+            .expect("commit accepted");
+        self.run();
+        self.advance(d);
+        let pos = self
+            .answers
+            .iter()
+            .position(|(s, a)| *s == i && matches!(a, Answer::Commit { id: x, .. } if *x == id))
+            .expect("commit answered");
+        match self.answers.remove(pos).1 {
+            Answer::Commit { result, .. } => result.expect("commit ok"),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn r7_group_creation_and_joins_replicate_membership() {
+    let net = Net::group(3, Config::default());
+    assert_eq!(net.sites[0].role(), Role::Master);
+    for s in &net.sites {
+        assert_eq!(s.members().len(), 3, "site {} sees 3 members", s.id().0);
+    }
+    assert_eq!(net.sites[1].role(), Role::Client);
+    assert_eq!(net.sites[2].master(), Some(SiteId(1)));
+    assert!(net
+        .events
+        .iter()
+        .any(|(i, e)| *i == 2 && *e == Event::StartupDone));
+}
+
+#[test]
+fn r2_r3_r5_commits_replicate_and_are_acknowledged() {
+    let mut net = Net::group(3, Config::default());
+    for k in 0..20 {
+        let out = net.commit(0, &format!("k{k}"), &format!("v{k}"));
+        assert!(out.permanent, "commit {k} permanent under QUORUM: {out:?}");
+        assert!(out.acks >= 1);
+        assert!(out.flushed);
+    }
+    let digest = net.sites[0].store().digest();
+    for s in &net.sites {
+        assert_eq!(s.store().digest(), digest);
+        assert_eq!(s.store().get("db", b"k19"), Some(&b"v19"[..]));
+        assert_eq!(s.last_lsn(), net.sites[0].last_lsn());
+    }
+}
+
+#[test]
+fn r1_a_client_refuses_writes() {
+    let mut net = Net::group(2, Config::default());
+    let ops = [Op::Delete {
+        db: "db",
+        key: b"k",
+    }];
+    let err = net.sites[1]
+        .commit(Instant(1), &ops, Durability::Sync)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        shoal_core::site::CommitError::NotMaster(Some(SiteId(1)))
+    );
+}
+
+#[test]
+fn r5_quorum_fails_when_clients_are_unreachable() {
+    let mut net = Net::group(3, Config::default());
+    net.cut = vec![1, 2];
+    // Answered only after the 1 s ack timeout, as not permanent, but
+    // flushed: the commit stands locally.
+    let out = net.commit_within(0, "lonely", "v", Duration::from_millis(1100));
+    assert!(!out.permanent);
+    assert!(out.flushed);
+    assert_eq!(out.acks, 0);
+    assert_eq!(out.needed, 1);
+    assert!(net
+        .events
+        .iter()
+        .any(|(i, e)| *i == 0 && *e == Event::PermFailed(out.token.lsn)));
+    // Once the clients are back, commits are permanent again.
+    net.cut.clear();
+    net.advance(Duration::from_millis(10));
+    assert!(net.commit(0, "back", "v").permanent);
+}
+
+#[test]
+fn r2_a_restarted_client_catches_up() {
+    let mut net = Net::group(3, Config::default());
+    net.commit(0, "a", "1");
+    net.cut = vec![2];
+    for k in 0..50 {
+        net.commit(0, &format!("k{k}"), "x");
+    }
+    // Site 2 restarts from its storage and rejoins.
+    let s = net.sites.remove(2);
+    let storage = s.into_storage();
+    let mut s = Site::open(Config::default(), "s2", storage, net.now).expect("reopen");
+    s.rep_start_client(net.now);
+    net.sites.push(s);
+    net.cut.clear();
+    net.run();
+    net.advance(Duration::from_millis(500));
+    assert_eq!(net.sites[2].store().digest(), net.sites[0].store().digest());
+    assert_eq!(net.sites[2].store().get("db", b"k49"), Some(&b"x"[..]));
+}
