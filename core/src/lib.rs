@@ -27,6 +27,7 @@ pub mod ids;
 pub mod log;
 pub mod mem;
 pub mod meta;
+pub mod node;
 pub mod site;
 pub mod store;
 pub mod traits;
