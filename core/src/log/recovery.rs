@@ -7,8 +7,13 @@
 //! record, missing segment number or bad segment header; that segment is
 //! truncated there and every later segment removed. So the result is always
 //! exactly the longest valid prefix, whatever a crash or a flipped bit left.
+//!
+//! Segments are read through a window of twice the largest record, so
+//! recovery's memory is bounded by `Limits::max_record`, not by the segment
+//! size, and a segment longer than the local `segment_size` (written at a
+//! master's LSNs) is kept whole.
 
-use super::record::RecordView;
+use super::record::{RecordView, RECORD_HEADER_LEN};
 use super::segment::{SegmentHeader, FIRST_SEGMENT, SEGMENT_HEADER_LEN};
 use super::LogError;
 use crate::config::Limits;
@@ -62,6 +67,11 @@ pub fn recover<S: Storage>(s: &mut S, limits: &Limits) -> Result<Recovered, LogE
         return Ok(r);
     };
     r.next = Lsn::new(first_seg, SEGMENT_HEADER_LEN as u32);
+    // Segments are scanned through a window of two largest records, so
+    // recovery needs that much memory whatever the segment size, and a
+    // segment written with a larger `segment_size` (a client writes at its
+    // master's LSNs) is read whole.
+    let window = 2 * (limits.max_record as usize + RECORD_HEADER_LEN);
     let mut buf: Vec<u8> = Vec::new();
     let mut cut_from: Option<usize> = None; // index of the first segment to remove
     for (i, &seg) in segs.iter().enumerate() {
@@ -70,26 +80,41 @@ pub fn recover<S: Storage>(s: &mut S, limits: &Limits) -> Result<Recovered, LogE
             break;
         }
         let len = s.segment_len(seg).map_err(LogError::Storage)?;
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        // A valid segment never holds more than this; read no further and
-        // let the scan cut the rest.
-        let want = len.min(limits.segment_size as usize + limits.max_record as usize + 64);
-        buf.clear();
-        buf.resize(want, 0);
-        let n = s.read(seg, 0, &mut buf).map_err(LogError::Storage)?;
-        buf.truncate(n);
-        let header_ok = SegmentHeader::decode(&buf).is_some_and(|h| h.number == seg);
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        let n = s.read(seg, 0, &mut header).map_err(LogError::Storage)?;
+        let header_ok = SegmentHeader::decode(&header[..n]).is_some_and(|h| h.number == seg);
         if !header_ok {
             cut_from = Some(i);
             break;
         }
         r.next = Lsn::new(seg, SEGMENT_HEADER_LEN as u32);
         r.segment_open = true;
-        let mut off = SEGMENT_HEADER_LEN;
+        // An LSN offset is a u32: nothing past that can be a record.
+        let end = len.min(u32::MAX as u64);
+        let mut off = SEGMENT_HEADER_LEN as u64;
+        // The window holds the segment's bytes from `win` on.
+        let mut win = off;
+        buf.clear();
         let mut torn = false;
-        while off < buf.len() {
+        while off < end {
+            let rel = (off - win) as usize;
+            let win_end = win + buf.len() as u64;
+            if win_end < end && buf.len() - rel < window / 2 {
+                // Slide the window to start at `off`.
+                let want = (end - off).min(window as u64) as usize;
+                buf.clear();
+                buf.resize(want, 0);
+                let n = s.read(seg, off, &mut buf).map_err(LogError::Storage)?;
+                buf.truncate(n);
+                win = off;
+                if n == 0 {
+                    torn = true;
+                    break;
+                }
+            }
+            let rel = (off - win) as usize;
             let lsn = Lsn::new(seg, off as u32);
-            let Ok(view) = RecordView::parse(&buf[off..], lsn, limits) else {
+            let Ok(view) = RecordView::parse(&buf[rel..], lsn, limits) else {
                 torn = true;
                 break;
             };
@@ -103,12 +128,12 @@ pub fn recover<S: Storage>(s: &mut S, limits: &Limits) -> Result<Recovered, LogE
             r.last = lsn;
             r.last_generation = view.generation;
             r.records += 1;
-            off += view.bytes.len();
+            off += view.bytes.len() as u64;
             r.next = Lsn::new(seg, off as u32);
         }
         if torn || off < len {
-            s.truncate(seg, off as u64).map_err(LogError::Storage)?;
-            r.truncated_bytes += (len - off) as u64;
+            s.truncate(seg, off).map_err(LogError::Storage)?;
+            r.truncated_bytes += len - off;
             cut_from = Some(i + 1);
             break;
         }

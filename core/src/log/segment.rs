@@ -126,6 +126,10 @@ impl LogWriter {
         record: &[u8],
         generation: Generation,
     ) -> Result<(), LogError<S::Error>> {
+        let end = u32::try_from(record.len())
+            .ok()
+            .and_then(|n| lsn.offset.checked_add(n))
+            .ok_or(LogError::Record(RecordError::BadLsn))?;
         if lsn.file != self.next.file || !self.open {
             s.create_segment(lsn.file).map_err(LogError::Storage)?;
             let h = SegmentHeader { number: lsn.file }.encode();
@@ -135,7 +139,7 @@ impl LogWriter {
         s.append(lsn.file, record).map_err(LogError::Storage)?;
         self.last = lsn;
         self.last_generation = generation;
-        self.next = Lsn::new(lsn.file, lsn.offset + record.len() as u32);
+        self.next = Lsn::new(lsn.file, end);
         Ok(())
     }
 
@@ -173,6 +177,9 @@ impl LogWriter {
         if view.bytes.len() != record.len() {
             return Err(LogError::Record(RecordError::BadBody));
         }
+        // Recovery keeps only records whose body decodes; a record it would
+        // drop (and every record after it with it) must not be written.
+        view.decode(&self.limits)?;
         let switch = lsn.file == self.next.file + 1
             && lsn.offset as usize == SEGMENT_HEADER_LEN
             && self.open;
@@ -182,15 +189,14 @@ impl LogWriter {
                 got: lsn,
             });
         }
-        if lsn.offset as u64 + record.len() as u64 > u32::MAX as u64 {
-            return Err(LogError::Record(RecordError::BadLsn));
-        }
         self.write_at(s, lsn, record, view.generation)
     }
 
     /// Remove every record at or after `at` (rollback, P2). `at` must be the
-    /// LSN of a record in the log or the log's next position; `prev` is the
-    /// LSN of the record before `at` (zero if none) and its generation.
+    /// LSN of a record in the log, the end of a segment, or the log's next
+    /// position; anything else (inside a record, past the end) is
+    /// [`LogError::BadTruncate`] and changes nothing. `prev` is the LSN of
+    /// the record before `at` (zero if none) and its generation.
     pub fn truncate<S: Storage>(
         &mut self,
         s: &mut S,
@@ -199,6 +205,9 @@ impl LogWriter {
         prev_generation: Generation,
     ) -> Result<(), LogError<S::Error>> {
         if at > self.next || at.offset < SEGMENT_HEADER_LEN as u32 {
+            return Err(LogError::BadTruncate(at));
+        }
+        if at != self.next && !self.is_boundary(s, at)? {
             return Err(LogError::BadTruncate(at));
         }
         for seg in s.segments().map_err(LogError::Storage)? {
@@ -216,6 +225,29 @@ impl LogWriter {
         self.last = prev;
         self.last_generation = prev_generation;
         Ok(())
+    }
+
+    /// Whether `at` (before the log's next position) is where a record
+    /// starts or a segment ends: the record there must check at that LSN.
+    fn is_boundary<S: Storage>(&self, s: &mut S, at: Lsn) -> Result<bool, LogError<S::Error>> {
+        let Ok(len) = s.segment_len(at.file) else {
+            return Ok(false);
+        };
+        if at.offset as u64 >= len {
+            return Ok(at.offset as u64 == len);
+        }
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        let n = s
+            .read(at.file, at.offset as u64, &mut header)
+            .map_err(LogError::Storage)?;
+        let Ok(total) = RecordView::total_len(&header[..n], &self.limits) else {
+            return Ok(false);
+        };
+        let mut buf = alloc::vec![0u8; total];
+        let n = s
+            .read(at.file, at.offset as u64, &mut buf)
+            .map_err(LogError::Storage)?;
+        Ok(RecordView::parse(&buf[..n], at, &self.limits).is_ok())
     }
 
     /// Drop the whole log and continue it at `start`, the first LSN of a
@@ -300,7 +332,8 @@ impl LogReader {
                 have: RECORD_HEADER_LEN + n,
             }));
         }
+        let next = Lsn::new(lsn.file, lsn.offset.saturating_add(total as u32));
         let view = RecordView::parse(&self.buf, lsn, &self.limits)?;
-        Ok((view, Lsn::new(lsn.file, lsn.offset + total as u32)))
+        Ok((view, next))
     }
 }

@@ -264,7 +264,18 @@ fn check_entry(e: &LogEntry<'_>, limits: &Limits) -> Result<(), DecodeError> {
     if view.bytes.len() != e.record.len() {
         return Err(DecodeError::BadRecord(crate::log::RecordError::BadBody));
     }
+    // A record whose body does not decode would be refused by the log
+    // writer and dropped by recovery: refuse it at the door.
+    view.decode(limits).map_err(DecodeError::BadRecord)?;
     Ok(())
+}
+
+/// The largest snapshot page a PAGE message may carry: the answer cap
+/// (`Limits::max_answer_bytes`), but never so large that the frame would
+/// not fit in `Limits::max_frame` with [`FRAME_OVERHEAD`] to spare.
+pub fn max_page_bytes(limits: &Limits) -> usize {
+    (limits.max_answer_bytes as usize)
+        .min((limits.max_frame as usize).saturating_sub(FRAME_OVERHEAD))
 }
 
 fn check_str(s: &str, max: usize, what: &'static str) -> Result<(), DecodeError> {
@@ -308,7 +319,7 @@ pub fn validate(env: &Envelope, msg: &Message<'_>, limits: &Limits) -> Result<()
         | Message::PageFail { db: d, .. } => db(d)?,
         Message::Page(p) => {
             db(p.db)?;
-            if p.data.len() > limits.max_answer_bytes as usize {
+            if p.data.len() > max_page_bytes(limits) {
                 return Err(DecodeError::LimitExceeded("page"));
             }
         }
@@ -334,10 +345,10 @@ pub fn validate(env: &Envelope, msg: &Message<'_>, limits: &Limits) -> Result<()
                 return Err(DecodeError::LimitExceeded("channel message"));
             }
         }
-        Message::ChannelResponse { part, .. } => {
-            if part.len() > limits.max_channel_message as usize {
-                return Err(DecodeError::LimitExceeded("channel response"));
-            }
+        Message::ChannelResponse { part, .. }
+            if part.len() > limits.max_channel_message as usize =>
+        {
+            return Err(DecodeError::LimitExceeded("channel response"));
         }
         Message::ForwardWrite(w) => w.op.check(limits).map_err(DecodeError::BadRecord)?,
         _ => {}
