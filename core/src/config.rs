@@ -326,6 +326,11 @@ pub struct Config {
     /// This site is a view: it replicates but never votes, acks or becomes
     /// master (R12, off).
     pub view: bool,
+    /// Log segments kept before the one holding the latest checkpoint;
+    /// older ones are removed (R8). `None` keeps the whole log. A client
+    /// that falls further behind than the master's retention has no log
+    /// overlap left and needs internal initialisation (S6).
+    pub log_retention_segments: Option<u32>,
     /// Seed for tie-breakers; hosts set it from real randomness, the
     /// simulator from its seed.
     pub seed: u64,
@@ -354,6 +359,7 @@ impl Default for Config {
             forward_writes: false,
             step_down_without_majority: true,
             view: false,
+            log_retention_segments: Some(2),
             seed: 0,
             limits: Limits::default(),
         }

@@ -29,6 +29,7 @@ pub mod mem;
 pub mod meta;
 pub mod node;
 pub mod site;
+pub mod snapshot;
 pub mod store;
 pub mod traits;
 pub mod wire;

@@ -36,6 +36,7 @@ impl fmt::Display for MemError {
 pub struct MemStorage {
     segments: BTreeMap<u32, Vec<u8>>,
     meta: Option<Vec<u8>>,
+    snapshot: Option<Vec<u8>>,
     used: usize,
     capacity: usize,
 }
@@ -132,6 +133,21 @@ impl Storage for MemStorage {
 
     fn write_meta(&mut self, bytes: &[u8]) -> Result<(), MemError> {
         self.meta = Some(bytes.to_vec());
+        Ok(())
+    }
+
+    fn read_snapshot(&mut self) -> Result<Option<Vec<u8>>, MemError> {
+        Ok(self.snapshot.clone())
+    }
+
+    fn write_snapshot(&mut self, bytes: &[u8]) -> Result<(), MemError> {
+        let old = self.snapshot.as_ref().map_or(0, |s| s.len());
+        if self.used - old.min(self.used) + bytes.len() > self.capacity {
+            return Err(MemError::Full {
+                capacity: self.capacity,
+            });
+        }
+        self.snapshot = Some(bytes.to_vec());
         Ok(())
     }
 }

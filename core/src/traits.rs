@@ -41,6 +41,12 @@ pub trait Storage {
     /// Replace the metadata record atomically and durably: after a crash
     /// the old or the new record is present, never a mix.
     fn write_meta(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+    /// Read the store snapshot (R8), if one was ever written.
+    fn read_snapshot(&mut self) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// Replace the store snapshot atomically and durably, like the
+    /// metadata record. A checkpoint writes it; log segments older than
+    /// it may then be removed.
+    fn write_snapshot(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
 }
 
 /// Why a frame could not be queued for a site.

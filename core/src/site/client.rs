@@ -157,6 +157,7 @@ impl<S: Storage> Site<S> {
                 // point, if any, is later); otherwise it is a mismatch.
                 self.verify_step(older, false);
             }
+            SyncState::CatchUp { .. } if self.index.is_empty() => self.no_overlap(),
             SyncState::CatchUp { .. } | SyncState::Ready => self.start_sync(),
             _ => return Err(Drop::Duplicate),
         }

@@ -259,6 +259,12 @@ impl<S: Storage> Site<S> {
             return Err(Drop::WrongRole);
         }
         self.stats.requests_served += 1;
+        if from.is_zero() && !self.has_full_history() {
+            // The log's start was archived: the requester needs the whole
+            // database (internal initialisation), not the log.
+            self.send(env.from, Flags::NONE, &Message::VerifyFail { lsn: from });
+            return Ok(());
+        }
         let start = match self.index_from(from) {
             Ok(i) => i,
             Err(()) => {

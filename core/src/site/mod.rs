@@ -78,6 +78,11 @@ pub enum OpenError<E> {
     Log(LogError<E>),
     /// The metadata record is corrupt.
     Meta(crate::meta::MetaError),
+    /// The store snapshot is corrupt.
+    Snapshot(crate::snapshot::SnapshotError),
+    /// The log no longer starts at its beginning and no valid snapshot
+    /// covers the part removed: the store cannot be rebuilt.
+    NoBase,
 }
 
 impl<E: fmt::Display> fmt::Display for OpenError<E> {
@@ -86,6 +91,11 @@ impl<E: fmt::Display> fmt::Display for OpenError<E> {
             OpenError::Config(e) => write!(f, "invalid configuration: {e}"),
             OpenError::Log(e) => write!(f, "log recovery failed: {e}"),
             OpenError::Meta(e) => write!(f, "site metadata unreadable: {e}"),
+            OpenError::Snapshot(e) => write!(f, "{e}; remove it to rebuild from the log, or re-initialise the site"),
+            OpenError::NoBase => write!(
+                f,
+                "the log was archived and no valid store snapshot remains: re-initialise this site from the group"
+            ),
         }
     }
 }
@@ -126,6 +136,8 @@ pub struct Stats {
     pub flushes: u64,
     /// Commits rolled back.
     pub rolled_back: u64,
+    /// Times old log segments were removed (R8).
+    pub segments_archived: u64,
 }
 
 /// A commit the master is waiting on.
@@ -233,6 +245,11 @@ pub struct Site<S: Storage> {
     // Both.
     waiters: Vec<Waiter>,
     joining: Option<Joining>,
+    /// The record the stored snapshot reflects (zero: no snapshot).
+    snapshot_lsn: Lsn,
+    /// A snapshot taken at a checkpoint record, written once that record
+    /// is durable (so a snapshot never runs ahead of the log).
+    pending_snapshot: Option<(Lsn, Vec<u8>)>,
     stats: Stats,
     frame_buf: Vec<u8>,
 }
@@ -291,18 +308,86 @@ impl<S: Storage> Site<S> {
             find_master_at: None,
             waiters: Vec::new(),
             joining: None,
+            snapshot_lsn: Lsn::ZERO,
+            pending_snapshot: None,
             stats: Stats::default(),
             frame_buf: Vec::new(),
         };
-        site.replay(recovered.first).map_err(OpenError::Log)?;
+        let base = match site
+            .storage
+            .read_snapshot()
+            .map_err(|e| OpenError::Log(LogError::Storage(e)))?
+        {
+            Some(bytes) => Some(crate::snapshot::decode(&bytes).map_err(OpenError::Snapshot)?),
+            None => None,
+        };
+        site.rebuild(recovered.first, base)
+            .map_err(OpenError::Log)?;
+        if !site.index.is_empty() && !site.has_full_history() && site.snapshot_lsn.is_zero() {
+            return Err(OpenError::NoBase);
+        }
         Ok(site)
     }
 
-    /// Rebuild the index, store and membership from the log on storage.
-    fn replay(&mut self, first: Lsn) -> Result<(), LogError<S::Error>> {
+    /// Rebuild from the log and, when it is valid for this log, a snapshot:
+    /// a snapshot whose record is not in the log (or has another
+    /// generation there) is ignored.
+    fn rebuild(
+        &mut self,
+        first: Lsn,
+        base: Option<crate::snapshot::Snapshot>,
+    ) -> Result<(), LogError<S::Error>> {
+        let (lsn, gen) = base
+            .as_ref()
+            .map_or((Lsn::ZERO, Generation(0)), |b| (b.lsn, b.generation));
+        self.replay(first, base)?;
+        let valid = !lsn.is_zero()
+            && self
+                .index_of(lsn)
+                .is_some_and(|i| self.index[i].generation == gen);
+        if valid {
+            self.snapshot_lsn = lsn;
+        } else {
+            self.snapshot_lsn = Lsn::ZERO;
+            if !lsn.is_zero() {
+                self.replay(first, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The log still starts at its first record ever, so the store can be
+    /// rebuilt from the log alone.
+    fn has_full_history(&self) -> bool {
+        self.index.first().is_none_or(|e| {
+            e.lsn
+                == Lsn::new(
+                    crate::log::segment::FIRST_SEGMENT,
+                    crate::log::segment::SEGMENT_HEADER_LEN as u32,
+                )
+        })
+    }
+
+    /// Rebuild the index, store and membership from the log on storage,
+    /// starting from `base` (applying only records after it) or empty.
+    fn replay(
+        &mut self,
+        first: Lsn,
+        base: Option<crate::snapshot::Snapshot>,
+    ) -> Result<(), LogError<S::Error>> {
         self.index.clear();
-        self.store = Store::new();
-        self.members.clear();
+        let base_lsn = match base {
+            Some(b) => {
+                self.store = b.store;
+                self.members = b.members;
+                b.lsn
+            }
+            None => {
+                self.store = Store::new();
+                self.members.clear();
+                Lsn::ZERO
+            }
+        };
         if first.is_zero() {
             return Ok(());
         }
@@ -316,12 +401,14 @@ impl<S: Storage> Site<S> {
                 len: view.bytes.len() as u32,
                 kind: view.kind,
             };
-            match view.decode(&self.cfg.limits)? {
-                Record::Commit(c) => self.store.apply(&c)?,
-                Record::Membership(m) => {
-                    self.members.apply(&m);
+            if entry.lsn > base_lsn {
+                match view.decode(&self.cfg.limits)? {
+                    Record::Commit(c) => self.store.apply(&c)?,
+                    Record::Membership(m) => {
+                        self.members.apply(&m);
+                    }
+                    Record::Checkpoint(_) | Record::NewGeneration(_) => {}
                 }
-                Record::Checkpoint(_) | Record::NewGeneration(_) => {}
             }
             self.index.push(entry);
             if entry.lsn >= last {
@@ -571,7 +658,8 @@ impl<S: Storage> Site<S> {
                 }
             }
             RecordBody::Membership(m) => self.apply_membership(m),
-            _ => {}
+            RecordBody::Checkpoint(_) => self.take_snapshot(entry),
+            RecordBody::NewGeneration(_) => {}
         }
         Ok(entry)
     }
@@ -594,10 +682,64 @@ impl<S: Storage> Site<S> {
         match view.decode(&self.cfg.limits)? {
             Record::Commit(c) => self.store.apply(&c)?,
             Record::Membership(m) => self.apply_membership(&m),
-            Record::Checkpoint(_) | Record::NewGeneration(_) => {}
+            Record::Checkpoint(_) => self.take_snapshot(entry),
+            Record::NewGeneration(_) => {}
         }
         self.stats.records_applied += 1;
         Ok(entry)
+    }
+
+    /// A checkpoint record was just applied: encode the store as of it now,
+    /// write it once the record is durable (R8).
+    fn take_snapshot(&mut self, entry: IndexEntry) {
+        let bytes =
+            crate::snapshot::encode(entry.lsn, entry.generation, &self.store, &self.members);
+        self.pending_snapshot = Some((entry.lsn, bytes));
+        self.ask_flush(entry.lsn);
+    }
+
+    /// Write a pending snapshot whose record is now durable, then remove
+    /// the segments retention no longer asks for.
+    fn settle_snapshot(&mut self) {
+        let Some((lsn, _)) = self.pending_snapshot.as_ref() else {
+            return;
+        };
+        if *lsn > self.flushed {
+            return;
+        }
+        let Some((lsn, bytes)) = self.pending_snapshot.take() else {
+            return;
+        };
+        if self.storage.write_snapshot(&bytes).is_err() {
+            return;
+        }
+        self.snapshot_lsn = lsn;
+        self.archive();
+    }
+
+    /// Remove whole segments older than the retention before the snapshot.
+    fn archive(&mut self) {
+        let Some(keep) = self.cfg.log_retention_segments else {
+            return;
+        };
+        if self.snapshot_lsn.is_zero() {
+            return;
+        }
+        let oldest = self.snapshot_lsn.file.saturating_sub(keep);
+        let Ok(segs) = self.storage.segments() else {
+            return;
+        };
+        let mut removed = false;
+        for seg in segs.into_iter().filter(|&s| s < oldest) {
+            if self.storage.remove_segment(seg).is_ok() {
+                removed = true;
+            }
+        }
+        if removed {
+            let cut = self.index.partition_point(|e| e.lsn.file < oldest);
+            self.index.drain(..cut);
+            self.stats.segments_archived += 1;
+        }
     }
 
     fn apply_membership(&mut self, m: &Membership<'_>) {
@@ -669,7 +811,33 @@ impl<S: Storage> Site<S> {
         self.acked_sent = self.acked_sent.min(prev);
         self.perm_lsn = self.perm_lsn.min(prev);
         let keep_first = if keep == 0 { Lsn::ZERO } else { first };
-        let _ = self.replay(keep_first);
+        self.pending_snapshot = None;
+        let base = if !self.snapshot_lsn.is_zero() && self.snapshot_lsn < at {
+            self.storage
+                .read_snapshot()
+                .ok()
+                .flatten()
+                .and_then(|b| crate::snapshot::decode(&b).ok())
+        } else {
+            None
+        };
+        let had_full_history = self.has_full_history();
+        let _ = self.rebuild(keep_first, base);
+        if self.snapshot_lsn.is_zero() && !had_full_history {
+            // The rollback went below the snapshot and the log before it
+            // is gone: nothing to rebuild the store from.
+            self.event(Event::JoinFailure);
+            return false;
+        }
+        if self.snapshot_lsn.is_zero() && keep > 0 {
+            // The stored snapshot reflected rolled-back records: replace it
+            // with one of the state just rebuilt.
+            let e = self.index[self.index.len() - 1];
+            let bytes = crate::snapshot::encode(e.lsn, e.generation, &self.store, &self.members);
+            if self.storage.write_snapshot(&bytes).is_ok() {
+                self.snapshot_lsn = e.lsn;
+            }
+        }
         self.stats.rolled_back += commits.len() as u64;
         // Waiters on rolled-back commits learn it now.
         let gone: Vec<RequestId> = self
@@ -999,6 +1167,7 @@ impl<S: Storage> Site<S> {
             return;
         }
         self.flushed = lsn;
+        self.settle_snapshot();
         match self.role {
             Role::Master => self.progress_commits(),
             Role::Client => self.maybe_ack(),

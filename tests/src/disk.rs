@@ -1,0 +1,436 @@
+//! `SimDisk`: a [`Storage`] that forgets what was not synced when it
+//! crashes.
+//!
+//! Each segment has durable bytes (what survives a crash) and current bytes
+//! (what reads see). Appends, truncations, creations and removals change
+//! only the current view; [`Storage::sync`] makes the whole current view
+//! durable. [`SimDisk::crash`] throws the volatile part away: in
+//! [`CrashMode::Clean`] every unsynced change is lost; in
+//! [`CrashMode::Torn`] the unsynced appends of a segment reached the platter
+//! up to a random byte (so the last one that made it is usually torn in the
+//! middle of a record, which recovery must cut). The metadata record is
+//! written atomically and durably, as the trait promises.
+//!
+//! All randomness comes from the [`Rng`] the caller passes, so a crash is as
+//! reproducible as everything else in the simulator.
+
+use crate::rng::Rng;
+use shoal_core::traits::Storage;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Why a [`SimDisk`] call failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SimDiskError {
+    /// No segment with that number.
+    NoSegment(u32),
+}
+
+impl fmt::Display for SimDiskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimDiskError::NoSegment(n) => write!(f, "no log segment {n}"),
+        }
+    }
+}
+
+/// How a crash treats the bytes that were not synced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CrashMode {
+    /// Everything not synced is lost.
+    Clean,
+    /// Unsynced appends survive up to a random byte (torn write); other
+    /// unsynced changes (truncate, create, remove) are lost.
+    Torn,
+}
+
+/// What changed in a segment since the last sync.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dirt {
+    /// Only appends: the durable bytes are a prefix of the current ones.
+    Appended,
+    /// Anything else (created, truncated below the durable length, removed).
+    Rewritten,
+}
+
+/// Counters, for tests and the trace.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct DiskStats {
+    /// Syncs.
+    pub syncs: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Unsynced bytes a crash threw away.
+    pub bytes_lost: u64,
+    /// Unsynced bytes a torn crash kept.
+    pub torn_bytes_kept: u64,
+}
+
+/// A simulated disk holding one site's log segments and metadata.
+#[derive(Clone, Debug, Default)]
+pub struct SimDisk {
+    durable: BTreeMap<u32, Vec<u8>>,
+    current: BTreeMap<u32, Vec<u8>>,
+    dirty: BTreeMap<u32, Dirt>,
+    meta: Option<Vec<u8>>,
+    /// The store snapshot (R8): replaced atomically and durably, like meta.
+    snapshot: Option<Vec<u8>>,
+    stats: DiskStats,
+}
+
+impl SimDisk {
+    /// An empty disk.
+    pub fn new() -> SimDisk {
+        SimDisk::default()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DiskStats {
+        self.stats
+    }
+
+    /// True when everything is durable.
+    pub fn is_synced(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    /// Unsynced bytes (appended since the last sync; rewritten segments
+    /// count whole).
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.dirty
+            .iter()
+            .map(|(seg, d)| {
+                let cur = self.current.get(seg).map_or(0, |v| v.len());
+                match d {
+                    Dirt::Appended => {
+                        (cur - self.durable.get(seg).map_or(0, |v| v.len())) as u64
+                    }
+                    Dirt::Rewritten => cur as u64,
+                }
+            })
+            .sum()
+    }
+
+    /// The current bytes of a segment.
+    pub fn segment(&self, n: u32) -> Option<&[u8]> {
+        self.current.get(&n).map(|v| v.as_slice())
+    }
+
+    /// The durable bytes of a segment.
+    pub fn durable_segment(&self, n: u32) -> Option<&[u8]> {
+        self.durable.get(&n).map(|v| v.as_slice())
+    }
+
+    /// The machine lost power: keep only what is durable (and, when torn,
+    /// a random prefix of each segment's unsynced appends).
+    pub fn crash(&mut self, mode: CrashMode, rng: &mut Rng) {
+        self.stats.crashes += 1;
+        let dirty = std::mem::take(&mut self.dirty);
+        for (seg, d) in dirty {
+            let cur = self.current.remove(&seg).unwrap_or_default();
+            let durable = self.durable.get(&seg);
+            match (d, durable) {
+                (Dirt::Appended, Some(dur)) => {
+                    let tail = cur.len() - dur.len();
+                    let keep = match mode {
+                        CrashMode::Clean => 0,
+                        CrashMode::Torn => rng.below(tail as u64 + 1) as usize,
+                    };
+                    let mut v = dur.clone();
+                    v.extend_from_slice(&cur[dur.len()..dur.len() + keep]);
+                    self.stats.torn_bytes_kept += keep as u64;
+                    self.stats.bytes_lost += (tail - keep) as u64;
+                    self.durable.insert(seg, v.clone());
+                    self.current.insert(seg, v);
+                }
+                (_, Some(dur)) => {
+                    self.stats.bytes_lost += cur.len() as u64;
+                    self.current.insert(seg, dur.clone());
+                }
+                (_, None) => {
+                    // Created since the last sync. A torn crash may leave
+                    // the file with some of its first bytes.
+                    if mode == CrashMode::Torn && !cur.is_empty() && rng.chance(500_000) {
+                        let keep = rng.below(cur.len() as u64 + 1) as usize;
+                        self.stats.torn_bytes_kept += keep as u64;
+                        self.stats.bytes_lost += (cur.len() - keep) as u64;
+                        let v = cur[..keep].to_vec();
+                        self.durable.insert(seg, v.clone());
+                        self.current.insert(seg, v);
+                    } else {
+                        self.stats.bytes_lost += cur.len() as u64;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The disk is destroyed: nothing survives, not even the metadata.
+    pub fn wipe(&mut self) {
+        *self = SimDisk {
+            stats: self.stats,
+            ..SimDisk::default()
+        };
+    }
+
+    fn seg(&mut self, n: u32) -> Result<&mut Vec<u8>, SimDiskError> {
+        self.current.get_mut(&n).ok_or(SimDiskError::NoSegment(n))
+    }
+
+    fn mark(&mut self, seg: u32, d: Dirt) {
+        let e = self.dirty.entry(seg).or_insert(d);
+        if d == Dirt::Rewritten {
+            *e = Dirt::Rewritten;
+        }
+    }
+}
+
+impl Storage for SimDisk {
+    type Error = SimDiskError;
+
+    fn segments(&mut self) -> Result<Vec<u32>, SimDiskError> {
+        Ok(self.current.keys().copied().collect())
+    }
+
+    fn segment_len(&mut self, segment: u32) -> Result<u64, SimDiskError> {
+        Ok(self.seg(segment)?.len() as u64)
+    }
+
+    fn read(&mut self, segment: u32, offset: u64, buf: &mut [u8]) -> Result<usize, SimDiskError> {
+        let s = self.seg(segment)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(s.len());
+        let n = buf.len().min(s.len() - start);
+        buf[..n].copy_from_slice(&s[start..start + n]);
+        Ok(n)
+    }
+
+    fn create_segment(&mut self, segment: u32) -> Result<(), SimDiskError> {
+        self.current.insert(segment, Vec::new());
+        self.mark(segment, Dirt::Rewritten);
+        Ok(())
+    }
+
+    fn append(&mut self, segment: u32, bytes: &[u8]) -> Result<(), SimDiskError> {
+        self.seg(segment)?.extend_from_slice(bytes);
+        let d = if self.durable.contains_key(&segment) {
+            Dirt::Appended
+        } else {
+            Dirt::Rewritten
+        };
+        self.mark(segment, d);
+        Ok(())
+    }
+
+    fn truncate(&mut self, segment: u32, len: u64) -> Result<(), SimDiskError> {
+        let s = self.seg(segment)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len < s.len() {
+            s.truncate(len);
+            let below_durable = self.durable.get(&segment).is_none_or(|d| len < d.len());
+            let d = if below_durable {
+                Dirt::Rewritten
+            } else {
+                Dirt::Appended
+            };
+            self.mark(segment, d);
+        }
+        Ok(())
+    }
+
+    fn remove_segment(&mut self, segment: u32) -> Result<(), SimDiskError> {
+        match self.current.remove(&segment) {
+            Some(_) => {
+                self.mark(segment, Dirt::Rewritten);
+                Ok(())
+            }
+            None => Err(SimDiskError::NoSegment(segment)),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), SimDiskError> {
+        self.stats.syncs += 1;
+        let dirty = std::mem::take(&mut self.dirty);
+        for (seg, d) in dirty {
+            match (d, self.current.get(&seg)) {
+                (Dirt::Appended, Some(cur)) => {
+                    let dur = self.durable.entry(seg).or_default();
+                    let from = dur.len();
+                    dur.extend_from_slice(&cur[from..]);
+                }
+                (_, Some(cur)) => {
+                    self.durable.insert(seg, cur.clone());
+                }
+                (_, None) => {
+                    self.durable.remove(&seg);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_meta(&mut self) -> Result<Option<Vec<u8>>, SimDiskError> {
+        Ok(self.meta.clone())
+    }
+
+    fn write_meta(&mut self, bytes: &[u8]) -> Result<(), SimDiskError> {
+        self.meta = Some(bytes.to_vec());
+        Ok(())
+    }
+
+    fn read_snapshot(&mut self) -> Result<Option<Vec<u8>>, SimDiskError> {
+        Ok(self.snapshot.clone())
+    }
+
+    fn write_snapshot(&mut self, bytes: &[u8]) -> Result<(), SimDiskError> {
+        self.snapshot = Some(bytes.to_vec());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_core::config::{Config, Durability};
+    use shoal_core::log::Op;
+    use shoal_core::site::{Output, Site};
+    use shoal_core::Instant;
+
+    fn disk_with(seg: u32, synced: &[u8], unsynced: &[u8]) -> SimDisk {
+        let mut d = SimDisk::new();
+        d.create_segment(seg).unwrap();
+        d.append(seg, synced).unwrap();
+        d.sync().unwrap();
+        d.append(seg, unsynced).unwrap();
+        d
+    }
+
+    #[test]
+    fn synced_bytes_survive_and_unsynced_are_lost() {
+        let mut d = disk_with(1, b"durable", b"volatile");
+        assert_eq!(d.segment(1), Some(&b"durablevolatile"[..]));
+        assert_eq!(d.unsynced_bytes(), 8);
+        d.crash(CrashMode::Clean, &mut Rng::new(1));
+        assert_eq!(d.segment(1), Some(&b"durable"[..]));
+        assert!(d.is_synced());
+        assert_eq!(d.stats().bytes_lost, 8);
+        // After a sync everything survives.
+        d.append(1, b"+more").unwrap();
+        d.sync().unwrap();
+        d.crash(CrashMode::Clean, &mut Rng::new(2));
+        assert_eq!(d.segment(1), Some(&b"durable+more"[..]));
+    }
+
+    #[test]
+    fn a_torn_crash_keeps_a_prefix_of_the_unsynced_tail() {
+        let mut kept_lengths = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let mut d = disk_with(3, b"0123", b"abcdefghij");
+            d.crash(CrashMode::Torn, &mut Rng::new(seed));
+            let s = d.segment(3).unwrap();
+            assert!(s.len() >= 4 && s.len() <= 14);
+            assert_eq!(s, &b"0123abcdefghij"[..s.len()]);
+            // What a torn crash kept is durable now.
+            assert_eq!(d.durable_segment(3), Some(s));
+            kept_lengths.insert(s.len());
+        }
+        // Every cut point is reachable, including "nothing" and "all".
+        assert_eq!(kept_lengths.len(), 11);
+    }
+
+    #[test]
+    fn unsynced_truncate_create_and_remove_are_undone_by_a_crash() {
+        let mut d = disk_with(1, b"abcdef", b"");
+        d.create_segment(2).unwrap();
+        d.append(2, b"xyz").unwrap();
+        d.sync().unwrap();
+        d.truncate(1, 2).unwrap();
+        d.remove_segment(2).unwrap();
+        d.create_segment(3).unwrap();
+        d.append(3, b"new").unwrap();
+        assert_eq!(d.segments().unwrap(), vec![1, 3]);
+        d.crash(CrashMode::Clean, &mut Rng::new(5));
+        assert_eq!(d.segments().unwrap(), vec![1, 2]);
+        assert_eq!(d.segment(1), Some(&b"abcdef"[..]));
+        assert_eq!(d.segment(2), Some(&b"xyz"[..]));
+        // Synced, they stick.
+        d.truncate(1, 2).unwrap();
+        d.remove_segment(2).unwrap();
+        d.sync().unwrap();
+        d.crash(CrashMode::Torn, &mut Rng::new(6));
+        assert_eq!(d.segments().unwrap(), vec![1]);
+        assert_eq!(d.segment(1), Some(&b"ab"[..]));
+    }
+
+    #[test]
+    fn truncating_only_unsynced_bytes_keeps_the_segment_append_only() {
+        let mut d = disk_with(1, b"abc", b"defgh");
+        d.truncate(1, 5).unwrap();
+        d.sync().unwrap();
+        assert_eq!(d.durable_segment(1), Some(&b"abcde"[..]));
+    }
+
+    #[test]
+    fn metadata_is_atomic_and_durable() {
+        let mut d = SimDisk::new();
+        assert_eq!(d.read_meta().unwrap(), None);
+        d.write_meta(b"one").unwrap();
+        d.crash(CrashMode::Torn, &mut Rng::new(1));
+        assert_eq!(d.read_meta().unwrap().as_deref(), Some(&b"one"[..]));
+        d.write_meta(b"two").unwrap();
+        d.crash(CrashMode::Clean, &mut Rng::new(1));
+        assert_eq!(d.read_meta().unwrap().as_deref(), Some(&b"two"[..]));
+        d.wipe();
+        assert_eq!(d.read_meta().unwrap(), None);
+        assert!(d.segments().unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_missing_segment() {
+        let mut d = SimDisk::new();
+        assert_eq!(d.append(4, b"x"), Err(SimDiskError::NoSegment(4)));
+        assert_eq!(d.segment_len(4), Err(SimDiskError::NoSegment(4)));
+        assert_eq!(d.remove_segment(4), Err(SimDiskError::NoSegment(4)));
+        assert_eq!(SimDiskError::NoSegment(4).to_string(), "no log segment 4");
+    }
+
+    /// A site's log over a SimDisk: after a torn crash, recovery finds a
+    /// valid prefix of the log that includes everything synced.
+    #[test]
+    fn a_site_recovers_a_prefix_after_a_torn_crash() {
+        for seed in 0..40 {
+            let mut site = Site::open(Config::default(), "s0", SimDisk::new(), Instant(0)).unwrap();
+            site.create_group(Instant(0)).unwrap();
+            let mut synced = shoal_core::Lsn::ZERO;
+            for k in 0..30u32 {
+                let key = k.to_le_bytes();
+                let ops = [Op::Put {
+                    db: "db",
+                    key: &key,
+                    value: b"value",
+                }];
+                site.commit(Instant(k as u64), &ops, Durability::NoSync)
+                    .unwrap();
+                if k == 10 {
+                    site.storage_mut().sync().unwrap();
+                    synced = site.last_lsn();
+                }
+                while site.poll_output().is_some_and(|o| !matches!(o, Output::Answer(_))) {}
+            }
+            let before: Vec<_> = site.log_index().to_vec();
+            let records: Vec<_> = before
+                .iter()
+                .map(|e| site.read_record(e.lsn).unwrap())
+                .collect();
+            let mut disk = site.into_storage();
+            disk.crash(CrashMode::Torn, &mut Rng::new(seed));
+            let mut site = Site::open(Config::default(), "s0", disk, Instant(100)).unwrap();
+            assert!(site.last_lsn() >= synced, "seed {seed}");
+            let after = site.log_index().to_vec();
+            assert!(after.len() <= before.len());
+            for (i, e) in after.iter().enumerate() {
+                assert_eq!(*e, before[i]);
+                assert_eq!(site.read_record(e.lsn).unwrap(), records[i]);
+            }
+        }
+    }
+}
