@@ -23,10 +23,15 @@ impl<S: Storage> Site<S> {
             Role::Idle => return Err(Drop::WrongRole),
             Role::Master if env.generation > self.meta.generation => {
                 // A newer master exists: this one is out of date.
+                self.event(Event::DupMaster);
                 let now = self.now;
                 self.rep_start_client(now);
             }
-            // Two masters of one generation: resolved by elections (P1).
+            // Two masters of one generation (P1): both step down and elect.
+            Role::Master if env.from != self.meta.site => {
+                self.dup_master(env.from);
+                return Ok(());
+            }
             Role::Master => return Err(Drop::WrongRole),
             Role::Client => {}
         }
@@ -37,6 +42,10 @@ impl<S: Storage> Site<S> {
         }
         self.master_heard = self.now;
         self.monitor_fired = false;
+        // A master is known: any election here is over (E1).
+        self.election = None;
+        self.elect_at = None;
+        self.had_master = true;
         let same = self.master == Some(env.from) && !newer;
         if same && self.sync != SyncState::NoMaster && self.sync != SyncState::Stuck {
             return Ok(());
@@ -60,6 +69,14 @@ impl<S: Storage> Site<S> {
     /// Any message from the current master: it is alive; its LSN may show
     /// this site is missing the tail of the log.
     pub(super) fn on_master_traffic(&mut self, env: &Envelope) -> Result<(), Drop> {
+        if self.role == Role::Master {
+            // Another site acts as master: settle who stays (P1).
+            if env.generation < self.meta.generation {
+                self.send(env.from, Flags::NONE, &Message::NewMaster);
+                return Err(Drop::Stale);
+            }
+            return self.on_new_master(env).and(Err(Drop::WrongRole));
+        }
         if self.role != Role::Client {
             return Err(Drop::WrongRole);
         }
@@ -413,14 +430,9 @@ impl<S: Storage> Site<S> {
             }
         }
         if self.monitor_deadline().is_some_and(|d| d <= now) {
-            // R9: the master went quiet. Elections (E1) take over from here;
-            // until then the client looks for a master.
+            // R9: the master went quiet: elect (E1).
             self.monitor_fired = true;
-            self.master = None;
-            self.sync = SyncState::NoMaster;
-            self.want = None;
-            self.event(Event::MasterFailure);
-            self.find_master_at = Some(now);
+            self.master_lost();
         }
         if self.find_master_at.is_some_and(|t| t <= now) {
             if self.master.is_none() {

@@ -17,6 +17,7 @@
 
 pub mod acks;
 mod client;
+mod election;
 mod master;
 pub mod members;
 pub mod output;
@@ -138,6 +139,10 @@ pub struct Stats {
     pub rolled_back: u64,
     /// Times old log segments were removed (R8).
     pub segments_archived: u64,
+    /// Elections this site started or joined.
+    pub elections: u64,
+    /// Times this master stepped down for want of a majority (P3).
+    pub step_downs: u64,
 }
 
 /// A commit the master is waiting on.
@@ -245,6 +250,12 @@ pub struct Site<S: Storage> {
     // Both.
     waiters: Vec<Waiter>,
     joining: Option<Joining>,
+    // Elections.
+    election: Option<election::Election>,
+    elect_at: Option<Instant>,
+    had_master: bool,
+    opened_at: Instant,
+    master_since: Instant,
     /// The record the stored snapshot reflects (zero: no snapshot).
     snapshot_lsn: Lsn,
     /// A snapshot taken at a checkpoint record, written once that record
@@ -308,6 +319,11 @@ impl<S: Storage> Site<S> {
             find_master_at: None,
             waiters: Vec::new(),
             joining: None,
+            election: None,
+            elect_at: None,
+            had_master: false,
+            opened_at: now,
+            master_since: now,
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
             stats: Stats::default(),
@@ -557,6 +573,8 @@ impl<S: Storage> Site<S> {
         if let Some(d) = self.monitor_deadline() {
             at(Some(d));
         }
+        at(self.election_deadline());
+        at(self.majority_deadline());
         t
     }
 
@@ -937,6 +955,11 @@ impl<S: Storage> Site<S> {
         self.save_meta();
         self.role = Role::Master;
         self.master = Some(self.meta.site);
+        self.election = None;
+        self.elect_at = None;
+        self.find_master_at = None;
+        self.had_master = true;
+        self.master_since = now;
         self.sync = SyncState::Ready;
         self.want = None;
         self.pending.clear();
@@ -979,6 +1002,10 @@ impl<S: Storage> Site<S> {
         self.broadcast(Flags::NONE, &Message::NewClient);
         self.broadcast(Flags::NONE, &Message::MasterReq);
         self.find_master_at = Some(now + self.cfg.timeouts.election);
+        // E4: no master answers within an election timeout: elect.
+        if self.cfg.elections && !self.cfg.view && self.election.is_none() {
+            self.elect_at = Some(now + self.cfg.timeouts.election);
+        }
     }
 
     /// With DELAYCLIENT, start synchronising with the known master (S2).
@@ -1109,8 +1136,25 @@ impl<S: Storage> Site<S> {
                 Ok(())
             }
             Message::NewMaster => self.on_new_master(env),
-            Message::Heartbeat => self.on_master_traffic(env),
-            Message::Alive | Message::AliveReq => Ok(()),
+            Message::Heartbeat => {
+                self.on_master_traffic(env)?;
+                // Let the master count this site as reachable (P3).
+                self.send(env.from, Flags::NONE, &Message::Alive);
+                Ok(())
+            }
+            Message::Alive => {
+                // A newer election generation ends a local election: join it.
+                if env.egen > self.meta.egen && self.election.is_some() {
+                    self.start_election(Some(env.egen));
+                }
+                Ok(())
+            }
+            Message::AliveReq => {
+                self.send(env.from, Flags::NONE, &Message::Alive);
+                Ok(())
+            }
+            Message::Vote1(v) => self.on_vote1(env, v),
+            Message::Vote2 { candidate } => self.on_vote2(env, *candidate),
             Message::Log(e) => self.on_log(env, e),
             Message::BulkLog(b) => {
                 for e in b.entries().flatten() {
@@ -1131,7 +1175,7 @@ impl<S: Storage> Site<S> {
                 }
                 Ok(())
             }
-            Message::DupMaster => Ok(()),
+            Message::DupMaster => self.on_dup_master(env),
             // Elections, leases, initialisation, channels and forwarding
             // belong to later parts of the engine; their messages are
             // decoded and validated but not acted on yet.
@@ -1143,7 +1187,9 @@ impl<S: Storage> Site<S> {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.master_timeouts();
+        self.check_majority();
         self.client_timeouts();
+        self.election_timeouts();
         // Waiters.
         let expired: Vec<RequestId> = self
             .waiters
@@ -1190,9 +1236,17 @@ impl<S: Storage> Site<S> {
             if self.role == Role::Client && self.master.is_none() {
                 self.send(site, Flags::NONE, &Message::MasterReq);
             }
+            if self.role == Role::Master {
+                // Announce mastership on every new connection, so a healed
+                // partition reveals a duplicate master at once (P1).
+                self.send(site, Flags::NONE, &Message::NewMaster);
+            }
         } else {
             self.event(Event::ConnectBroken(site));
-            if self.role == Role::Master {
+            if self.role == Role::Client && self.master == Some(site) {
+                // The master's connection broke: fail over at once (R9).
+                self.master_lost();
+            } else if self.role == Role::Master {
                 // ALL_AVAILABLE may be met now that a client is gone.
                 self.progress_commits();
             }
