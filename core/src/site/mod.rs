@@ -31,7 +31,7 @@ use crate::log::{recover, LogError, LogReader, LogWriter, Membership, Record, Re
 use crate::meta::Meta;
 use crate::store::Store;
 use crate::traits::Storage;
-use crate::wire::{encode_frame, Envelope, Flags, Message};
+use crate::wire::{encode_frame_trusted, Envelope, Flags, Message};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -601,7 +601,7 @@ impl<S: Storage> Site<S> {
         let env = self.envelope(flags);
         let mut buf = core::mem::take(&mut self.frame_buf);
         buf.clear();
-        if encode_frame(&env, msg, &mut buf, &self.cfg.limits).is_ok() {
+        if encode_frame_trusted(&env, msg, &mut buf, &self.cfg.limits).is_ok() {
             for d in dests {
                 if self.out.len() >= self.cfg.limits.max_outputs as usize {
                     self.stats.sends_dropped += 1;
