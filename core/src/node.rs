@@ -1,1 +1,976 @@
-//! The async driver over a [`Site`](crate::site::Site): see the module body.
+//! The async driver over a [`Site`]: a [`Node`] owns the
+//! site (with its [`Storage`]), a [`NodeTransport`] and a [`Clock`], runs the
+//! site's inputs and outputs in one loop ([`Node::run`]) and offers the
+//! application API as `async fn`s.
+//!
+//! # Runtime independence
+//!
+//! Everything is built on `embassy-sync` and `core::future`: no executor, no
+//! timer and no thread is assumed. The host supplies time twice: a
+//! [`Clock`] (what time is it) and a [`Timer`] (wake me at that time), which
+//! must share one time base. A tokio host implements `Timer` with
+//! `tokio::time::sleep_until`, a browser with a `setTimeout` promise, an
+//! embassy firmware with `embassy_time::Timer::at`:
+//!
+//! ```ignore
+//! struct TokioTimer(tokio::time::Instant); // the origin of shoal's Instant(0)
+//! impl shoal_core::node::Timer for TokioTimer {
+//!     fn sleep_until(&self, at: shoal_core::Instant) -> impl core::future::Future<Output = ()> {
+//!         tokio::time::sleep_until(self.0 + std::time::Duration::from_micros(at.0))
+//!     }
+//! }
+//! ```
+//!
+//! The mutex flavour `M` is the host's choice:
+//! [`NoopRawMutex`](embassy_sync::blocking_mutex::raw::NoopRawMutex) when
+//! the node, its driver and the application share one executor (a browser,
+//! a single-executor firmware, a current-thread runtime);
+//! [`CriticalSectionRawMutex`](embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex)
+//! when they run on several threads (tokio's multi-thread runtime: the node
+//! is then `Sync` and its futures `Send` when `S`, `T` and `C` are `Send`).
+//! Any final binary then needs a `critical-section` implementation (see
+//! `TOOLCHAIN.md`).
+//!
+//! # Design
+//!
+//! - **Two locks, never nested the wrong way.** The site, the transport and
+//!   the pending flush live behind an async
+//!   [`embassy_sync::mutex::Mutex`] ("the core lock"); the small queues the
+//!   application and the transport touch (incoming frames, connection
+//!   changes, events, answer slots, wakers, counters) live behind a blocking
+//!   [`embassy_sync::blocking_mutex::Mutex`] ("the shared lock"). The site
+//!   does real work under its lock (decoding, log reads and appends, the
+//!   `Storage::sync` of a flush), and with `CriticalSectionRawMutex` a
+//!   blocking lock is a critical section: on a microcontroller it masks
+//!   interrupts, on std it is one process-wide lock. So the site is never
+//!   behind a blocking lock; only O(1) bookkeeping is. The shared lock is
+//!   only ever taken inside the core lock, never the other way round, and
+//!   no lock is held across an `.await`. Under contention from several
+//!   threads the core lock's waiters wake each other until the holder is
+//!   done (embassy's single-waker mutex); holds are short and never span an
+//!   await, so this only happens on multi-threaded executors and only for
+//!   the length of one step.
+//! - **Application calls run on the caller's task.** `commit`, `join`,
+//!   `txn_applied`, … take the core lock, call the site directly (so a
+//!   refusal such as NotMaster is returned at once), register interest in
+//!   the answer by request id, signal the driver, and wait. Answers are
+//!   routed to a bounded table of slots ([`NodeLimits::waiters`]), each with
+//!   its own waker: no polling. When every slot is taken the call fails at
+//!   once with `Busy`. A call's slot is reserved *before* the site is asked
+//!   and armed with the request id while the core lock is still held; the
+//!   driver drains the site's outputs only under that lock, so an answer can
+//!   never arrive before its slot is armed. Dropping a waiting future frees
+//!   its slot (the request itself goes on; its answer is discarded).
+//! - **The driver** ([`Node::run`]) waits for the earliest of: a signal (a
+//!   frame or connection change delivered, an application call queued work,
+//!   an event consumed after the event queue was full), or the site's next
+//!   deadline ([`Site::poll_timeout`]) through the [`Timer`]. Each step it
+//!   drains the site's pending outputs, feeds connection changes, the
+//!   INQUEUE_FULL notice and the frames queued when the step began (a flood
+//!   cannot starve the rest), fires deadlines, and drains outputs after
+//!   every input: `Send` to the transport (a failed send is dropped and
+//!   counted; the protocol re-requests what is lost), `Event` to the event
+//!   queue, `Answer` to its slot, `Flush` only noted.
+//! - **Group commit.** Flush requests are merged (the highest LSN wins) and
+//!   served once at the end of a step: one `Storage::sync` then
+//!   [`Site::handle_flushed`], whose outputs are drained in turn. Every
+//!   commit queued before the step, by any number of tasks, shares that one
+//!   sync. A failed sync is counted and retried after [`FLUSH_RETRY`]; the
+//!   commits it holds stay unanswered until a sync succeeds.
+//! - **Events are never dropped.** The event queue holds
+//!   [`NodeLimits::events`] events; when it is full the driver parks the
+//!   next event and pauses (no frames, timeouts or flushes are processed,
+//!   so later answers wait too) until the application takes one with
+//!   [`Node::next_event`]. The application must therefore consume events
+//!   (one task looping on `next_event` is the usual shape) or the node
+//!   stops. Frames that arrive meanwhile fill the incoming queue and are
+//!   then dropped with INQUEUE_FULL, as for any slow consumer (R13).
+//! - **Incoming frames** ([`Node::deliver`]) are queued without blocking,
+//!   bounded in bytes by [`Limits::max_inqueue_bytes`] (each frame is
+//!   charged its length plus [`FRAME_CHARGE`], so empty frames are bounded
+//!   too). When a frame does not fit it is dropped, `Err(InqueueFull)` is
+//!   returned, and the driver calls [`Site::handle_inqueue_full`] once per
+//!   overflow episode, which raises [`Event::InqueueFull`] (R13). Frames
+//!   longer than [`Limits::max_frame`] are dropped (and counted) at once:
+//!   the site would refuse them anyway.
+//! - **Connection changes** ([`Node::connection`]) are coalesced per site
+//!   (at most `2 × max_sites` sites pending): the driver replays the first
+//!   reported state, and the final one, with a blip in between when the
+//!   state flipped and came back. So a break followed by a reconnect is
+//!   never lost, and the table cannot grow. Failed connection attempts
+//!   ([`Node::connect_failed`]) are deduplicated the same way.
+//! - **Address sends.** [`Output::Send`] to a [`Dest::Address`] (a joiner,
+//!   or the helper a site joins through) goes to
+//!   [`NodeTransport::send_to_address`], a trait that extends
+//!   [`Transport`] so `traits.rs` stays as it is for hosts that drive a
+//!   `Site` by hand.
+//! - **Reads** ([`Node::get`]) wait while the site is synchronising with its
+//!   master (S5), woken by the driver once it is not; with NOWAIT configured
+//!   they fail with [`ReadError::Lockout`] at once instead.
+//! - **Stopping.** [`Node::stop`] makes `run` return at its next wake; `run`
+//!   may be called again later, and dropping the `run` future is safe too
+//!   (a parked event and a pending flush are kept in the node). Run one
+//!   driver per node.
+
+use crate::config::{Durability, Limits};
+use crate::ids::{CommitToken, Instant, Lsn, SiteId};
+use crate::log::Op;
+use crate::site::{
+    Answer, CommitError, CommitOutcome, Dest, Event, JoinError, Output, ReadError, RequestId, Site,
+    WaitError,
+};
+use crate::traits::{Clock, SendError, Storage, Transport};
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::fmt;
+use core::future::{poll_fn, Future};
+use core::pin::pin;
+use core::task::{Poll, Waker};
+use core::time::Duration;
+use embassy_sync::blocking_mutex::raw::RawMutex;
+use embassy_sync::blocking_mutex::Mutex as BlockingMutex;
+use embassy_sync::mutex::Mutex as AsyncMutex;
+use embassy_sync::signal::Signal;
+use embassy_sync::waitqueue::{MultiWakerRegistration, WakerRegistration};
+
+/// Bytes each queued incoming frame is charged on top of its length.
+pub const FRAME_CHARGE: usize = 64;
+
+/// Wait before retrying a failed `Storage::sync`.
+pub const FLUSH_RETRY: Duration = Duration::from_millis(100);
+
+/// When a deadline is still due right after the site handled it, the
+/// driver sleeps this long instead of spinning.
+const MIN_SLEEP: Duration = Duration::from_millis(1);
+
+/// Tasks that may wait on one multi-waiter condition before they are all
+/// woken to re-register (a bound, not a limit on waiters).
+const WAKERS: usize = 8;
+
+/// Time in async form: the driver's way to wait for the site's next
+/// deadline without knowing the runtime.
+pub trait Timer {
+    /// A future that completes at or after `at`, measured on the same time
+    /// base as the node's [`Clock`]. Completing early is harmless (the
+    /// driver just waits again); completing late delays timeouts.
+    fn sleep_until(&self, at: Instant) -> impl Future<Output = ()>;
+}
+
+/// A [`Transport`] that can also reach a site known only by address (a
+/// site asking to join, or the helper this site joins through).
+pub trait NodeTransport: Transport {
+    /// Queue one frame for the site at `address`. Must never block.
+    fn send_to_address(&mut self, address: &str, frame: &[u8]) -> Result<(), SendError>;
+}
+
+/// Sizes of the node's own queues (the site's are in [`Limits`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct NodeLimits {
+    /// Events queued for the application before the driver pauses.
+    pub events: usize,
+    /// Application calls that may wait for an answer at once (commits,
+    /// `txn_applied`, `remove_site`); past it they fail with `Busy`.
+    pub waiters: usize,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            events: 64,
+            waiters: 64,
+        }
+    }
+}
+
+/// The incoming queue is full: the frame (or connection change) was not
+/// taken. For frames the site raises [`Event::InqueueFull`] (R13).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct InqueueFull;
+
+impl fmt::Display for InqueueFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "incoming queue full")
+    }
+}
+
+/// The driver's counters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct NodeStats {
+    /// Frames accepted by [`Node::deliver`].
+    pub frames_queued: u64,
+    /// Frames dropped because the incoming queue was full.
+    pub frames_dropped: u64,
+    /// Frames dropped for exceeding [`Limits::max_frame`].
+    pub frames_oversized: u64,
+    /// Frames the transport refused (full, disconnected, unknown).
+    pub send_failures: u64,
+    /// Successful `Storage::sync` calls.
+    pub flushes: u64,
+    /// Failed `Storage::sync` calls.
+    pub flush_failures: u64,
+    /// Events handed to the application.
+    pub events: u64,
+    /// Driver steps.
+    pub steps: u64,
+}
+
+#[derive(Debug)]
+enum SlotState {
+    Free,
+    Reserved,
+    Waiting(RequestId),
+    Done(Answer),
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: SlotState,
+    waker: WakerRegistration,
+}
+
+/// Pending connection changes of one site, coalesced.
+#[derive(Clone, Copy, Debug)]
+struct ConnChange {
+    site: SiteId,
+    first: bool,
+    last: bool,
+    flips: u8,
+}
+
+struct JoinState {
+    /// Bumped at every `Answer::Join`.
+    epoch: u64,
+    result: Option<Result<SiteId, JoinError>>,
+    wakers: MultiWakerRegistration<WAKERS>,
+}
+
+/// Everything behind the shared (blocking) lock.
+struct Shared {
+    inq: VecDeque<Vec<u8>>,
+    inq_bytes: usize,
+    inq_overflow: bool,
+    conns: Vec<ConnChange>,
+    /// Sites the host failed to connect to (deduplicated).
+    failed: Vec<SiteId>,
+    events: VecDeque<Event>,
+    /// An event that did not fit; the driver is paused until it does.
+    parked: Option<Event>,
+    event_wakers: MultiWakerRegistration<WAKERS>,
+    slots: Vec<Slot>,
+    join: JoinState,
+    /// Bumped after each step that ends with the site not synchronising.
+    progress: u64,
+    readers: MultiWakerRegistration<WAKERS>,
+    stop: bool,
+    stats: NodeStats,
+}
+
+/// Everything behind the core (async) lock.
+struct Core<S: Storage, T> {
+    site: Site<S>,
+    transport: T,
+    /// Highest LSN a flush was asked for and not yet done.
+    flush: Option<Lsn>,
+    /// After a failed sync: not before this time.
+    flush_retry: Option<Instant>,
+}
+
+/// Counters the driver gathers under the core lock, added to the shared
+/// ones at the end of a step.
+#[derive(Default)]
+struct StepStats {
+    send_failures: u64,
+    flushes: u64,
+    flush_failures: u64,
+}
+
+/// The async driver of one site. See the module documentation.
+pub struct Node<S: Storage, T, C, M: RawMutex> {
+    core: AsyncMutex<M, Core<S, T>>,
+    shared: BlockingMutex<M, RefCell<Shared>>,
+    kick: Signal<M, ()>,
+    clock: C,
+    limits: Limits,
+    node_limits: NodeLimits,
+    nowait: bool,
+}
+
+/// A reserved answer slot; dropping it frees the slot.
+struct SlotGuard<'a, M: RawMutex> {
+    shared: &'a BlockingMutex<M, RefCell<Shared>>,
+    index: usize,
+}
+
+impl<M: RawMutex> SlotGuard<'_, M> {
+    fn arm(&self, id: RequestId) {
+        self.shared.lock(|s| {
+            if let Some(slot) = s.borrow_mut().slots.get_mut(self.index) {
+                slot.state = SlotState::Waiting(id);
+            }
+        });
+    }
+
+    async fn wait(&self) -> Answer {
+        poll_fn(|cx| {
+            self.shared.lock(|s| {
+                let mut s = s.borrow_mut();
+                let Some(slot) = s.slots.get_mut(self.index) else {
+                    return Poll::Pending;
+                };
+                if matches!(slot.state, SlotState::Done(_)) {
+                    if let SlotState::Done(a) =
+                        core::mem::replace(&mut slot.state, SlotState::Reserved)
+                    {
+                        return Poll::Ready(a);
+                    }
+                }
+                slot.waker.register(cx.waker());
+                Poll::Pending
+            })
+        })
+        .await
+    }
+}
+
+impl<M: RawMutex> Drop for SlotGuard<'_, M> {
+    fn drop(&mut self) {
+        self.shared.lock(|s| {
+            if let Some(slot) = s.borrow_mut().slots.get_mut(self.index) {
+                slot.state = SlotState::Free;
+                slot.waker = WakerRegistration::new();
+            }
+        });
+    }
+}
+
+/// Complete when either future completes.
+async fn either<A: Future, B: Future>(a: A, b: B) {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    poll_fn(|cx| {
+        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+fn answer_id(a: &Answer) -> Option<RequestId> {
+    match a {
+        Answer::Commit { id, .. } | Answer::TxnApplied { id, .. } | Answer::Remove { id, .. } => {
+            Some(*id)
+        }
+        Answer::Join { .. } => None,
+    }
+}
+
+impl<S, T, C, M> Node<S, T, C, M>
+where
+    S: Storage,
+    T: NodeTransport,
+    C: Clock,
+    M: RawMutex,
+{
+    /// A node over an opened site, with default [`NodeLimits`].
+    pub fn new(site: Site<S>, transport: T, clock: C) -> Self {
+        Self::with_limits(site, transport, clock, NodeLimits::default())
+    }
+
+    /// A node over an opened site. Zero limits are raised to one.
+    pub fn with_limits(site: Site<S>, transport: T, clock: C, node_limits: NodeLimits) -> Self {
+        let node_limits = NodeLimits {
+            events: node_limits.events.max(1),
+            waiters: node_limits.waiters.max(1),
+        };
+        let limits = site.config().limits;
+        let nowait = site.config().nowait;
+        let slots = (0..node_limits.waiters)
+            .map(|_| Slot {
+                state: SlotState::Free,
+                waker: WakerRegistration::new(),
+            })
+            .collect();
+        let shared = Shared {
+            inq: VecDeque::new(),
+            inq_bytes: 0,
+            inq_overflow: false,
+            conns: Vec::new(),
+            failed: Vec::new(),
+            events: VecDeque::new(),
+            parked: None,
+            event_wakers: MultiWakerRegistration::new(),
+            slots,
+            join: JoinState {
+                epoch: 0,
+                result: None,
+                wakers: MultiWakerRegistration::new(),
+            },
+            progress: 0,
+            readers: MultiWakerRegistration::new(),
+            stop: false,
+            stats: NodeStats::default(),
+        };
+        Node {
+            core: AsyncMutex::new(Core {
+                site,
+                transport,
+                flush: None,
+                flush_retry: None,
+            }),
+            shared: BlockingMutex::new(RefCell::new(shared)),
+            kick: Signal::new(),
+            clock,
+            limits,
+            node_limits,
+            nowait,
+        }
+    }
+
+    /// Take the node apart (shutdown, or a simulated crash). Queued frames,
+    /// events and answers are dropped.
+    pub fn into_parts(self) -> (Site<S>, T, C) {
+        let core = self.core.into_inner();
+        (core.site, core.transport, self.clock)
+    }
+
+    /// The node's clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The driver's counters.
+    pub fn stats(&self) -> NodeStats {
+        self.shared.lock(|s| s.borrow().stats)
+    }
+
+    fn with_shared<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
+        self.shared.lock(|s| f(&mut s.borrow_mut()))
+    }
+
+    // ----- inputs from the host ----------------------------------------------
+
+    /// A frame arrived from a peer. Never blocks. When the incoming queue
+    /// (bounded by [`Limits::max_inqueue_bytes`]) is full, the frame is
+    /// dropped, `Err(InqueueFull)` returned, and the site raises
+    /// [`Event::InqueueFull`]; lost records are re-requested later.
+    pub fn deliver(&self, frame: Vec<u8>) -> Result<(), InqueueFull> {
+        if frame.len() > self.limits.max_frame as usize {
+            self.with_shared(|s| s.stats.frames_oversized += 1);
+            return Ok(());
+        }
+        let charge = frame.len().saturating_add(FRAME_CHARGE);
+        let cap = self.limits.max_inqueue_bytes as usize;
+        let r = self.with_shared(|s| {
+            if s.inq_bytes.saturating_add(charge) > cap {
+                s.stats.frames_dropped += 1;
+                s.inq_overflow = true;
+                Err(InqueueFull)
+            } else {
+                s.inq_bytes += charge;
+                s.inq.push_back(frame);
+                s.stats.frames_queued += 1;
+                Ok(())
+            }
+        });
+        self.kick.signal(());
+        r
+    }
+
+    /// The host's connection to `site` opened (`up`) or broke. Never
+    /// blocks; fails only when changes for `2 × max_sites` different sites
+    /// are already pending.
+    pub fn connection(&self, site: SiteId, up: bool) -> Result<(), InqueueFull> {
+        let cap = 2 * self.limits.max_sites as usize;
+        let r = self.with_shared(|s| {
+            if let Some(c) = s.conns.iter_mut().find(|c| c.site == site) {
+                if c.last != up {
+                    c.last = up;
+                    c.flips = c.flips.saturating_add(1);
+                }
+                Ok(())
+            } else if s.conns.len() < cap {
+                s.conns.push(ConnChange {
+                    site,
+                    first: up,
+                    last: up,
+                    flips: 0,
+                });
+                Ok(())
+            } else {
+                Err(InqueueFull)
+            }
+        });
+        if r.is_ok() {
+            self.kick.signal(());
+        }
+        r
+    }
+
+    /// The host's attempt to connect to `site` failed. Never blocks;
+    /// repeats before the driver runs count once, and it fails only when
+    /// `2 × max_sites` different sites are already pending.
+    pub fn connect_failed(&self, site: SiteId) -> Result<(), InqueueFull> {
+        let cap = 2 * self.limits.max_sites as usize;
+        let r = self.with_shared(|s| {
+            if s.failed.contains(&site) {
+                Ok(())
+            } else if s.failed.len() < cap {
+                s.failed.push(site);
+                Ok(())
+            } else {
+                Err(InqueueFull)
+            }
+        });
+        if r.is_ok() {
+            self.kick.signal(());
+        }
+        r
+    }
+
+    /// Make [`Node::run`] return at its next wake.
+    pub fn stop(&self) {
+        self.with_shared(|s| s.stop = true);
+        self.kick.signal(());
+    }
+
+    // ----- the driver ----------------------------------------------------------
+
+    /// The driver loop: runs until [`Node::stop`]. See the module
+    /// documentation for what one step does.
+    pub async fn run(&self, timer: &impl Timer) {
+        loop {
+            if self.with_shared(|s| core::mem::take(&mut s.stop)) {
+                return;
+            }
+            match self.step().await {
+                None => self.kick.wait().await,
+                Some(at) => either(self.kick.wait(), timer.sleep_until(at)).await,
+            }
+        }
+    }
+
+    /// One step. Returns the deadline to wait for (None: only a signal).
+    async fn step(&self) -> Option<Instant> {
+        // A parked event goes first; while it does not fit, the node pauses.
+        let paused = self.with_shared(|s| {
+            s.stats.steps += 1;
+            match s.parked.take() {
+                Some(e) if s.events.len() >= self.node_limits.events => {
+                    s.parked = Some(e);
+                    true
+                }
+                Some(e) => {
+                    s.events.push_back(e);
+                    s.stats.events += 1;
+                    s.event_wakers.wake();
+                    false
+                }
+                None => false,
+            }
+        });
+        if paused {
+            return None;
+        }
+        let mut guard = self.core.lock().await;
+        let core = &mut *guard;
+        let now = self.clock.now();
+        let mut st = StepStats::default();
+        // Outputs of application calls made since the last step.
+        let mut paused = self.drain(core, &mut st);
+        let (conns, failed, overflow, frames) = self.with_shared(|s| {
+            (
+                core::mem::take(&mut s.conns),
+                core::mem::take(&mut s.failed),
+                core::mem::take(&mut s.inq_overflow),
+                s.inq.len(),
+            )
+        });
+        for c in conns {
+            let mut states: heapless::Vec<bool, 3> = heapless::Vec::new();
+            let _ = states.push(c.first);
+            if c.first == c.last && c.flips >= 2 {
+                let _ = states.push(!c.first);
+                let _ = states.push(c.first);
+            } else if c.first != c.last {
+                let _ = states.push(c.last);
+            }
+            for up in states {
+                core.site.handle_connection(now, c.site, up);
+            }
+        }
+        for site in failed {
+            core.site.handle_connect_failed(now, site);
+        }
+        if overflow {
+            core.site.handle_inqueue_full(now);
+        }
+        if !paused {
+            paused = self.drain(core, &mut st);
+        }
+        for _ in 0..frames {
+            if paused {
+                break;
+            }
+            let frame = self.with_shared(|s| {
+                let f = s.inq.pop_front();
+                if let Some(f) = &f {
+                    s.inq_bytes = s.inq_bytes.saturating_sub(f.len() + FRAME_CHARGE);
+                }
+                f
+            });
+            let Some(frame) = frame else { break };
+            // A frame the site cannot use is counted by the site; never fatal.
+            let _ = core.site.handle_frame(now, &frame);
+            paused = self.drain(core, &mut st);
+        }
+        if !paused && core.site.poll_timeout().is_some_and(|t| t <= now) {
+            core.site.handle_timeout(now);
+            paused = self.drain(core, &mut st);
+        }
+        // Group commit: one sync for every flush asked for so far.
+        while let Some(lsn) = core.flush {
+            if core.flush_retry.is_some_and(|t| t > now) {
+                break;
+            }
+            match core.site.storage_mut().sync() {
+                Ok(()) => {
+                    st.flushes += 1;
+                    core.flush = None;
+                    core.flush_retry = None;
+                    core.site.handle_flushed(self.clock.now(), lsn);
+                    if paused {
+                        break;
+                    }
+                    paused = self.drain(core, &mut st);
+                }
+                Err(_) => {
+                    st.flush_failures += 1;
+                    core.flush_retry = Some(now + FLUSH_RETRY);
+                    break;
+                }
+            }
+        }
+        let synchronizing = core.site.is_synchronizing();
+        let mut next = core.site.poll_timeout();
+        if core.flush.is_some() {
+            if let Some(t) = core.flush_retry {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        // Still the shared lock inside the core lock: readers that checked
+        // the site before this point see the bump.
+        self.with_shared(|s| {
+            s.stats.send_failures += st.send_failures;
+            s.stats.flushes += st.flushes;
+            s.stats.flush_failures += st.flush_failures;
+            if !synchronizing {
+                s.progress += 1;
+                s.readers.wake();
+            }
+        });
+        drop(guard);
+        if paused {
+            return None;
+        }
+        next.map(|t| if t <= now { now + MIN_SLEEP } else { t })
+    }
+
+    /// Hand the site's outputs to their destinations. Returns true when an
+    /// event did not fit and the node must pause.
+    fn drain(&self, core: &mut Core<S, T>, st: &mut StepStats) -> bool {
+        while let Some(o) = core.site.poll_output() {
+            match o {
+                Output::Send { to, frame } => {
+                    let r = match &to {
+                        Dest::Site(id) => core.transport.send(*id, &frame),
+                        Dest::Address(a) => core.transport.send_to_address(a, &frame),
+                    };
+                    if r.is_err() {
+                        st.send_failures += 1;
+                    }
+                }
+                Output::Flush { lsn } => {
+                    core.flush = Some(core.flush.map_or(lsn, |f| f.max(lsn)));
+                }
+                Output::Event(e) => {
+                    let fits = self.with_shared(|s| {
+                        if s.events.len() < self.node_limits.events {
+                            s.events.push_back(e);
+                            s.stats.events += 1;
+                            s.event_wakers.wake();
+                            true
+                        } else {
+                            s.parked = Some(e);
+                            false
+                        }
+                    });
+                    if !fits {
+                        return true;
+                    }
+                }
+                Output::Answer(a) => self.route(a),
+            }
+        }
+        false
+    }
+
+    fn route(&self, a: Answer) {
+        self.with_shared(|s| match answer_id(&a) {
+            Some(id) => {
+                let slot = s
+                    .slots
+                    .iter_mut()
+                    .find(|x| matches!(x.state, SlotState::Waiting(w) if w == id));
+                // No slot: the caller gave up; the answer is discarded.
+                if let Some(slot) = slot {
+                    slot.state = SlotState::Done(a);
+                    slot.waker.wake();
+                }
+            }
+            None => {
+                if let Answer::Join { result } = a {
+                    s.join.epoch += 1;
+                    s.join.result = Some(result);
+                    s.join.wakers.wake();
+                }
+            }
+        });
+    }
+
+    // ----- the application API ------------------------------------------------
+
+    fn reserve(&self) -> Option<SlotGuard<'_, M>> {
+        let index = self.with_shared(|s| {
+            let i = s
+                .slots
+                .iter()
+                .position(|x| matches!(x.state, SlotState::Free))?;
+            s.slots[i].state = SlotState::Reserved;
+            Some(i)
+        })?;
+        Some(SlotGuard {
+            shared: &self.shared,
+            index,
+        })
+    }
+
+    /// Commit a transaction (R3) with the given local durability (R4), and
+    /// wait for its outcome: permanent or not per the ack policy (R5).
+    /// Refused at once on a client ([`CommitError::NotMaster`]) and when
+    /// [`NodeLimits::waiters`] calls already wait ([`CommitError::Busy`]).
+    /// Dropping the future does not undo the commit.
+    pub async fn commit(
+        &self,
+        ops: &[Op<'_>],
+        durability: Durability,
+    ) -> Result<CommitOutcome, CommitError> {
+        let slot = self.reserve().ok_or(CommitError::Busy)?;
+        {
+            let mut core = self.core.lock().await;
+            let id = core.site.commit(self.clock.now(), ops, durability)?;
+            slot.arm(id);
+        }
+        self.kick.signal(());
+        match slot.wait().await {
+            Answer::Commit { result, .. } => result,
+            // Ids are unique across kinds; not reached.
+            _ => Err(CommitError::Unavailable),
+        }
+    }
+
+    /// Put one key (a one-operation transaction, [`Durability::Sync`]).
+    pub async fn put(
+        &self,
+        db: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<CommitOutcome, CommitError> {
+        self.commit(&[Op::Put { db, key, value }], Durability::Sync)
+            .await
+    }
+
+    /// Delete one key (a one-operation transaction, [`Durability::Sync`]).
+    pub async fn delete(&self, db: &str, key: &[u8]) -> Result<CommitOutcome, CommitError> {
+        self.commit(&[Op::Delete { db, key }], Durability::Sync)
+            .await
+    }
+
+    /// Read a key. While the site synchronises with its master the read
+    /// waits (S5), or fails at once with [`ReadError::Lockout`] when NOWAIT
+    /// is configured.
+    pub async fn get(&self, db: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        loop {
+            let seen = {
+                let core = self.core.lock().await;
+                if self.nowait || !core.site.is_synchronizing() {
+                    return core.site.get(db, key).map(|v| v.map(<[u8]>::to_vec));
+                }
+                self.with_shared(|s| s.progress)
+            };
+            poll_fn(|cx| {
+                self.with_shared(|s| {
+                    if s.progress != seen {
+                        Poll::Ready(())
+                    } else {
+                        s.readers.register(cx.waker());
+                        Poll::Pending
+                    }
+                })
+            })
+            .await;
+        }
+    }
+
+    /// Wait until this site has applied the commit `token` names, for at
+    /// most `timeout` (R3: read-your-writes on a client).
+    pub async fn txn_applied(
+        &self,
+        token: CommitToken,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let slot = self.reserve().ok_or(WaitError::Busy)?;
+        {
+            let mut core = self.core.lock().await;
+            let id = core.site.txn_applied(self.clock.now(), token, timeout);
+            slot.arm(id);
+        }
+        self.kick.signal(());
+        match slot.wait().await {
+            Answer::TxnApplied { result, .. } => result,
+            _ => Err(WaitError::Busy),
+        }
+    }
+
+    /// Create a new group with this site as its first member and master
+    /// (R7).
+    pub async fn create_group(&self) -> Result<(), CommitError> {
+        let r = {
+            let mut core = self.core.lock().await;
+            core.site.create_group(self.clock.now())
+        };
+        self.kick.signal(());
+        r
+    }
+
+    /// Join a group through the site at `helper` (R7) and wait for the
+    /// master's answer; the site then starts as a client. The site keeps
+    /// asking until it is answered: bound the wait by dropping the future
+    /// (the join goes on in the background). Concurrent joins share the
+    /// answer.
+    pub async fn join(&self, helper: &str) -> Result<SiteId, JoinError> {
+        let epoch = {
+            let mut core = self.core.lock().await;
+            let epoch = self.with_shared(|s| s.join.epoch);
+            core.site.join(self.clock.now(), helper);
+            epoch
+        };
+        self.kick.signal(());
+        poll_fn(|cx| {
+            self.with_shared(|s| {
+                if s.join.epoch != epoch {
+                    Poll::Ready(s.join.result.unwrap_or(Err(JoinError::Unavailable)))
+                } else {
+                    s.join.wakers.register(cx.waker());
+                    Poll::Pending
+                }
+            })
+        })
+        .await
+    }
+
+    /// Become master (R1).
+    pub async fn rep_start_master(&self) -> Result<(), CommitError> {
+        let r = {
+            let mut core = self.core.lock().await;
+            core.site.rep_start_master(self.clock.now())
+        };
+        self.kick.signal(());
+        r
+    }
+
+    /// Become a client and look for the master (R1).
+    pub async fn rep_start_client(&self) {
+        {
+            let mut core = self.core.lock().await;
+            core.site.rep_start_client(self.clock.now());
+        }
+        self.kick.signal(());
+    }
+
+    /// With DELAYCLIENT, start synchronising with the known master (S2).
+    pub async fn rep_sync(&self) {
+        {
+            let mut core = self.core.lock().await;
+            core.site.rep_sync(self.clock.now());
+        }
+        self.kick.signal(());
+    }
+
+    /// Remove a site from the group (master only) and wait until the
+    /// change is done.
+    pub async fn remove_site(&self, site: SiteId) -> Result<(), CommitError> {
+        let slot = self.reserve().ok_or(CommitError::Busy)?;
+        {
+            let mut core = self.core.lock().await;
+            let id = core.site.remove_site(self.clock.now(), site)?;
+            slot.arm(id);
+        }
+        self.kick.signal(());
+        match slot.wait().await {
+            Answer::Remove { result, .. } => result,
+            _ => Err(CommitError::Unavailable),
+        }
+    }
+
+    /// The next application event (R6), in order. Events are never
+    /// dropped: while the queue is full the driver pauses, so some task must
+    /// keep calling this. Meant for one consumer (several each get some).
+    pub async fn next_event(&self) -> Event {
+        poll_fn(|cx| match self.take_event(Some(cx.waker())) {
+            Some(e) => Poll::Ready(e),
+            None => Poll::Pending,
+        })
+        .await
+    }
+
+    /// The next event if one is queued.
+    pub fn try_next_event(&self) -> Option<Event> {
+        self.take_event(None)
+    }
+
+    /// Pop an event (registering `waker` when there is none); a parked
+    /// event moves into the freed place and the driver resumes.
+    fn take_event(&self, waker: Option<&Waker>) -> Option<Event> {
+        let (e, unpause) = self.with_shared(|s| {
+            let Some(e) = s.events.pop_front() else {
+                if let Some(w) = waker {
+                    s.event_wakers.register(w);
+                }
+                return (None, false);
+            };
+            let unpause = match s.parked.take() {
+                Some(p) => {
+                    s.events.push_back(p);
+                    s.stats.events += 1;
+                    true
+                }
+                None => false,
+            };
+            (Some(e), unpause)
+        });
+        if unpause {
+            self.kick.signal(());
+        }
+        e
+    }
+
+    /// Look at the site (role, master, LSNs, members, stats) under its
+    /// lock.
+    pub async fn with_site<R>(&self, f: impl FnOnce(&Site<S>) -> R) -> R {
+        let core = self.core.lock().await;
+        f(&core.site)
+    }
+}
