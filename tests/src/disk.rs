@@ -102,9 +102,7 @@ impl SimDisk {
             .map(|(seg, d)| {
                 let cur = self.current.get(seg).map_or(0, |v| v.len());
                 match d {
-                    Dirt::Appended => {
-                        (cur - self.durable.get(seg).map_or(0, |v| v.len())) as u64
-                    }
+                    Dirt::Appended => (cur - self.durable.get(seg).map_or(0, |v| v.len())) as u64,
                     Dirt::Rewritten => cur as u64,
                 }
             })
@@ -414,7 +412,10 @@ mod tests {
                     site.storage_mut().sync().unwrap();
                     synced = site.last_lsn();
                 }
-                while site.poll_output().is_some_and(|o| !matches!(o, Output::Answer(_))) {}
+                while site
+                    .poll_output()
+                    .is_some_and(|o| !matches!(o, Output::Answer(_)))
+                {}
             }
             let before: Vec<_> = site.log_index().to_vec();
             let records: Vec<_> = before

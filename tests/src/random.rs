@@ -1,0 +1,348 @@
+//! Randomized fault runs (issue 3, item 6): one seed picks a group size, a
+//! configuration, a network and a workload; the run writes through faults
+//! (loss, duplication, reordering, partitions, clogged links, client
+//! crashes with torn writes, master crashes with the operator promoting the
+//! most up-to-date running site, restarts) for a few simulated seconds,
+//! then the faults stop and every site must converge. Every step is
+//! checked by the invariants of [`crate::check`].
+
+use crate::disk::CrashMode;
+use crate::net::LinkConfig;
+use crate::rng::Rng;
+use crate::sim::{ms, Sim, SimConfig, Start};
+use shoal_core::config::{AckPolicy, Config, Durability, Limits};
+use shoal_core::log::Op;
+use shoal_core::site::{Answer, Role};
+use shoal_core::{CommitToken, Instant};
+use std::time::Duration;
+
+/// What one run did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunSummary {
+    /// The seed.
+    pub seed: u64,
+    /// Sites in the group.
+    pub sites: usize,
+    /// Steps taken.
+    pub steps: u64,
+    /// Commits accepted.
+    pub commits: u64,
+    /// Commits answered permanent (and so tracked).
+    pub permanent: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Master crashes.
+    pub master_crashes: u64,
+    /// Operator promotions.
+    pub promotions: u64,
+    /// Partition changes.
+    pub partitions: u64,
+    /// Rollback events.
+    pub rollbacks: u64,
+    /// Commits rolled back.
+    pub rolled_back_commits: u64,
+    /// Simulated time of the whole run.
+    pub sim_time: Duration,
+    /// Simulated time convergence took.
+    pub converge_time: Duration,
+    /// Whether the promised conditions held throughout.
+    pub promises_held: bool,
+}
+
+/// What the randomized run is allowed to do.
+#[derive(Clone, Copy, Debug)]
+pub struct RandomOpts {
+    /// Simulated time of the fault phase.
+    pub fault_time: Duration,
+    /// Keep this many trace steps (None: all).
+    pub trace_tail: Option<usize>,
+}
+
+impl Default for RandomOpts {
+    fn default() -> Self {
+        RandomOpts {
+            fault_time: ms(3_000),
+            trace_tail: Some(300),
+        }
+    }
+}
+
+/// The configuration a seed picks: group size, site settings, network.
+pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimConfig {
+    let mut r = Rng::fork(seed, 10);
+    let sites = *r.pick(&[2usize, 3, 3, 3, 4, 5, 5]).expect("nonempty");
+    let mut c = Config {
+        elections: false,
+        step_down_without_majority: false,
+        ack_policy: if r.chance(800_000) {
+            AckPolicy::Quorum
+        } else {
+            AckPolicy::All
+        },
+        ..Config::default()
+    };
+    let t = &mut c.timeouts;
+    t.ack = ms(r.range(200, 1000));
+    if r.chance(600_000) {
+        t.heartbeat_send = ms(r.range(50, 300));
+        t.heartbeat_monitor = t.heartbeat_send * r.range(3, 6) as u32;
+    }
+    t.checkpoint_delay = ms(r.range(200, 1500));
+    t.rerequest_min = ms(r.range(10, 40));
+    t.rerequest_max = t.rerequest_min * (1 << r.range(2, 5)) as u32;
+    t.election = ms(r.range(300, 2000));
+    let max_record = 1024;
+    c.limits = Limits {
+        max_sites: 8,
+        max_databases: 8,
+        max_key: 64,
+        max_value: 256,
+        max_txn_ops: 8,
+        max_record,
+        max_frame: 4096,
+        segment_size: *r.pick(&[2048u32, 8192, 1 << 20]).expect("nonempty"),
+        max_answer_bytes: *r.pick(&[1024u32, 4096, 1 << 20]).expect("nonempty"),
+        max_pending_bytes: 64 * 1024,
+        max_inqueue_bytes: 256 * 1024,
+        max_bulk_bytes: 2048,
+        max_pending_commits: 64,
+        max_outputs: 65536,
+        max_channel_message: 1024,
+    };
+    let lat_min = r.range(300, 3000);
+    let link = LinkConfig {
+        latency_min: Duration::from_micros(lat_min),
+        latency_max: Duration::from_micros(lat_min + r.range(0, 15_000)),
+        loss_ppm: r.range(0, 100_000) as u32,
+        dup_ppm: r.range(0, 50_000) as u32,
+        reorder_ppm: r.range(0, 100_000) as u32,
+        reorder_delay: ms(r.range(5, 60)),
+    };
+    SimConfig {
+        test: test.into(),
+        name: name.into(),
+        seed,
+        sites,
+        site: c,
+        link,
+        fsync_min: Duration::from_micros(100),
+        fsync_max: Duration::from_micros(r.range(200, 4000)),
+        trace_tail: opts.trace_tail,
+    }
+}
+
+/// Something the run will do later.
+#[derive(Clone, Copy, Debug)]
+enum Later {
+    Restart(usize),
+    Promote,
+}
+
+/// One randomized run. Panics (with the seed and how to replay it) on any
+/// invariant failure; returns the simulator and a summary otherwise.
+pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, RunSummary) {
+    let cfg = config_for(seed, test, name, &opts);
+    let faulty = cfg.link;
+    let sites = cfg.sites;
+    let mut sim = Sim::new(cfg);
+    let mut sum = RunSummary {
+        seed,
+        sites,
+        ..Default::default()
+    };
+    // The group forms over a reliable network; then the faults begin.
+    sim.net().set_default(faulty.reliable());
+    sim.start_group();
+    sim.net().set_default(faulty);
+    let mut r = Rng::fork(seed, 20);
+    let end = sim.now() + opts.fault_time;
+    let mut later: Vec<(Instant, Later)> = Vec::new();
+    let mut tokens: Vec<CommitToken> = Vec::new();
+    let mut key = 0u64;
+    loop {
+        let next = sim.now() + Duration::from_micros(r.range(2_000, 40_000));
+        // Scheduled actions due before the next random one.
+        later.sort_by_key(|(t, _)| *t);
+        while let Some(&(t, what)) = later.first() {
+            if t > next {
+                break;
+            }
+            later.remove(0);
+            sim.run_until(t);
+            match what {
+                Later::Restart(i) => {
+                    if !sim.is_up(i) {
+                        sim.restart(i, Start::Client);
+                    }
+                }
+                Later::Promote => {
+                    if sim.master().is_none() && sim.best_candidate().is_some() {
+                        sim.promote_best();
+                        sum.promotions += 1;
+                    }
+                }
+            }
+        }
+        if next >= end {
+            sim.run_until(end);
+            break;
+        }
+        sim.run_until(next);
+        // Collect tokens for txn_applied.
+        if let Some(m) = sim.master() {
+            for (_, _, a) in sim.answers(m).iter().rev().take(4) {
+                if let Answer::Commit { result: Ok(o), .. } = a {
+                    if !tokens.contains(&o.token) {
+                        tokens.push(o.token);
+                    }
+                }
+            }
+        }
+        let n = sim.len();
+        let roll = r.below(100);
+        let can_fail = sim.checker().failed().len() < sim.checker().tolerated();
+        match roll {
+            0..=59 => {
+                let Some(m) = sim.master() else { continue };
+                let nops = r.range(1, 3) as usize;
+                let mut owned: Vec<(String, String, Option<String>)> = Vec::new();
+                for _ in 0..nops {
+                    key += 1;
+                    let db = if r.chance(500_000) { "a" } else { "b" };
+                    let k = format!("k{}", r.below(40));
+                    let v = if r.chance(150_000) {
+                        None
+                    } else {
+                        Some(format!("v{key}-{}", "x".repeat(r.below(120) as usize)))
+                    };
+                    owned.push((db.into(), k, v));
+                }
+                let ops: Vec<Op<'_>> = owned
+                    .iter()
+                    .map(|(db, k, v)| match v {
+                        Some(v) => Op::Put {
+                            db,
+                            key: k.as_bytes(),
+                            value: v.as_bytes(),
+                        },
+                        None => Op::Delete {
+                            db,
+                            key: k.as_bytes(),
+                        },
+                    })
+                    .collect();
+                let d = match r.below(3) {
+                    0 => Durability::Sync,
+                    1 => Durability::WriteNoSync,
+                    _ => Durability::NoSync,
+                };
+                if sim.commit(m, &ops, d).is_ok() {
+                    sum.commits += 1;
+                }
+            }
+            60..=64 => {
+                let clients: Vec<usize> = sim
+                    .up()
+                    .into_iter()
+                    .filter(|&i| sim.site(i).role() == Role::Client)
+                    .collect();
+                if let (Some(&c), Some(&t)) = (r.pick(&clients), r.pick(&tokens)) {
+                    let timeout = ms(r.range(10, 300));
+                    sim.act(c, "txn_applied (random)", |s, now| {
+                        s.txn_applied(now, t, timeout)
+                    });
+                }
+            }
+            65..=74 => {
+                sum.partitions += 1;
+                let a = r.below(n as u64) as usize;
+                let b = (a + 1 + r.below(n as u64 - 1) as usize) % n;
+                match r.below(6) {
+                    0 => sim.cut(a, b),
+                    1 => sim.partition(&[a], &[b]),
+                    2 => sim.isolate(a),
+                    3 => {
+                        let left: Vec<usize> = (0..n).filter(|_| r.chance(500_000)).collect();
+                        let right: Vec<usize> = (0..n).filter(|i| !left.contains(i)).collect();
+                        sim.partition(&left, &right);
+                    }
+                    _ => sim.heal(),
+                }
+            }
+            75..=78 => {
+                let a = r.below(n as u64) as usize;
+                let b = (a + 1 + r.below(n as u64 - 1) as usize) % n;
+                let d = ms(r.range(20, 400));
+                sim.clog(a, b, d);
+            }
+            79..=84 => {
+                if !can_fail {
+                    continue;
+                }
+                let clients: Vec<usize> = sim
+                    .up()
+                    .into_iter()
+                    .filter(|&i| sim.site(i).role() != Role::Master)
+                    .collect();
+                if let Some(&c) = r.pick(&clients) {
+                    let mode = if r.chance(500_000) {
+                        CrashMode::Torn
+                    } else {
+                        CrashMode::Clean
+                    };
+                    sim.crash(c, mode);
+                    sum.crashes += 1;
+                    let at = sim.now() + ms(r.range(50, 1000));
+                    later.push((at, Later::Restart(c)));
+                }
+            }
+            85..=87 => {
+                if !can_fail {
+                    continue;
+                }
+                let Some(m) = sim.master() else { continue };
+                let mode = if r.chance(500_000) {
+                    CrashMode::Torn
+                } else {
+                    CrashMode::Clean
+                };
+                sim.crash(m, mode);
+                sum.crashes += 1;
+                sum.master_crashes += 1;
+                let p = sim.now() + ms(r.range(20, 400));
+                later.push((p, Later::Promote));
+                later.push((p + ms(r.range(10, 800)), Later::Restart(m)));
+            }
+            _ => {}
+        }
+    }
+    sum.converge_time = sim.converge(ms(30_000));
+    let cs = sim.checker().stats();
+    sum.steps = sim.steps();
+    sum.permanent = cs.permanent;
+    sum.rollbacks = cs.rollbacks;
+    sum.rolled_back_commits = cs.rolled_back_commits;
+    sum.sim_time = sim.now().since(Instant(0));
+    sum.promises_held = sim.checker().promises_hold();
+    (sim, sum)
+}
+
+/// The seeds a randomized test runs: `SHOAL_SEED=n` runs only seed n;
+/// `SHOAL_SEEDS=k` runs seeds 0..k; otherwise seeds 0..`default`.
+pub fn seeds(default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("SHOAL_SEED") {
+        let seed = s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SHOAL_SEED={s:?} is not a number"));
+        return vec![seed];
+    }
+    let n = match std::env::var("SHOAL_SEEDS") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SHOAL_SEEDS={s:?} is not a number")),
+        Err(_) => default,
+    };
+    (0..n).collect()
+}

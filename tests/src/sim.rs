@@ -1,0 +1,1101 @@
+//! `Sim`: N sites, a simulated clock, a [`SimNet`] and one [`SimDisk`] per
+//! site, driven through one event queue (issue 3, B3).
+//!
+//! The simulator is the host: it delivers `Send` outputs through the
+//! network (resolving `Dest::Address` by address), completes `Flush`
+//! outputs after a simulated fsync latency (sync the disk, then
+//! `handle_flushed`; one flush at a time per site, so concurrent commits
+//! share one), calls `handle_timeout` at each site's `poll_timeout`
+//! deadline, and reports connections up and down as partitions, crashes
+//! and restarts change who can reach whom. It also plays the operator, who
+//! promotes a master (elections do not exist yet).
+//!
+//! Every step is recorded in a [`Trace`], and after every step the
+//! invariant checks of [`crate::check`] run. Any failure panics with the
+//! seed and the command that replays it.
+//!
+//! The methods double as the scenario language: `start_group`, `write`,
+//! `partition`, `crash`, `restart`, `heal`, `converge`, and assertions.
+
+use crate::check::Checker;
+use crate::disk::{CrashMode, SimDisk};
+use crate::net::{EventQueue, LinkConfig, SimNet};
+use crate::rng::Rng;
+use crate::trace::{Input, MsgSum, Out, Step, Trace};
+use shoal_core::config::{Config, Durability};
+use shoal_core::log::Op;
+use shoal_core::site::{
+    Answer, CommitError, CommitOutcome, Dest, Drop, Event, IndexEntry, Output, RequestId, Role,
+    Site, WaitError,
+};
+use shoal_core::{CommitToken, Generation, Instant, Lsn, SiteId};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How to build a simulation.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The test binary (for the replay hint), e.g. "scenarios".
+    pub test: String,
+    /// The test name (for the replay hint).
+    pub name: String,
+    /// The seed every random choice comes from.
+    pub seed: u64,
+    /// Number of sites (addresses "s0", "s1", ...).
+    pub sites: usize,
+    /// Every site's configuration (see [`Sim::set_site_config`] for one).
+    pub site: Config,
+    /// How every link behaves.
+    pub link: LinkConfig,
+    /// Shortest simulated fsync.
+    pub fsync_min: Duration,
+    /// Longest simulated fsync.
+    pub fsync_max: Duration,
+    /// Keep only the last this many steps of the trace (None: all).
+    pub trace_tail: Option<usize>,
+}
+
+/// The seed from `SHOAL_SEED`, or `default`.
+pub fn seed_from_env(default: u64) -> u64 {
+    match std::env::var("SHOAL_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SHOAL_SEED={s:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+impl SimConfig {
+    /// A configuration for test `name` in test binary `test`, with the
+    /// seed from `SHOAL_SEED` (default 1), default sites, a reliable
+    /// network of 1-5 ms links and 0.2-2 ms fsyncs, and a full trace.
+    pub fn new(test: &str, name: &str, sites: usize) -> SimConfig {
+        SimConfig {
+            test: test.into(),
+            name: name.into(),
+            seed: seed_from_env(1),
+            sites,
+            site: Config::default(),
+            link: LinkConfig::default(),
+            fsync_min: Duration::from_micros(200),
+            fsync_max: Duration::from_millis(2),
+            trace_tail: None,
+        }
+    }
+}
+
+/// How a restarted site starts.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// `rep_start_client`.
+    Client,
+    /// `join` through the helper at this address.
+    Join(String),
+    /// Nothing: the site stays idle until told.
+    Idle,
+}
+
+/// Something the event queue holds.
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver {
+        from: usize,
+        from_inc: u32,
+        to: usize,
+        to_inc: u32,
+        frame: Vec<u8>,
+        msg: MsgSum,
+    },
+    FlushDone {
+        site: usize,
+        inc: u32,
+        lsn: Lsn,
+    },
+}
+
+/// One site's seat in the simulator.
+pub(crate) struct Slot {
+    pub(crate) site: Option<Site<SimDisk>>,
+    pub(crate) disk: Option<SimDisk>,
+    pub(crate) cfg: Config,
+    pub(crate) address: String,
+    /// Last id the site had (kept while it is down).
+    pub(crate) id: SiteId,
+    /// Bumped at every crash.
+    pub(crate) inc: u32,
+    pub(crate) events: Vec<(Instant, Event)>,
+    pub(crate) answers: Vec<(Instant, u32, Answer)>,
+    reported: BTreeMap<SiteId, bool>,
+    flush_busy: bool,
+    flush_want: Lsn,
+    members_len: usize,
+    // Checker state.
+    pub(crate) mirror: Vec<IndexEntry>,
+    pub(crate) was_master: bool,
+    pub(crate) rolled_back: bool,
+    pub(crate) opened: bool,
+    pub(crate) last_generation: Generation,
+}
+
+/// The deterministic simulator.
+pub struct Sim {
+    pub(crate) cfg: SimConfig,
+    pub(crate) now: Instant,
+    pub(crate) slots: Vec<Slot>,
+    net: SimNet,
+    queue: EventQueue<Ev>,
+    rng: Rng,
+    pub(crate) trace: Trace,
+    pub(crate) check: Checker,
+    conn_dirty: bool,
+    conn_epoch: u64,
+    in_conn_sync: bool,
+    timer_spin: (Instant, usize, u32),
+}
+
+/// Milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl Sim {
+    /// Open `cfg.sites` sites over empty disks (nothing started).
+    pub fn new(cfg: SimConfig) -> Sim {
+        let seed = cfg.seed;
+        let mut site_cfg = cfg.site;
+        site_cfg.seed = seed;
+        let slots = (0..cfg.sites)
+            .map(|i| {
+                let address = format!("s{i}");
+                let mut c = site_cfg;
+                c.seed = seed.wrapping_add(i as u64);
+                let site = Site::open(c, &address, SimDisk::new(), Instant(0))
+                    .unwrap_or_else(|e| panic!("seed {seed}: site {i} does not open: {e}"));
+                Slot {
+                    site: Some(site),
+                    disk: None,
+                    cfg: c,
+                    address,
+                    id: SiteId(0),
+                    inc: 0,
+                    events: Vec::new(),
+                    answers: Vec::new(),
+                    reported: BTreeMap::new(),
+                    flush_busy: false,
+                    flush_want: Lsn::ZERO,
+                    members_len: 0,
+                    mirror: Vec::new(),
+                    was_master: false,
+                    rolled_back: false,
+                    opened: true,
+                    last_generation: Generation(0),
+                }
+            })
+            .collect();
+        let trace = match cfg.trace_tail {
+            Some(n) => Trace::tail(n),
+            None => Trace::full(),
+        };
+        let check = Checker::new(cfg.sites, &cfg.site);
+        Sim {
+            net: SimNet::new(cfg.link, Rng::fork(seed, 1)),
+            rng: Rng::fork(seed, 2),
+            queue: EventQueue::new(),
+            now: Instant(0),
+            slots,
+            trace,
+            check,
+            conn_dirty: true,
+            conn_epoch: 0,
+            in_conn_sync: false,
+            timer_spin: (Instant(0), usize::MAX, 0),
+            cfg,
+        }
+    }
+
+    /// Replace one site's configuration (before it is started or
+    /// restarted: takes effect at its next open). The site is reopened now
+    /// if it is up and idle with an empty log.
+    pub fn set_site_config(&mut self, i: usize, cfg: Config) {
+        self.slots[i].cfg = cfg;
+        let reopen = self.slots[i]
+            .site
+            .as_ref()
+            .is_some_and(|s| s.role() == Role::Idle && s.log_index().is_empty());
+        if reopen {
+            let s = self.slots[i].site.take().expect("up");
+            let disk = s.into_storage();
+            let addr = self.slots[i].address.clone();
+            let site = Site::open(cfg, &addr, disk, self.now)
+                .unwrap_or_else(|e| self.fail(&format!("site {i} does not reopen: {e}")));
+            self.slots[i].site = Some(site);
+        }
+    }
+
+    // ----- accessors ---------------------------------------------------------
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.cfg.seed
+    }
+
+    /// Simulated time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Never: a simulation has sites.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The site at index `i` (panics if it is down).
+    pub fn site(&self, i: usize) -> &Site<SimDisk> {
+        self.slots[i]
+            .site
+            .as_ref()
+            .unwrap_or_else(|| self.fail(&format!("site s{i} is down")))
+    }
+
+    /// The site at index `i`, mutably. Calls on it bypass the trace; use
+    /// [`Sim::act`] to call the site as the application would.
+    pub fn site_mut(&mut self, i: usize) -> &mut Site<SimDisk> {
+        if self.slots[i].site.is_none() {
+            self.fail(&format!("site s{i} is down"));
+        }
+        self.slots[i].site.as_mut().expect("up")
+    }
+
+    /// Is site `i` running?
+    pub fn is_up(&self, i: usize) -> bool {
+        self.slots[i].site.is_some()
+    }
+
+    /// Indexes of running sites.
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.slots.len()).filter(|&i| self.is_up(i)).collect()
+    }
+
+    /// The site id of index `i` (its last known one when down).
+    pub fn id(&self, i: usize) -> SiteId {
+        self.slots[i].id
+    }
+
+    /// The index of the site with this id.
+    pub fn index_of(&self, id: SiteId) -> Option<usize> {
+        if id.0 == 0 {
+            return None;
+        }
+        self.slots.iter().position(|s| s.id == id)
+    }
+
+    /// The index of the running master, if exactly one site is master.
+    pub fn master(&self) -> Option<usize> {
+        let m: Vec<usize> = self
+            .up()
+            .into_iter()
+            .filter(|&i| self.site(i).role() == Role::Master)
+            .collect();
+        (m.len() == 1).then(|| m[0])
+    }
+
+    /// Events site `i` raised (across restarts), with their times.
+    pub fn events(&self, i: usize) -> &[(Instant, Event)] {
+        &self.slots[i].events
+    }
+
+    /// Answers site `i` gave (time, incarnation, answer).
+    pub fn answers(&self, i: usize) -> &[(Instant, u32, Answer)] {
+        &self.slots[i].answers
+    }
+
+    /// The trace.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// The network (to cut, clog, or change links).
+    pub fn net(&mut self) -> &mut SimNet {
+        &mut self.net
+    }
+
+    /// The network, read-only.
+    pub fn net_ref(&self) -> &SimNet {
+        &self.net
+    }
+
+    /// The checker (promises, permanent commits).
+    pub fn checker(&self) -> &Checker {
+        &self.check
+    }
+
+    /// The harness's random stream (for scripted random choices).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.trace.total()
+    }
+
+    // ----- failure -------------------------------------------------------------
+
+    /// Panic with `msg`, the seed, how to replay, each site's state, and
+    /// the end of the trace.
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!("{}", self.report(msg))
+    }
+
+    /// The failure report `fail` panics with.
+    pub fn report(&self, msg: &str) -> String {
+        let seed = self.cfg.seed;
+        let mut s = format!(
+            "shoal simulator failure at {} (seed {seed}): {msg}\n  replay: SHOAL_SEED={seed} cargo test -p shoal-tests --test {} {} -- --nocapture\n",
+            fmt_time(self.now),
+            self.cfg.test,
+            self.cfg.name
+        );
+        s.push_str(&self.status());
+        if std::env::var("SHOAL_TRACE").is_ok() {
+            let path =
+                std::env::temp_dir().join(format!("shoal-sim-{}-{seed}.trace", self.cfg.name));
+            match std::fs::write(&path, self.trace.render()) {
+                Ok(()) => s.push_str(&format!("  trace written to {}\n", path.display())),
+                Err(e) => s.push_str(&format!("  trace not written: {e}\n")),
+            }
+        } else {
+            s.push_str("  (SHOAL_TRACE=1 writes the whole trace to a file)\n");
+        }
+        s.push_str("last steps:\n");
+        s.push_str(&self.trace.render_tail(60));
+        s
+    }
+
+    /// One line per site: role, master, generation, LSNs, digest.
+    pub fn status(&self) -> String {
+        let mut s = String::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            match &slot.site {
+                Some(site) => s.push_str(&format!(
+                    "  s{i} id {} {:?} master {:?} gen {} last {:?} flushed {:?} records {} digest {:08x}{}\n",
+                    site.id().0,
+                    site.role(),
+                    site.master().map(|m| m.0),
+                    site.generation().0,
+                    site.last_lsn(),
+                    site.flushed_lsn(),
+                    site.log_index().len(),
+                    site.store().digest(),
+                    if site.is_synchronizing() { " (synchronizing)" } else { "" }
+                )),
+                None => s.push_str(&format!("  s{i} id {} DOWN\n", slot.id.0)),
+            }
+        }
+        s
+    }
+
+    // ----- the engine: steps ---------------------------------------------------
+
+    /// Feed site `i` one input through `act`, then drain and route its
+    /// outputs, record the step, and check every invariant.
+    pub(crate) fn step<R>(
+        &mut self,
+        i: usize,
+        input: Input,
+        act: impl FnOnce(&mut Site<SimDisk>, Instant) -> (R, Option<Drop>),
+    ) -> R {
+        let now = self.now;
+        self.slots[i].rolled_back = false;
+        let site = self.slots[i].site.as_mut().expect("step on a live site");
+        let (r, dropped) = act(site, now);
+        let outputs = self.drain(i);
+        self.trace.push(Step {
+            time: now,
+            site: i,
+            input,
+            dropped,
+            outputs,
+        });
+        self.after_step(i);
+        r
+    }
+
+    fn resolve(&self, d: &Dest) -> Option<usize> {
+        match d {
+            Dest::Site(id) => self.index_of(*id),
+            Dest::Address(a) => self.slots.iter().position(|s| s.address == *a),
+        }
+    }
+
+    fn drain(&mut self, i: usize) -> Vec<Out> {
+        let mut outs = Vec::new();
+        while let Some(o) = self.slots[i].site.as_mut().and_then(|s| s.poll_output()) {
+            match o {
+                Output::Send { to, frame } => {
+                    let target = self.resolve(&to);
+                    let msg = MsgSum::of(&frame, &self.slots[i].cfg.limits);
+                    let mut copies = 0u8;
+                    if let Some(t) = target {
+                        let times = self.net.route(self.now, i, t);
+                        copies = times.len() as u8;
+                        let (from_inc, to_inc) = (self.slots[i].inc, self.slots[t].inc);
+                        for at in times {
+                            self.queue.push(
+                                at,
+                                Ev::Deliver {
+                                    from: i,
+                                    from_inc,
+                                    to: t,
+                                    to_inc,
+                                    frame: frame.clone(),
+                                    msg,
+                                },
+                            );
+                        }
+                    }
+                    outs.push(Out::Send {
+                        to: target,
+                        msg,
+                        copies,
+                    });
+                }
+                Output::Flush { lsn } => {
+                    let slot = &mut self.slots[i];
+                    slot.flush_want = slot.flush_want.max(lsn);
+                    if !slot.flush_busy {
+                        self.start_flush(i);
+                    }
+                    outs.push(Out::Flush(lsn));
+                }
+                Output::Event(e) => {
+                    if let Event::Rollback(rb) = &e {
+                        self.slots[i].rolled_back = true;
+                        self.check_rollback(i, rb);
+                    }
+                    self.slots[i].events.push((self.now, e.clone()));
+                    outs.push(Out::Event(e));
+                }
+                Output::Answer(a) => {
+                    if let Answer::Commit { result: Ok(o), .. } = &a {
+                        self.check_commit_answer(i, o);
+                    }
+                    let inc = self.slots[i].inc;
+                    self.slots[i].answers.push((self.now, inc, a.clone()));
+                    outs.push(Out::Answer(a));
+                }
+            }
+        }
+        outs
+    }
+
+    fn start_flush(&mut self, i: usize) {
+        let lat = self.rng.range(
+            self.cfg.fsync_min.as_micros() as u64,
+            self.cfg.fsync_max.as_micros() as u64,
+        );
+        let slot = &mut self.slots[i];
+        slot.flush_busy = true;
+        let ev = Ev::FlushDone {
+            site: i,
+            inc: slot.inc,
+            lsn: slot.flush_want,
+        };
+        self.queue.push(Instant(self.now.0 + lat), ev);
+    }
+
+    fn after_step(&mut self, i: usize) {
+        if let Some(site) = self.slots[i].site.as_ref() {
+            let id = site.id();
+            let n = site.members().len();
+            let slot = &mut self.slots[i];
+            if slot.id != id || slot.members_len != n {
+                slot.id = id;
+                slot.members_len = n;
+                self.conn_dirty = true;
+            }
+        }
+        self.check_site(i);
+        if self.net.epoch() != self.conn_epoch {
+            self.conn_epoch = self.net.epoch();
+            self.conn_dirty = true;
+        }
+        if self.conn_dirty && !self.in_conn_sync {
+            self.sync_connections();
+        }
+    }
+
+    /// Tell every site about connections that opened or broke: a peer is
+    /// connected when it is up and both directions of the link deliver.
+    fn sync_connections(&mut self) {
+        self.in_conn_sync = true;
+        while self.conn_dirty {
+            self.conn_dirty = false;
+            for i in 0..self.slots.len() {
+                let Some(site) = self.slots[i].site.as_ref() else {
+                    continue;
+                };
+                let me = site.id();
+                let peers: Vec<SiteId> = site
+                    .members()
+                    .iter()
+                    .map(|m| m.id)
+                    .filter(|&id| id != me)
+                    .collect();
+                for peer in peers {
+                    let up = self
+                        .index_of(peer)
+                        .is_some_and(|t| self.is_up(t) && self.net.connected(i, t));
+                    if self.slots[i].reported.get(&peer).copied().unwrap_or(false) == up {
+                        continue;
+                    }
+                    if self.slots[i].site.is_none() {
+                        break;
+                    }
+                    self.slots[i].reported.insert(peer, up);
+                    self.step(i, Input::Connection { peer, up }, |s, now| {
+                        s.handle_connection(now, peer, up);
+                        ((), None)
+                    });
+                }
+            }
+        }
+        self.in_conn_sync = false;
+    }
+
+    fn next_timer(&self) -> Option<(Instant, usize)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.site.as_ref()?.poll_timeout().map(|t| (t, i)))
+            .min()
+    }
+
+    /// Take the next step due at or before `end`; false if there is none.
+    pub fn step_once(&mut self, end: Instant) -> bool {
+        let ev = self.queue.peek_time();
+        let timer = self.next_timer();
+        match (timer, ev) {
+            (Some((t, i)), ev) if t <= end && ev.is_none_or(|e| t <= e) => {
+                self.now = self.now.max(t);
+                self.fire_timeout(i);
+                true
+            }
+            (_, Some(e)) if e <= end => {
+                let (at, ev) = self.queue.pop().expect("peeked");
+                if at < self.now {
+                    self.fail("the event queue went back in time");
+                }
+                self.now = at;
+                self.handle_event(ev);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn fire_timeout(&mut self, i: usize) {
+        let (t, s, n) = self.timer_spin;
+        if t == self.now && s == i {
+            self.timer_spin.2 = n + 1;
+            if n + 1 > 1000 {
+                let deadline = self.site(i).poll_timeout();
+                self.fail(&format!(
+                    "site s{i} spins: handle_timeout({}) leaves poll_timeout at {:?}, \
+                     so a host calling it at each deadline never advances",
+                    fmt_time(self.now),
+                    deadline
+                ));
+            }
+        } else {
+            self.timer_spin = (self.now, i, 1);
+        }
+        self.step(i, Input::Timeout, |s, now| {
+            s.handle_timeout(now);
+            ((), None)
+        });
+    }
+
+    fn handle_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver {
+                from,
+                from_inc,
+                to,
+                to_inc,
+                frame,
+                msg,
+            } => {
+                // A crash breaks the connection: what was in flight to or
+                // from the crashed incarnation is gone.
+                if self.slots[from].inc != from_inc
+                    || self.slots[to].inc != to_inc
+                    || !self.is_up(to)
+                    || !self.net.arrives(from, to)
+                {
+                    return;
+                }
+                self.step(to, Input::Frame { from, msg }, |s, now| {
+                    ((), s.handle_frame(now, &frame).err())
+                });
+            }
+            Ev::FlushDone { site, inc, lsn } => {
+                if self.slots[site].inc != inc || !self.is_up(site) {
+                    return;
+                }
+                self.slots[site].flush_busy = false;
+                self.step(site, Input::Flushed(lsn), |s, now| {
+                    if let Err(e) = shoal_core::traits::Storage::sync(s.storage_mut()) {
+                        panic!("SimDisk sync failed: {e}");
+                    }
+                    s.handle_flushed(now, lsn);
+                    ((), None)
+                });
+                let slot = &self.slots[site];
+                if slot.site.is_some() && !slot.flush_busy && slot.flush_want > lsn {
+                    self.start_flush(site);
+                }
+            }
+        }
+    }
+
+    // ----- running time ----------------------------------------------------------
+
+    /// Run every step due up to `end`, then set the clock to `end`.
+    pub fn run_until(&mut self, end: Instant) {
+        while self.step_once(end) {}
+        self.now = self.now.max(end);
+    }
+
+    /// Run for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end);
+    }
+
+    /// Run until `pred` holds (checked after every step), failing with
+    /// `what` if it does not within `bound`. Returns the time it took.
+    pub fn run_until_true(
+        &mut self,
+        bound: Duration,
+        what: &str,
+        mut pred: impl FnMut(&Sim) -> bool,
+    ) -> Duration {
+        let start = self.now;
+        let end = self.now + bound;
+        loop {
+            if pred(self) {
+                return self.now.since(start);
+            }
+            if !self.step_once(end) {
+                self.now = self.now.max(end);
+                if pred(self) {
+                    return self.now.since(start);
+                }
+                self.fail(&format!("not within {bound:?}: {what}"));
+            }
+        }
+    }
+
+    // ----- application and operator actions ----------------------------------
+
+    /// Call site `i` as the application would (traced as `what`).
+    pub fn act<R>(
+        &mut self,
+        i: usize,
+        what: &str,
+        f: impl FnOnce(&mut Site<SimDisk>, Instant) -> R,
+    ) -> R {
+        if !self.is_up(i) {
+            self.fail(&format!("{what}: site s{i} is down"));
+        }
+        self.step(i, Input::App(what.into()), |s, now| (f(s, now), None))
+    }
+
+    /// Site 0 creates the group; every other site joins through site 0;
+    /// returns once every site is a client of site 0 and caught up.
+    pub fn start_group(&mut self) {
+        self.act(0, "create_group", |s, now| s.create_group(now))
+            .unwrap_or_else(|e| self.fail(&format!("create_group: {e}")));
+        for i in 1..self.len() {
+            self.act(i, "join s0", |s, now| s.join(now, "s0"));
+        }
+        let n = self.len();
+        self.run_until_true(ms(30_000), "every site joined and caught up", |sim| {
+            sim.converged_quick() && sim.site(0).members().len() == n
+        });
+    }
+
+    /// Commit `ops` on site `i` (the request id, or the refusal).
+    pub fn commit(
+        &mut self,
+        i: usize,
+        ops: &[Op<'_>],
+        durability: Durability,
+    ) -> Result<RequestId, CommitError> {
+        let what = format!("commit {} ({durability:?})", describe_ops(ops));
+        self.act(i, &what, |s, now| s.commit(now, ops, durability))
+    }
+
+    /// Put `key` = `value` in database "db" on site `i` with sync
+    /// durability, and wait for the answer.
+    pub fn write(&mut self, i: usize, key: &str, value: &str) -> CommitOutcome {
+        self.write_with(i, key, value, Durability::Sync)
+    }
+
+    /// Put `key` = `value` in database "db" with `durability`, and wait.
+    pub fn write_with(
+        &mut self,
+        i: usize,
+        key: &str,
+        value: &str,
+        durability: Durability,
+    ) -> CommitOutcome {
+        let ops = [Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value: value.as_bytes(),
+        }];
+        let id = self
+            .commit(i, &ops, durability)
+            .unwrap_or_else(|e| self.fail(&format!("commit {key} refused: {e}")));
+        self.wait_commit(i, id, ms(10_000))
+    }
+
+    /// The answer to commit `id` on site `i`, once it has come.
+    pub fn commit_answer(&self, i: usize, id: RequestId) -> Option<CommitOutcome> {
+        let inc = self.slots[i].inc;
+        self.slots[i].answers.iter().find_map(|(_, n, a)| match a {
+            Answer::Commit { id: x, result } if *x == id && *n == inc => {
+                Some((*result).unwrap_or_else(|e| self.fail(&format!("commit {id} failed: {e}"))))
+            }
+            _ => None,
+        })
+    }
+
+    /// Run until commit `id` on site `i` is answered.
+    pub fn wait_commit(&mut self, i: usize, id: RequestId, bound: Duration) -> CommitOutcome {
+        self.run_until_true(bound, &format!("commit {id} on s{i} answered"), |sim| {
+            sim.commit_answer(i, id).is_some()
+        });
+        self.commit_answer(i, id).expect("answered")
+    }
+
+    /// `txn_applied` on site `i`; runs until answered.
+    pub fn txn_applied(
+        &mut self,
+        i: usize,
+        token: CommitToken,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let what = format!(
+            "txn_applied {:?} g{} within {timeout:?}",
+            token.lsn, token.generation.0
+        );
+        let id = self.act(i, &what, |s, now| s.txn_applied(now, token, timeout));
+        let inc = self.slots[i].inc;
+        let find = |sim: &Sim| {
+            sim.slots[i].answers.iter().find_map(|(_, n, a)| match a {
+                Answer::TxnApplied { id: x, result } if *x == id && *n == inc => Some(*result),
+                _ => None,
+            })
+        };
+        self.run_until_true(timeout + ms(1000), "txn_applied answered", |sim| {
+            find(sim).is_some()
+        });
+        find(self).expect("answered")
+    }
+
+    /// The machine of site `i` loses power: the site is dropped and its
+    /// disk forgets what was not synced.
+    pub fn crash(&mut self, i: usize, mode: CrashMode) {
+        let Some(site) = self.slots[i].site.take() else {
+            self.fail(&format!("crash: s{i} is already down"));
+        };
+        let was_master = site.role() == Role::Master;
+        let mut disk = site.into_storage();
+        let before = disk.stats();
+        disk.crash(mode, &mut self.rng);
+        let after = disk.stats();
+        let slot = &mut self.slots[i];
+        slot.disk = Some(disk);
+        slot.inc += 1;
+        slot.flush_busy = false;
+        slot.flush_want = Lsn::ZERO;
+        slot.reported.clear();
+        slot.mirror.clear();
+        slot.was_master = false;
+        slot.members_len = 0;
+        self.conn_dirty = true;
+        self.check.on_crash(i, self.now);
+        self.trace.push(Step {
+            time: self.now,
+            site: i,
+            input: Input::App(format!(
+                "CRASH {mode:?}{}: lost {} unsynced bytes, kept {} torn",
+                if was_master { " (master)" } else { "" },
+                after.bytes_lost - before.bytes_lost,
+                after.torn_bytes_kept - before.torn_bytes_kept
+            )),
+            dropped: None,
+            outputs: Vec::new(),
+        });
+        if !self.in_conn_sync {
+            self.sync_connections();
+        }
+    }
+
+    /// Restart a crashed site over its disk (recovery runs in
+    /// `Site::open`), then start it as `how` says.
+    pub fn restart(&mut self, i: usize, how: Start) {
+        let Some(disk) = self.slots[i].disk.take() else {
+            self.fail(&format!("restart: s{i} is not down"));
+        };
+        let cfg = self.slots[i].cfg;
+        let addr = self.slots[i].address.clone();
+        let site = Site::open(cfg, &addr, disk, self.now)
+            .unwrap_or_else(|e| self.fail(&format!("s{i} does not reopen after a crash: {e}")));
+        self.slots[i].site = Some(site);
+        self.slots[i].opened = true;
+        self.check.on_restart(i);
+        let what = match &how {
+            Start::Client => "RESTART; rep_start_client".to_string(),
+            Start::Join(h) => format!("RESTART; join {h}"),
+            Start::Idle => "RESTART".to_string(),
+        };
+        self.act(i, &what, |s, now| match how {
+            Start::Client => s.rep_start_client(now),
+            Start::Join(h) => s.join(now, &h),
+            Start::Idle => {}
+        });
+    }
+
+    /// The operator makes site `i` master. Like an election's winner (E1),
+    /// it takes a generation above every generation any site has used:
+    /// `rep_start_master` is repeated until it does (each call is one
+    /// NEWGENERATION record).
+    pub fn promote(&mut self, i: usize) {
+        if !self.check.is_best_candidate(self, i) {
+            self.check.break_promises(
+                self.now,
+                &format!("operator promoted s{i}, not the most up-to-date site"),
+            );
+        }
+        let above = self.max_generation();
+        loop {
+            self.act(i, "operator: rep_start_master", |s, now| {
+                s.rep_start_master(now)
+            })
+            .unwrap_or_else(|e| self.fail(&format!("rep_start_master on s{i}: {e}")));
+            if self.site(i).generation() > above {
+                break;
+            }
+        }
+    }
+
+    /// The highest generation any site (up or down) has seen.
+    pub fn max_generation(&self) -> Generation {
+        let mut g = Generation(0);
+        for s in &self.slots {
+            g = g.max(s.last_generation);
+            if let Some(site) = &s.site {
+                g = g.max(site.generation());
+                if let Some(e) = site.log_index().last() {
+                    g = g.max(e.generation);
+                }
+            }
+        }
+        g
+    }
+
+    /// The running site an election would pick: newest generation of data,
+    /// then highest LSN (lowest index on a tie). Only sites with an id.
+    pub fn best_candidate(&self) -> Option<usize> {
+        self.up()
+            .into_iter()
+            .filter(|&i| self.site(i).id().0 != 0)
+            .max_by_key(|&i| {
+                let s = self.site(i);
+                let g = s.log_index().last().map_or(Generation(0), |e| e.generation);
+                (g, s.last_lsn(), std::cmp::Reverse(i))
+            })
+    }
+
+    /// The operator promotes the most up-to-date running site.
+    pub fn promote_best(&mut self) -> usize {
+        let i = self
+            .best_candidate()
+            .unwrap_or_else(|| self.fail("no site to promote"));
+        self.promote(i);
+        i
+    }
+
+    /// Cut both directions between the two sides.
+    pub fn partition(&mut self, left: &[usize], right: &[usize]) {
+        self.net.partition(left, right);
+        self.note(&format!("NET partition {left:?} | {right:?}"));
+        self.sync_now();
+    }
+
+    /// Cut `from -> to` only.
+    pub fn cut(&mut self, from: usize, to: usize) {
+        self.net.cut(from, to);
+        self.note(&format!("NET cut s{from} -> s{to}"));
+        self.sync_now();
+    }
+
+    /// Cut site `i` off from everyone.
+    pub fn isolate(&mut self, i: usize) {
+        let n = self.len();
+        self.net.isolate(i, n);
+        self.note(&format!("NET isolate s{i}"));
+        self.sync_now();
+    }
+
+    /// Restore every link.
+    pub fn heal(&mut self) {
+        self.net.recover();
+        self.note("NET heal");
+        self.sync_now();
+    }
+
+    /// Hold messages on `from -> to` for `d`.
+    pub fn clog(&mut self, from: usize, to: usize, d: Duration) {
+        let until = self.now + d;
+        self.net.clog(from, to, until);
+        self.note(&format!("NET clog s{from} -> s{to} for {d:?}"));
+    }
+
+    fn sync_now(&mut self) {
+        self.conn_dirty = true;
+        if !self.in_conn_sync {
+            self.sync_connections();
+        }
+    }
+
+    /// Record a harness note in the trace.
+    pub fn note(&mut self, what: &str) {
+        self.trace.push(Step {
+            time: self.now,
+            site: usize::MAX,
+            input: Input::App(what.into()),
+            dropped: None,
+            outputs: Vec::new(),
+        });
+    }
+
+    // ----- convergence -------------------------------------------------------
+
+    /// Every site up, exactly one master, every other site its caught-up
+    /// client: same last LSN and same store digest.
+    pub fn converged(&self) -> bool {
+        if !self.converged_quick() {
+            return false;
+        }
+        let m = self.master().expect("quick check found a master");
+        let d = self.site(m).store().digest();
+        self.up()
+            .into_iter()
+            .all(|i| self.site(i).store().digest() == d)
+    }
+
+    /// Like [`Sim::converged`] without comparing stores.
+    pub fn converged_quick(&self) -> bool {
+        if self.up().len() != self.len() {
+            return false;
+        }
+        let Some(m) = self.master() else {
+            return false;
+        };
+        let ms = self.site(m);
+        let (mid, last) = (ms.id(), ms.last_lsn());
+        (0..self.len()).all(|i| {
+            let s = self.site(i);
+            i == m
+                || (s.role() == Role::Client
+                    && s.master() == Some(mid)
+                    && s.last_lsn() == last
+                    && s.generation() == ms.generation()
+                    && !s.is_synchronizing())
+        })
+    }
+
+    /// Faults stop: heal the network and make it reliable, restart every
+    /// crashed site as a client, let the operator promote a master if none
+    /// runs, write one barrier commit, and require every site to converge
+    /// within `bound`. Then check the final state (see
+    /// [`Sim::check_final`]). Returns the time convergence took.
+    pub fn converge(&mut self, bound: Duration) -> Duration {
+        let start = self.now;
+        self.note("FAULTS STOP");
+        self.net.recover();
+        let link = self.net.default_link().reliable();
+        self.net.set_default(link);
+        self.net.reset_links();
+        self.sync_now();
+        for i in 0..self.len() {
+            if !self.is_up(i) {
+                self.restart(i, Start::Client);
+            }
+        }
+        if self.master().is_none() {
+            // Let restarted sites settle first, so the operator sees them.
+            self.run_for(ms(50));
+            if self.master().is_none() {
+                self.promote_best();
+            }
+        }
+        self.run_for(ms(100));
+        let m = self
+            .master()
+            .unwrap_or_else(|| self.fail("no single master"));
+        let ops = [Op::Put {
+            db: "barrier",
+            key: b"barrier",
+            value: b"1",
+        }];
+        let id = self
+            .commit(m, &ops, Durability::Sync)
+            .unwrap_or_else(|e| self.fail(&format!("barrier commit refused: {e}")));
+        let left = bound.saturating_sub(self.now.since(start));
+        self.run_until_true(left, "every site converged", |sim| sim.converged());
+        self.wait_commit(m, id, ms(5_000));
+        self.run_until_true(ms(5_000), "every site converged after the barrier", |sim| {
+            sim.converged()
+        });
+        self.check_final();
+        self.now.since(start)
+    }
+}
+
+/// `secs.micros`.
+pub fn fmt_time(t: Instant) -> String {
+    format!("{}.{:06}", t.0 / 1_000_000, t.0 % 1_000_000)
+}
+
+/// A short text for a list of operations.
+pub fn describe_ops(ops: &[Op<'_>]) -> String {
+    let mut s = String::new();
+    for (k, op) in ops.iter().enumerate() {
+        if k > 0 {
+            s.push_str(", ");
+        }
+        match op {
+            Op::Put { db, key, value } => s.push_str(&format!(
+                "put {db}/{}={}",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(value)
+            )),
+            Op::Delete { db, key } => {
+                s.push_str(&format!("del {db}/{}", String::from_utf8_lossy(key)))
+            }
+        }
+    }
+    s
+}
