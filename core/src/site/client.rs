@@ -149,8 +149,18 @@ impl<S: Storage> Site<S> {
         };
         let matched = match e {
             Some(e) if e.lsn == mine.lsn => self.read_record(mine.lsn).as_deref() == Some(e.record),
-            Some(_) => false,
-            None => return Err(Drop::Duplicate),
+            // The master's record before the probe: it has none there. It
+            // answers this probe only if it spans the probed LSN or is the
+            // master's last record; otherwise it answers an older probe.
+            Some(e)
+                if e.lsn < mine.lsn
+                    && (env.lsn == e.lsn
+                        || (e.lsn.file == mine.lsn.file
+                            && e.lsn.offset as usize + e.record.len() > mine.lsn.offset as usize)) =>
+            {
+                false
+            }
+            _ => return Err(Drop::Duplicate),
         };
         self.verify_step(matched, matched);
         Ok(())
