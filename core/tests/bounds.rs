@@ -241,6 +241,12 @@ fn largest<'a>(kind: MessageKind, b: &'a Buffers, l: &Limits) -> Message<'a> {
         K::LeaseGrant => Message::LeaseGrant {
             master_time: Instant(u64::MAX),
         },
+        K::LeaseReq => Message::LeaseReq {
+            master_time: Instant(u64::MAX),
+        },
+        K::TransferMaster => Message::TransferMaster {
+            to: SiteId(u32::MAX),
+        },
         K::VerifyReq => Message::VerifyReq { lsn: LSN_MAX },
         K::Verify => Message::Verify(entry),
         K::VerifyFail => Message::VerifyFail { lsn: LSN_MAX },

@@ -658,6 +658,18 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
             result: ForwardResult::Disabled,
         },
     );
+    add(
+        "lease_req",
+        master(Flags::NONE),
+        Message::LeaseReq {
+            master_time: Instant(1_700_000_123_456),
+        },
+    );
+    add(
+        "transfer_master",
+        master(Flags::NONE),
+        Message::TransferMaster { to: SiteId(4) },
+    );
     v
 }
 

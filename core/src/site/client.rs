@@ -156,7 +156,8 @@ impl<S: Storage> Site<S> {
                 if e.lsn < mine.lsn
                     && (env.lsn == e.lsn
                         || (e.lsn.file == mine.lsn.file
-                            && e.lsn.offset as usize + e.record.len() > mine.lsn.offset as usize)) =>
+                            && e.lsn.offset as usize + e.record.len()
+                                > mine.lsn.offset as usize)) =>
             {
                 false
             }
@@ -370,6 +371,7 @@ impl<S: Storage> Site<S> {
         }
         self.check_caught_up();
         self.check_waiters();
+        self.maybe_take_over();
     }
 
     fn check_caught_up(&mut self) {

@@ -74,10 +74,16 @@ impl<S: Storage> Site<S> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
+        // A planned switchover's target outranks equally current sites (E7).
+        let priority = match self.cfg.effective_priority() {
+            0 => 0,
+            _ if self.boost => u32::MAX,
+            p => p,
+        };
         Vote1 {
             data_generation: self.writer.last_generation(),
             last_lsn: self.writer.last_lsn(),
-            priority: self.cfg.effective_priority(),
+            priority,
             tiebreaker: x as u32,
             nsites,
             nvotes,
@@ -97,6 +103,12 @@ impl<S: Storage> Site<S> {
             return;
         }
         if self.role == Role::Master {
+            return;
+        }
+        if self.holds_grant() {
+            // R10: a lease granted to the master forbids voting until it
+            // ends; try again then.
+            self.elect_at = Some(self.grant_until);
             return;
         }
         if self.role == Role::Idle {
@@ -143,6 +155,14 @@ impl<S: Storage> Site<S> {
         if self.members.get(env.from).is_some_and(|m| m.is_view()) {
             return Err(Drop::WrongRole);
         }
+        if self.role == Role::Master && self.transfer.is_some_and(|(to, _)| to == env.from) {
+            // The transfer target calls its election: step down and vote.
+            let now = self.now;
+            self.rep_start_client(now);
+        }
+        if self.holds_grant() {
+            return Err(Drop::WrongRole);
+        }
         if self.role == Role::Master {
             // A master is alive: tell the voter, which ends its election.
             self.send(env.from, Flags::NONE, &Message::NewMaster);
@@ -155,6 +175,12 @@ impl<S: Storage> Site<S> {
         if env.egen < self.meta.egen {
             return Err(Drop::Stale);
         }
+        if self.role == Role::Client && self.master.is_some() {
+            // This site still follows a live master: a site that lost it
+            // cannot pull this one into an election (it will hear the
+            // master, or time out and retry).
+            return Err(Drop::WrongRole);
+        }
         if env.egen > self.meta.egen || self.election.is_none() {
             if !self.cfg.elections || self.cfg.view {
                 return Ok(());
@@ -162,11 +188,29 @@ impl<S: Storage> Site<S> {
             self.election = None;
             self.start_election(Some(env.egen));
         }
-        if let Some(e) = self.election.as_mut() {
-            e.vote1s.insert(env.from, *v);
+        let first = match self.election.as_mut() {
+            Some(e) => e.vote1s.insert(env.from, *v).is_none(),
+            None => false,
+        };
+        if first {
+            // The voter may not have heard this site's VOTE1 (it may have
+            // been lost, or sent before the voter joined): answer it once.
+            self.send_my_vote1(env.from);
         }
         self.maybe_tally(false);
         Ok(())
+    }
+
+    /// Send this site's VOTE1 of the current election to one site.
+    pub(super) fn send_my_vote1(&mut self, to: SiteId) {
+        let me = self.meta.site;
+        let mine = self
+            .election
+            .as_ref()
+            .and_then(|e| e.vote1s.get(&me).copied());
+        if let Some(v) = mine {
+            self.send(to, Flags::NONE, &Message::Vote1(v));
+        }
     }
 
     /// Phase two once enough VOTE1s are in (or at the timeout).

@@ -41,6 +41,12 @@ impl<S: Storage> Site<S> {
         if self.role != Role::Master {
             return Err(CommitError::NotMaster(self.master));
         }
+        if self.transfer.is_some() {
+            return Err(CommitError::Unavailable);
+        }
+        if !self.lease_valid(self.now) {
+            return Err(CommitError::LeaseExpired);
+        }
         if ops.is_empty() {
             return Err(CommitError::Invalid(RecordError::LimitExceeded(
                 "operation count (a transaction needs at least one operation)",

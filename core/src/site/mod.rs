@@ -18,6 +18,8 @@
 pub mod acks;
 mod client;
 mod election;
+mod lease;
+pub use lease::Handle;
 mod master;
 pub mod members;
 pub mod output;
@@ -106,6 +108,10 @@ impl<E: fmt::Display> fmt::Display for OpenError<E> {
 pub enum ReadError {
     /// The client is synchronising and NOWAIT is set (S5).
     Lockout,
+    /// Leases are on and this master lacks a majority of grants (R10).
+    LeaseExpired,
+    /// The handle may have seen rolled-back data; reopen it (R14).
+    HandleDead,
 }
 
 /// Counters a status view shows (B5).
@@ -256,6 +262,14 @@ pub struct Site<S: Storage> {
     had_master: bool,
     opened_at: Instant,
     master_since: Instant,
+    // Leases, transfer, handles.
+    lease_grants: BTreeMap<SiteId, Instant>,
+    lease_req_at: Option<Instant>,
+    grant_until: Instant,
+    transfer: Option<(SiteId, Instant)>,
+    transfer_at: Option<Lsn>,
+    boost: bool,
+    rollback_epoch: u64,
     /// The record the stored snapshot reflects (zero: no snapshot).
     snapshot_lsn: Lsn,
     /// A snapshot taken at a checkpoint record, written once that record
@@ -324,6 +338,13 @@ impl<S: Storage> Site<S> {
             had_master: false,
             opened_at: now,
             master_since: now,
+            lease_grants: BTreeMap::new(),
+            lease_req_at: None,
+            grant_until: Instant(0),
+            transfer: None,
+            transfer_at: None,
+            boost: false,
+            rollback_epoch: 0,
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
             stats: Stats::default(),
@@ -574,6 +595,8 @@ impl<S: Storage> Site<S> {
             at(Some(d));
         }
         at(self.election_deadline());
+        at(self.lease_deadline());
+        at(self.transfer.map(|(_, t)| t));
         at(self.majority_deadline());
         t
     }
@@ -857,6 +880,9 @@ impl<S: Storage> Site<S> {
             }
         }
         self.stats.rolled_back += commits.len() as u64;
+        if !commits.is_empty() {
+            self.rollback_epoch += 1;
+        }
         // Waiters on rolled-back commits learn it now.
         let gone: Vec<RequestId> = self
             .waiters
@@ -960,6 +986,10 @@ impl<S: Storage> Site<S> {
         self.find_master_at = None;
         self.had_master = true;
         self.master_since = now;
+        self.lease_grants.clear();
+        self.transfer = None;
+        self.transfer_at = None;
+        self.boost = false;
         self.sync = SyncState::Ready;
         self.want = None;
         self.pending.clear();
@@ -978,6 +1008,9 @@ impl<S: Storage> Site<S> {
         self.broadcast(Flags::NONE, &Message::NewMaster);
         self.heartbeat_at = self.next_heartbeat();
         self.checkpoint_at = Some(now + self.cfg.timeouts.checkpoint_delay);
+        if self.cfg.leases {
+            self.send_lease_req();
+        }
         // Waiters for commits of older generations that this log does not
         // hold can never be satisfied now.
         self.check_waiters();
@@ -993,6 +1026,9 @@ impl<S: Storage> Site<S> {
         self.sync = SyncState::NoMaster;
         self.heartbeat_at = None;
         self.checkpoint_at = None;
+        self.lease_req_at = None;
+        self.lease_grants.clear();
+        self.transfer = None;
         self.master_heard = now;
         self.monitor_fired = false;
         self.fail_pending_commits();
@@ -1176,6 +1212,9 @@ impl<S: Storage> Site<S> {
                 Ok(())
             }
             Message::DupMaster => self.on_dup_master(env),
+            Message::LeaseReq { master_time } => self.on_lease_req(env, *master_time),
+            Message::LeaseGrant { master_time } => self.on_lease_grant(env, *master_time),
+            Message::TransferMaster { to } => self.on_transfer(env, *to),
             // Elections, leases, initialisation, channels and forwarding
             // belong to later parts of the engine; their messages are
             // decoded and validated but not acted on yet.
@@ -1190,6 +1229,8 @@ impl<S: Storage> Site<S> {
         self.check_majority();
         self.client_timeouts();
         self.election_timeouts();
+        self.lease_timeouts();
+        self.transfer_timeouts();
         // Waiters.
         let expired: Vec<RequestId> = self
             .waiters
@@ -1235,6 +1276,9 @@ impl<S: Storage> Site<S> {
             self.event(Event::ConnectEstablished(site));
             if self.role == Role::Client && self.master.is_none() {
                 self.send(site, Flags::NONE, &Message::MasterReq);
+            }
+            if self.election.is_some() {
+                self.send_my_vote1(site);
             }
             if self.role == Role::Master {
                 // Announce mastership on every new connection, so a healed

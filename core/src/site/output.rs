@@ -155,6 +155,8 @@ pub enum CommitError {
     Unavailable,
     /// The log's storage failed.
     Storage,
+    /// Leases are on and this master lacks a majority of grants (R10).
+    LeaseExpired,
 }
 
 impl fmt::Display for CommitError {
@@ -170,6 +172,10 @@ impl fmt::Display for CommitError {
             CommitError::Busy => write!(f, "too many commits in flight; retry"),
             CommitError::Unavailable => write!(f, "the site lost mastership"),
             CommitError::Storage => write!(f, "the log storage failed"),
+            CommitError::LeaseExpired => write!(
+                f,
+                "this master's lease has expired (no majority of grants): refused rather than risk a write a newer master replaces"
+            ),
         }
     }
 }

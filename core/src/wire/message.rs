@@ -407,6 +407,19 @@ pub enum Message<'a> {
         /// Outcome.
         result: ForwardResult,
     },
+    /// 38: The master asks for a lease grant, stamping its own clock
+    /// (R10); clients answer LEASE_GRANT with the same stamp.
+    LeaseReq {
+        /// The master's clock when it asked.
+        master_time: Instant,
+    },
+    /// 39: Planned switchover (E7): the master hands mastership to `to`,
+    /// which holds an election it is set to win once it has the master's
+    /// whole log (the envelope's LSN).
+    TransferMaster {
+        /// The site that is to become master.
+        to: SiteId,
+    },
 }
 
 /// Message types as plain values, for counters and logs.
@@ -452,11 +465,13 @@ pub enum MessageKind {
     ChannelFail,
     ForwardWrite,
     ForwardAnswer,
+    LeaseReq,
+    TransferMaster,
 }
 
 impl MessageKind {
     /// Number of message types.
-    pub const COUNT: usize = 38;
+    pub const COUNT: usize = 40;
 
     /// Every type, in wire order.
     pub const ALL: [MessageKind; Self::COUNT] = {
@@ -500,6 +515,8 @@ impl MessageKind {
             ChannelFail,
             ForwardWrite,
             ForwardAnswer,
+            LeaseReq,
+            TransferMaster,
         ]
     };
 
@@ -545,6 +562,8 @@ impl MessageKind {
             ChannelFail => "CHANNEL_FAIL",
             ForwardWrite => "FORWARD_WRITE",
             ForwardAnswer => "FORWARD_ANSWER",
+            LeaseReq => "LEASE_REQ",
+            TransferMaster => "TRANSFER_MASTER",
         }
     }
 }
@@ -593,6 +612,8 @@ impl Message<'_> {
             M::ChannelFail { .. } => K::ChannelFail,
             M::ForwardWrite(_) => K::ForwardWrite,
             M::ForwardAnswer { .. } => K::ForwardAnswer,
+            M::LeaseReq { .. } => K::LeaseReq,
+            M::TransferMaster { .. } => K::TransferMaster,
         }
     }
 }

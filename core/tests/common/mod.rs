@@ -98,6 +98,20 @@ impl Net {
             }
             while let Some((t, f)) = q.pop_front() {
                 progressed = true;
+                if _round > 99_990 {
+                    if let Ok((env, msg)) =
+                        shoal_core::wire::decode_frame(&f, &shoal_core::config::Limits::default())
+                    {
+                        eprintln!(
+                            "loop: {:?} -> s{} {:?} egen {:?} gen {:?}",
+                            env.from,
+                            t,
+                            msg.kind(),
+                            env.egen,
+                            env.generation
+                        );
+                    }
+                }
                 let now = self.now;
                 if let Some(s) = self.sites[t].as_mut() {
                     let _ = s.handle_frame(now, &f);
@@ -189,6 +203,14 @@ impl Net {
                 }
             }
         }
+        self.run();
+    }
+
+    /// Restore one cut link.
+    pub fn reconnect(&mut self, a: usize, b: usize) {
+        self.cut
+            .retain(|&(x, y)| !((x, y) == (a, b) || (x, y) == (b, a)));
+        self.set_link(a, b, true);
         self.run();
     }
 
