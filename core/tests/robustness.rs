@@ -204,7 +204,7 @@ fn mutated_and_random_frames_never_panic() {
     let l = Limits::default();
     let device = Limits::device();
     let seeds = golden("frames");
-    let mut rng = Rng(0xf4a3_e5);
+    let mut rng = Rng(0x00f4_a3e5);
     let n = 60_000 * scale();
     let mut decoded = 0usize;
     let mut errors = std::collections::BTreeMap::<String, usize>::new();
@@ -401,7 +401,7 @@ fn mutated_records_never_panic() {
     let l = Limits::default();
     let device = Limits::device();
     let seeds = record_seeds();
-    let mut rng = Rng(0x7ec0_4d);
+    let mut rng = Rng(0x007e_c04d);
     let n = 40_000 * scale();
     let (mut parsed, mut decoded) = (0, 0);
     for i in 0..n {
