@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => panic!("MemStorage recovery failed: {e}"),
     };
     let kept = s.segment_mut(1).map(|v| v.clone()).unwrap_or_default();
-    assert!(seg.starts_with(&kept), "recovery kept something that was not there");
+    assert!(
+        seg.starts_with(&kept),
+        "recovery kept something that was not there"
+    );
     assert!(kept.len() >= SEGMENT_HEADER_LEN);
     let mut reader = LogReader::new(l);
     let mut lsn = r.first;
@@ -71,7 +74,11 @@ fuzz_target!(|data: &[u8]| {
         timestamp: shoal_core::ids::Instant(1),
     };
     let at = w
-        .append(&mut s, shoal_core::ids::Generation(8), &RecordBody::Checkpoint(cp))
+        .append(
+            &mut s,
+            shoal_core::ids::Generation(8),
+            &RecordBody::Checkpoint(cp),
+        )
         .expect("append after recovery");
     let after = recover(&mut s, &l).unwrap();
     assert_eq!(after.records, r.records + 1);

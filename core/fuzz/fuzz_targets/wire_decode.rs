@@ -14,8 +14,7 @@ fuzz_target!(|data: &[u8]| {
             Ok((env, msg)) => {
                 let text = described.expect("describe agrees with decode_frame");
                 let mut out = Vec::new();
-                wire::encode_frame(&env, &msg, &mut out, &l)
-                    .expect("a decoded frame re-encodes");
+                wire::encode_frame(&env, &msg, &mut out, &l).expect("a decoded frame re-encodes");
                 assert!(out.len() <= data.len(), "encoders write minimal varints");
                 let (env2, msg2) = wire::decode_frame(&out, &l).expect("re-encoded frame decodes");
                 assert_eq!(env2, env);
