@@ -933,3 +933,42 @@ fn records_are_bound_to_their_lsn() {
         }
     }
 }
+
+/// The segment header and metadata bytes FORMAT.md shows.
+#[test]
+fn segment_header_and_meta_bytes_are_as_documented() {
+    use shoal_core::log::segment::SegmentHeader;
+    use shoal_core::meta::Meta;
+    let unhex = |s: &str| -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        SegmentHeader { number: 1 }.encode().to_vec(),
+        unhex("53 48 4f 41 4c 4c 4f 47 01 00 00 00 01 00 00 00 da 6a a1 ed")
+    );
+    assert_eq!(
+        Meta::default().encode(),
+        unhex("01 35 76 72 45 00 00 00 00 00")
+    );
+    let m = Meta {
+        site: SiteId(3),
+        generation: Generation(9),
+        egen: ElectionGen(11),
+        voted_for: Some(SiteId(2)),
+        init_in_progress: true,
+    };
+    assert_eq!(m.encode(), unhex("01 21 18 e9 7a 03 09 0b 01 02 01"));
+    assert_eq!(Meta::decode(&m.encode()), Ok(m));
+    // CRC-32C's check value.
+    assert_eq!(shoal_core::crc::checksum(b"123456789"), 0xe306_9283);
+    // The worked frame example.
+    let f = std::fs::read(golden_dir().join("frames/log_req.bin")).unwrap();
+    assert_eq!(f, unhex("01 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
+    let r = std::fs::read(golden_dir().join("records/commit_empty.bin")).unwrap();
+    assert_eq!(
+        r,
+        unhex("03 00 00 00 69 f7 bb e3 01 00 00 00 01 01 00 00 00 00 00")
+    );
+}

@@ -875,6 +875,21 @@ fn truncate_removes_the_tail() {
         assert_eq!(r3.records, i as u64 + 1);
         continue_log(&mut s, &r3, "after truncate");
     }
+    // At the end of a segment: the later segments go, that one stays whole.
+    let mut s = storage_of(&log.segs);
+    let r = recover(&mut s, &l).unwrap();
+    let mut w = LogWriter::new(&r, l);
+    let last_of_3 = log.recs.iter().rfind(|x| x.lsn.file == 3).unwrap();
+    let end3 = Lsn::new(3, log.segs[&3].len() as u32);
+    w.truncate(&mut s, end3, last_of_3.lsn, last_of_3.generation)
+        .unwrap();
+    let kept = dump(&mut s);
+    assert_eq!(kept.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(kept[&3] == log.segs[&3]);
+    let r = recover(&mut s, &l).unwrap();
+    assert_eq!(r.last, last_of_3.lsn);
+    assert_eq!(r.next, end3);
+    continue_log(&mut s, &r, "truncated at a segment end");
     // Truncating at the end is a no-op; past it, or inside a header, is
     // refused.
     let mut s = storage_of(&log.segs);
