@@ -1,0 +1,9 @@
+//! shoal's native host: a site's files ([`storage::FileStorage`]) and its
+//! TCP links to the other sites ([`transport::TcpTransport`]). Neither
+//! decides anything; they move bytes for `shoal-core` (ARCHITECTURE.md's
+//! one rule).
+
+#![warn(missing_docs)]
+
+pub mod storage;
+pub mod transport;
