@@ -74,6 +74,10 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
     let mut c = Config {
         elections: false,
         step_down_without_majority: false,
+        // Archiving (R8) would leave a site that must roll back or catch up
+        // past the archived segments with JOIN_FAILURE until internal
+        // initialisation (S6) exists; keep the whole log.
+        log_retention_segments: None,
         ack_policy: if r.chance(800_000) {
             AckPolicy::Quorum
         } else {

@@ -24,11 +24,13 @@ use crate::rng::Rng;
 use crate::trace::{Input, MsgSum, Out, Step, Trace};
 use shoal_core::config::{Config, Durability};
 use shoal_core::log::Op;
+use shoal_core::meta::Meta;
 use shoal_core::site::{
     Answer, CommitError, CommitOutcome, Dest, Drop, Event, IndexEntry, Output, RequestId, Role,
     Site, WaitError,
 };
-use shoal_core::{CommitToken, Generation, Instant, Lsn, SiteId};
+use shoal_core::traits::Storage;
+use shoal_core::{CommitToken, ElectionGen, Generation, Instant, Lsn, SiteId};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -651,7 +653,7 @@ impl Sim {
                 }
                 self.slots[site].flush_busy = false;
                 self.step(site, Input::Flushed(lsn), |s, now| {
-                    if let Err(e) = shoal_core::traits::Storage::sync(s.storage_mut()) {
+                    if let Err(e) = s.storage_mut().sync() {
                         panic!("SimDisk sync failed: {e}");
                     }
                     s.handle_flushed(now, lsn);
@@ -877,9 +879,11 @@ impl Sim {
     }
 
     /// The operator makes site `i` master. Like an election's winner (E1),
-    /// it takes a generation above every generation any site has used:
-    /// `rep_start_master` is repeated until it does (each call is one
-    /// NEWGENERATION record).
+    /// it must take a generation above every generation any site has used
+    /// (`rep_start_master` takes max(generation + 1, egen)); when the site
+    /// has not heard of the newest one, the operator first raises its
+    /// election generation, as an election would, through a clean restart
+    /// (sync, write the metadata, reopen).
     pub fn promote(&mut self, i: usize) {
         if !self.check.is_best_candidate(self, i) {
             self.check.break_promises(
@@ -888,15 +892,55 @@ impl Sim {
             );
         }
         let above = self.max_generation();
-        loop {
-            self.act(i, "operator: rep_start_master", |s, now| {
-                s.rep_start_master(now)
-            })
-            .unwrap_or_else(|e| self.fail(&format!("rep_start_master on s{i}: {e}")));
-            if self.site(i).generation() > above {
-                break;
-            }
+        let s = self.site(i);
+        if s.generation().0.max(s.egen().0.saturating_sub(1)) < above.0 {
+            self.raise_egen(i, ElectionGen(above.0 + 1));
         }
+        self.act(i, "operator: rep_start_master", |s, now| {
+            s.rep_start_master(now)
+        })
+        .unwrap_or_else(|e| self.fail(&format!("rep_start_master on s{i}: {e}")));
+        if self.site(i).generation() <= above {
+            self.fail(&format!(
+                "s{i} became master of generation {}, not above {}",
+                self.site(i).generation().0,
+                above.0
+            ));
+        }
+    }
+
+    /// Shut site `i` down cleanly, set its election generation to `egen`
+    /// in its metadata, and reopen it.
+    fn raise_egen(&mut self, i: usize, egen: ElectionGen) {
+        let site = self.slots[i].site.take().expect("up");
+        let mut disk = site.into_storage();
+        let bytes = disk
+            .read_meta()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| self.fail(&format!("s{i} has no metadata")));
+        let mut meta =
+            Meta::decode(&bytes).unwrap_or_else(|e| self.fail(&format!("s{i}'s metadata: {e}")));
+        meta.egen = egen;
+        let _ = disk.sync();
+        let _ = disk.write_meta(&meta.encode());
+        let cfg = self.slots[i].cfg;
+        let addr = self.slots[i].address.clone();
+        let site = Site::open(cfg, &addr, disk, self.now)
+            .unwrap_or_else(|e| self.fail(&format!("s{i} does not reopen: {e}")));
+        let slot = &mut self.slots[i];
+        slot.site = Some(site);
+        slot.opened = true;
+        slot.reported.clear();
+        slot.flush_busy = false;
+        slot.flush_want = Lsn::ZERO;
+        slot.inc += 1;
+        self.conn_dirty = true;
+        self.act(
+            i,
+            &format!("operator: election generation {} (clean restart)", egen.0),
+            |_, _| (),
+        );
     }
 
     /// The highest generation any site (up or down) has seen.
