@@ -274,7 +274,14 @@ impl<S: Storage> Site<S> {
 
     /// One LOG record from the master.
     pub(super) fn on_log(&mut self, env: &Envelope, e: &LogEntry<'_>) -> Result<(), Drop> {
-        self.on_master_traffic(env)?;
+        // The master's newest record brings its own tail: asking for the
+        // log up to it as well would fetch every record twice.
+        let known = env.generation == self.meta.generation && self.master == Some(env.from);
+        if known && env.lsn == e.lsn {
+            self.on_master_traffic(&Envelope { lsn: e.prev, ..*env })?;
+        } else {
+            self.on_master_traffic(env)?;
+        }
         if !matches!(self.sync, SyncState::Ready | SyncState::CatchUp { .. }) {
             // Verifying or delayed: records are fetched after the common
             // point is known.
