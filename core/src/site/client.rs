@@ -278,7 +278,10 @@ impl<S: Storage> Site<S> {
         // log up to it as well would fetch every record twice.
         let known = env.generation == self.meta.generation && self.master == Some(env.from);
         if known && env.lsn == e.lsn {
-            self.on_master_traffic(&Envelope { lsn: e.prev, ..*env })?;
+            self.on_master_traffic(&Envelope {
+                lsn: e.prev,
+                ..*env
+            })?;
         } else {
             self.on_master_traffic(env)?;
         }

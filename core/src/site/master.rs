@@ -94,7 +94,9 @@ impl<S: Storage> Site<S> {
             // the log is flushed, and PERM_FAILED is raised (R5).
             self.ask_flush(entry.lsn);
         }
-        self.progress_commits();
+        if need.acks == 0 || need.impossible {
+            self.progress_commits();
+        }
         self.check_waiters();
         Ok(id)
     }
@@ -131,9 +133,14 @@ impl<S: Storage> Site<S> {
         let need = acks::need(self.cfg.ack_policy, &shape);
         let me = self.meta.site;
         let all_available = self.cfg.ack_policy == crate::config::AckPolicy::AllAvailable;
+        // Acks cover every LSN up to the acked one, so once a commit falls
+        // short, every later commit does too: stop there.
         for i in 0..self.commits.len() {
             let c = self.commits[i];
-            if c.permanent || c.timed_out {
+            if c.timed_out {
+                continue;
+            }
+            if c.permanent {
                 continue;
             }
             let acks = self
@@ -148,6 +155,8 @@ impl<S: Storage> Site<S> {
             c.needed = need.acks;
             if acks >= need.acks && !need.impossible {
                 c.permanent = true;
+            } else {
+                break;
             }
         }
         // Answer from the front, so answers come in commit order.

@@ -236,6 +236,7 @@ pub struct Site<S: Storage> {
     next_txn: u64,
     flushed: Lsn,
     flush_asked: Lsn,
+    flush_want: Lsn,
     // Master.
     commits: VecDeque<PendingCommit>,
     heartbeat_at: Option<Instant>,
@@ -316,6 +317,7 @@ impl<S: Storage> Site<S> {
             next_txn: 1,
             flushed: recovered.last,
             flush_asked: recovered.last,
+            flush_want: recovered.last,
             commits: VecDeque::new(),
             heartbeat_at: None,
             checkpoint_at: None,
@@ -656,12 +658,25 @@ impl<S: Storage> Site<S> {
         self.send_many(&dests, flags, msg);
     }
 
+    /// Ask the host to make the log durable up to `lsn`. At most one flush
+    /// is outstanding: while one is in flight, later requests only raise
+    /// the target, and the next flush (issued when this one completes)
+    /// covers them all — group commit.
     fn ask_flush(&mut self, lsn: Lsn) {
-        if lsn > self.flush_asked && lsn > self.flushed {
-            self.flush_asked = lsn;
-            self.stats.flushes += 1;
-            self.out.push_back(Output::Flush { lsn });
+        if lsn <= self.flushed {
+            return;
         }
+        self.flush_want = self.flush_want.max(lsn);
+        if self.flush_asked <= self.flushed {
+            self.issue_flush();
+        }
+    }
+
+    fn issue_flush(&mut self) {
+        let lsn = self.flush_want;
+        self.flush_asked = lsn;
+        self.stats.flushes += 1;
+        self.out.push_back(Output::Flush { lsn });
     }
 
     fn save_meta(&mut self) {
@@ -849,6 +864,7 @@ impl<S: Storage> Site<S> {
         }
         self.flushed = self.flushed.min(prev);
         self.flush_asked = self.flush_asked.min(prev);
+        self.flush_want = self.flush_want.min(prev);
         self.acked_sent = self.acked_sent.min(prev);
         self.perm_lsn = self.perm_lsn.min(prev);
         let keep_first = if keep == 0 { Lsn::ZERO } else { first };
@@ -1254,6 +1270,9 @@ impl<S: Storage> Site<S> {
             return;
         }
         self.flushed = lsn;
+        if self.flush_want > self.flushed && self.flush_asked <= self.flushed {
+            self.issue_flush();
+        }
         self.settle_snapshot();
         match self.role {
             Role::Master => self.progress_commits(),
