@@ -22,9 +22,11 @@ struct Group {
 
 impl Group {
     fn new() -> Group {
-        let mut cfg = Config::default();
         // Keep the log from being archived mid-measurement.
-        cfg.log_retention_segments = None;
+        let mut cfg = Config {
+            log_retention_segments: None,
+            ..Config::default()
+        };
         cfg.timeouts.checkpoint_delay = std::time::Duration::from_secs(3600);
         let sites = (0..3)
             .map(|i| {

@@ -9,13 +9,15 @@ use shoal_core::SiteId;
 use std::time::Duration;
 
 fn lease_cfgs(n: usize) -> Vec<Config> {
-    let mut c = Config::default();
-    c.leases = true;
+    let mut c = Config {
+        leases: true,
+        clock_skew_fast: 102,
+        clock_skew_slow: 100,
+        ..Config::default()
+    };
     c.timeouts.lease = Duration::from_millis(1000);
     c.timeouts.heartbeat_send = Duration::from_millis(200);
     c.timeouts.heartbeat_monitor = Duration::from_millis(600);
-    c.clock_skew_fast = 102;
-    c.clock_skew_slow = 100;
     vec![c; n]
 }
 

@@ -73,11 +73,7 @@ impl Net {
         for _round in 0..100_000 {
             let mut progressed = false;
             for i in 0..self.sites.len() {
-                loop {
-                    let Some(s) = self.sites[i].as_mut() else {
-                        break;
-                    };
-                    let Some(o) = s.poll_output() else { break };
+                while let Some(o) = self.sites[i].as_mut().and_then(|s| s.poll_output()) {
                     progressed = true;
                     match o {
                         Output::Send { to, frame } => {
