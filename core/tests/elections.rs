@@ -78,10 +78,11 @@ fn e3_nsites_larger_than_the_group_needs_16_of_30() {
     }
     let mut net = Net::group(c);
     net.commit(0, "a", "1");
-    net.crash(0);
-    // 19 live sites: split 15 / 4 — neither side reaches 16.
+    // Split 15 / 5 with the master on the small side, then the master
+    // dies: 15 and 4 live sites — neither side reaches 16.
     let big: Vec<usize> = (1..16).collect();
     net.partition(&big);
+    net.crash(0);
     net.advance(Duration::from_secs(5));
     assert!(net.masters().is_empty(), "15 of 30 cannot elect");
     // Heal: 19 >= 16 can.

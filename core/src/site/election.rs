@@ -224,7 +224,20 @@ impl<S: Storage> Site<S> {
         }
         let heard = e.vote1s.len() as u32;
         let full_wait = e.full_until.is_some_and(|t| now < t);
-        let ready = heard >= e.nsites || (timed_out && heard >= e.nvotes && !full_wait);
+        // Every site this one can reach has voted: waiting longer cannot
+        // add a voter, so vote now. Any nvotes voters include a holder of
+        // every QUORUM-acknowledged commit, and the winner is the best of
+        // the voters, so this is as safe as waiting. (When the host reports
+        // no connections at all, wait for nsites or the timeout.)
+        let me = self.meta.site;
+        let connected = self
+            .members
+            .iter()
+            .filter(|m| m.id != me && !m.is_view() && m.connected)
+            .count() as u32;
+        let all_reachable = connected > 0 && heard >= connected + 1;
+        let ready =
+            heard >= e.nsites || (heard >= e.nvotes && !full_wait && (timed_out || all_reachable));
         if !ready {
             return;
         }
