@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod disk;
+pub mod linearizability;
 pub mod net;
 pub mod random;
 pub mod rng;

@@ -176,7 +176,7 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
             match what {
                 Later::Restart(i) => {
                     if !sim.is_up(i) {
-                        sim.restart(i, Start::Client);
+                        sim.restart(i, Start::Rejoin);
                     }
                 }
                 Later::Promote => {

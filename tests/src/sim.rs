@@ -96,6 +96,11 @@ pub enum Start {
     Join(String),
     /// Nothing: the site stays idle until told.
     Idle,
+    /// What an application does at every start: `join` through a helper
+    /// (the running master if there is one, else the first other running
+    /// site), which restarts a site that knows its group as a client and
+    /// re-joins one that does not (it crashed before its join was durable).
+    Rejoin,
 }
 
 /// Something the event queue holds.
@@ -720,13 +725,16 @@ impl Sim {
         self.step(i, Input::App(what.into()), |s, now| (f(s, now), None))
     }
 
-    /// Site 0 creates the group; every other site joins through site 0;
-    /// returns once every site is a client of site 0 and caught up.
+    /// Site 0 creates the group; every other site joins through site 0, in
+    /// index order; returns once every site is a client of site 0 and
+    /// caught up.
     pub fn start_group(&mut self) {
         self.act(0, "create_group", |s, now| s.create_group(now))
             .unwrap_or_else(|e| self.fail(&format!("create_group: {e}")));
+        // One at a time, so site i gets id i + 1.
         for i in 1..self.len() {
             self.act(i, "join s0", |s, now| s.join(now, "s0"));
+            self.run_until_true(ms(30_000), "the site joined", |sim| sim.site(i).id().0 != 0);
         }
         let n = self.len();
         self.run_until_true(ms(30_000), "every site joined and caught up", |sim| {
@@ -866,15 +874,26 @@ impl Sim {
         self.slots[i].site = Some(site);
         self.slots[i].opened = true;
         self.check.on_restart(i);
+        let how = match how {
+            Start::Rejoin => {
+                let helper = self
+                    .master()
+                    .filter(|&m| m != i)
+                    .or_else(|| self.up().into_iter().find(|&j| j != i))
+                    .unwrap_or(0);
+                Start::Join(self.slots[helper].address.clone())
+            }
+            h => h,
+        };
         let what = match &how {
             Start::Client => "RESTART; rep_start_client".to_string(),
             Start::Join(h) => format!("RESTART; join {h}"),
-            Start::Idle => "RESTART".to_string(),
+            Start::Idle | Start::Rejoin => "RESTART".to_string(),
         };
         self.act(i, &what, |s, now| match how {
             Start::Client => s.rep_start_client(now),
             Start::Join(h) => s.join(now, &h),
-            Start::Idle => {}
+            Start::Idle | Start::Rejoin => {}
         });
     }
 
@@ -907,6 +926,16 @@ impl Sim {
                 above.0
             ));
         }
+    }
+
+    /// Promote site `i` without asking whether it is the most up-to-date
+    /// site and without telling the checker: a careless operator (for
+    /// tests of the checker).
+    pub fn promote_unchecked(&mut self, i: usize) {
+        self.act(i, "operator (careless): rep_start_master", |s, now| {
+            s.rep_start_master(now)
+        })
+        .unwrap_or_else(|e| self.fail(&format!("rep_start_master on s{i}: {e}")));
     }
 
     /// Shut site `i` down cleanly, set its election generation to `egen`
@@ -1071,7 +1100,7 @@ impl Sim {
     }
 
     /// Faults stop: heal the network and make it reliable, restart every
-    /// crashed site as a client, let the operator promote a master if none
+    /// crashed site ([`Start::Rejoin`]), let the operator promote a master if none
     /// runs, write one barrier commit, and require every site to converge
     /// within `bound`. Then check the final state (see
     /// [`Sim::check_final`]). Returns the time convergence took.
@@ -1085,7 +1114,7 @@ impl Sim {
         self.sync_now();
         for i in 0..self.len() {
             if !self.is_up(i) {
-                self.restart(i, Start::Client);
+                self.restart(i, Start::Rejoin);
             }
         }
         if self.master().is_none() {

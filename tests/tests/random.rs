@@ -126,7 +126,11 @@ fn a_seed_replays_byte_for_byte() {
         let (a, _) = run_seed(seed, "random", "a_seed_replays_byte_for_byte", opts);
         let (b, _) = run_seed(seed, "random", "a_seed_replays_byte_for_byte", opts);
         let (ta, tb) = (a.trace().render(), b.trace().render());
-        assert!(a.trace().total() > 1000, "a real run");
+        assert!(
+            a.trace().total() > 300,
+            "a real run: {} steps",
+            a.trace().total()
+        );
         assert_eq!(ta.len(), tb.len(), "seed {seed}: traces differ in length");
         assert!(ta == tb, "seed {seed}: traces differ");
         // And a different seed gives a different run.

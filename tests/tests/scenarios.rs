@@ -3,9 +3,13 @@
 //! assert. Each runs with the seed from `SHOAL_SEED` (default 1); a failure
 //! names the seed and how to replay it.
 
-use shoal_core::config::{Config, Durability};
-use shoal_core::site::{Event, Role};
+use shoal_core::config::{AckPolicy, Config, Durability};
+use shoal_core::log::Op;
+use shoal_core::site::{Answer, CommitError, Event, Role, WaitError};
+use shoal_core::wire::{Flags, MessageKind};
+use shoal_core::SiteId;
 use shoal_tests::*;
+use std::time::Duration;
 
 fn sim(name: &str, sites: usize, cfg: Config) -> Sim {
     let mut c = SimConfig::new("scenarios", name, sites);
@@ -104,4 +108,771 @@ fn r2_a_lossless_network_ships_each_record_once() {
     }
     assert_eq!(requests, 0, "no client asks for what is on its way");
     assert_eq!(logs, 20 * 2, "each commit once to each of two clients");
+}
+
+// ----- R1: roles -------------------------------------------------------------
+
+/// R1: only the master takes writes; a client refuses with the master's id.
+#[test]
+fn r1_only_the_master_takes_writes() {
+    let mut sim = sim("r1_only_the_master_takes_writes", 3, Config::default());
+    sim.start_group();
+    assert_eq!(sim.site(0).role(), Role::Master);
+    let master = sim.id(0);
+    for c in [1, 2] {
+        assert_eq!(sim.site(c).role(), Role::Client);
+        let ops = [Op::Put {
+            db: "db",
+            key: b"k",
+            value: b"v",
+        }];
+        let err = sim.commit(c, &ops, Durability::Sync).unwrap_err();
+        assert_eq!(err, CommitError::NotMaster(Some(master)));
+    }
+    assert!(sim.write(0, "k", "v").permanent);
+    sim.run_for(ms(50));
+    assert_eq!(sim.site(2).get("db", b"k"), Ok(Some(&b"v"[..])));
+}
+
+/// R1: a site started as client announces itself (NEWCLIENT) and asks
+/// for the master (MASTER_REQ); the master answers NEWMASTER. When the
+/// answer is lost, the client asks again until it hears one.
+#[test]
+fn r1_a_client_finds_the_master_by_asking() {
+    let mut sim = sim(
+        "r1_a_client_finds_the_master_by_asking",
+        3,
+        Config::default(),
+    );
+    sim.start_group();
+    sim.write(0, "a", "1");
+    sim.crash(2, CrashMode::Clean);
+    sim.write(0, "b", "2");
+    // The master's answers to s2 are lost for a while (the connection
+    // stays up: only messages are lost).
+    let mut lossy = sim.net_ref().default_link();
+    lossy.loss_ppm = 1_000_000;
+    sim.net().set_link(0, 2, lossy);
+    let from = sim.steps() as usize;
+    sim.restart(2, Start::Client);
+    sim.run_for(ms(2500));
+    sim.net().reset_links();
+    let t = sim.run_until_true(ms(5000), "s2 finds the master", |s| {
+        s.site(2).master() == Some(s.id(0)) && s.converged()
+    });
+    assert!(t > ms(0));
+    let sent_by_2: Vec<(shoal_core::Instant, MessageKind)> = sim
+        .trace()
+        .steps()
+        .skip(from)
+        .filter(|st| st.site == 2)
+        .flat_map(|st| {
+            st.outputs.iter().filter_map(move |o| match o {
+                trace::Out::Send { msg, .. } => msg.kind.map(|k| (st.time, k)),
+                _ => None,
+            })
+        })
+        .collect();
+    let kinds: Vec<MessageKind> = sent_by_2.iter().map(|x| x.1).collect();
+    assert_eq!(
+        &kinds[..2],
+        &[MessageKind::NewClient, MessageKind::NewClient]
+    );
+    let asks: Vec<_> = sent_by_2
+        .iter()
+        .filter(|x| x.1 == MessageKind::MasterReq)
+        .map(|x| x.0)
+        .collect();
+    // Asked at start, and again after the answers were lost.
+    assert!(asks.len() >= 3, "{asks:?}");
+    assert!(asks.last().unwrap().since(asks[0]) >= sim.site(2).config().timeouts.election);
+    let answers_to_2 = sim
+        .trace()
+        .steps()
+        .skip(from)
+        .filter(|st| st.site == 0)
+        .flat_map(|st| st.outputs.iter())
+        .filter(|o| {
+            matches!(o, trace::Out::Send { to: Some(2), msg, .. } if msg.kind == Some(MessageKind::NewMaster))
+        })
+        .count();
+    assert!(answers_to_2 >= 2);
+    assert!(has_event(&sim, 2, |e| *e == Event::NewMaster(sim.id(0))));
+    assert_eq!(sim.site(2).store().get("db", b"b"), Some(&b"2"[..]));
+}
+
+// ----- R2: log shipping ---------------------------------------------------------
+
+/// R2: over a network that loses, duplicates and reorders, clients apply
+/// strictly in LSN order (checked after every step), re-request the gaps,
+/// ignore duplicates, and end with the master's log.
+#[test]
+fn r2_gaps_are_filled_and_duplicates_ignored() {
+    let mut c = SimConfig::new("scenarios", "r2_gaps_are_filled_and_duplicates_ignored", 3);
+    c.site = operator_mode(Config::default());
+    let mut sim = Sim::new(c);
+    sim.start_group();
+    sim.net().set_default(LinkConfig {
+        loss_ppm: 150_000,
+        dup_ppm: 150_000,
+        reorder_ppm: 300_000,
+        reorder_delay: ms(30),
+        ..LinkConfig::jitter(ms(1), ms(8))
+    });
+    for k in 0..60 {
+        let key = format!("k{k}");
+        let ops = [Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value: b"v",
+        }];
+        sim.commit(0, &ops, Durability::NoSync).unwrap();
+        sim.run_for(ms(7));
+    }
+    sim.run_for(ms(300));
+    let net = sim.net_ref().stats();
+    assert!(
+        net.lost > 0 && net.duplicated > 0 && net.reordered > 0,
+        "{net:?}"
+    );
+    let (mut dups, mut requests) = (0, 0);
+    for c in [1, 2] {
+        dups += sim.site(c).stats().duplicates;
+        requests += sim.site(c).stats().log_requests;
+    }
+    assert!(dups > 0, "duplicates were seen and dropped");
+    assert!(requests > 0, "gaps were re-requested");
+    sim.converge(ms(10_000));
+    for c in [1, 2] {
+        assert_eq!(sim.site(c).store().get("db", b"k59"), Some(&b"v"[..]));
+    }
+}
+
+// ----- R3: transactions -------------------------------------------------------
+
+/// R3: a transaction across two databases is one commit record, applied
+/// whole on every client; a client can wait for a commit token
+/// (read-your-writes) and times out when the commit cannot reach it.
+#[test]
+fn r3_atomic_multi_database_commit_and_read_your_writes() {
+    let mut sim = sim(
+        "r3_atomic_multi_database_commit_and_read_your_writes",
+        3,
+        Config::default(),
+    );
+    sim.start_group();
+    let records_before = sim.site(1).log_index().len();
+    let ops = [
+        Op::Put {
+            db: "accounts",
+            key: b"alice",
+            value: b"90",
+        },
+        Op::Put {
+            db: "accounts",
+            key: b"bob",
+            value: b"110",
+        },
+        Op::Put {
+            db: "audit",
+            key: b"t1",
+            value: b"alice->bob 10",
+        },
+        Op::Delete {
+            db: "pending",
+            key: b"t1",
+        },
+    ];
+    let id = sim.commit(0, &ops, Durability::Sync).unwrap();
+    // Read-your-writes on a client: wait for the token.
+    let out = sim.wait_commit(0, id, ms(2000));
+    assert!(out.permanent);
+    assert_eq!(sim.txn_applied(1, out.token, ms(1000)), Ok(()));
+    let s1 = sim.site(1);
+    assert_eq!(s1.store().get("accounts", b"bob"), Some(&b"110"[..]));
+    assert_eq!(s1.store().get("audit", b"t1"), Some(&b"alice->bob 10"[..]));
+    // One record for the whole transaction.
+    let new: Vec<_> = s1.log_index()[records_before..].to_vec();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].lsn, out.token.lsn);
+    assert_eq!(new[0].kind, shoal_core::log::RecordKind::Commit);
+    // A client that cannot hear the master times out waiting.
+    let mut lossy = sim.net_ref().default_link();
+    lossy.loss_ppm = 1_000_000;
+    sim.net().set_link(0, 2, lossy);
+    let out = sim.write(0, "late", "x");
+    assert!(out.permanent, "s1 still acks");
+    let t0 = sim.now();
+    assert_eq!(
+        sim.txn_applied(2, out.token, ms(200)),
+        Err(WaitError::Timeout)
+    );
+    assert!(sim.now().since(t0) >= ms(200));
+    // Once the link is back the token is applied (a heartbeat or the next
+    // commit shows the gap).
+    sim.net().reset_links();
+    sim.write(0, "next", "y");
+    assert_eq!(sim.txn_applied(2, out.token, ms(2000)), Ok(()));
+}
+
+// ----- R4: commit durability -----------------------------------------------------
+
+/// R4: after a crash a no-sync commit may be lost locally; a sync one never
+/// is. (A lone site: its crash is beyond what the group promises, so the
+/// checker does not count its commits as permanent.)
+#[test]
+fn r4_sync_commits_survive_a_crash_no_sync_ones_may_not() {
+    let mut sim = sim(
+        "r4_sync_commits_survive_a_crash_no_sync_ones_may_not",
+        1,
+        Config::default(),
+    );
+    sim.start_group();
+    let a = sim.write_with(0, "sync", "1", Durability::Sync);
+    assert!(a.flushed, "a sync commit is durable before its answer");
+    let b = sim.write_with(0, "nosync", "2", Durability::NoSync);
+    assert!(!b.flushed, "answered before the flush");
+    let c = sim.write_with(0, "wns", "3", Durability::WriteNoSync);
+    assert!(!c.flushed);
+    sim.crash(0, CrashMode::Clean);
+    assert!(!sim.checker().promises_hold());
+    sim.restart(0, Start::Idle);
+    let s = sim.site(0);
+    assert_eq!(s.store().get("db", b"sync"), Some(&b"1"[..]));
+    assert_eq!(s.store().get("db", b"nosync"), None);
+    assert_eq!(s.store().get("db", b"wns"), None);
+    assert_eq!(s.last_lsn(), a.token.lsn);
+}
+
+/// R4: concurrent commits share one flush (the host groups them).
+#[test]
+fn r4_concurrent_commits_share_a_flush() {
+    let mut c = SimConfig::new("scenarios", "r4_concurrent_commits_share_a_flush", 3);
+    c.site = operator_mode(Config::default());
+    c.fsync_min = ms(5);
+    c.fsync_max = ms(5);
+    let mut sim = Sim::new(c);
+    sim.start_group();
+    let syncs = |sim: &mut Sim| sim.site_mut(0).storage_mut().stats().syncs;
+    let before = syncs(&mut sim);
+    let mut ids = Vec::new();
+    for k in 0..20 {
+        let key = format!("k{k}");
+        let ops = [Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value: b"v",
+        }];
+        ids.push(sim.commit(0, &ops, Durability::Sync).unwrap());
+        sim.run_for(Duration::from_micros(500));
+    }
+    for id in ids {
+        let o = sim.wait_commit(0, id, ms(2000));
+        assert!(o.flushed && o.permanent);
+    }
+    let used = syncs(&mut sim) - before;
+    assert!(
+        used <= 5,
+        "20 commits over 10 ms took {used} flushes of 5 ms"
+    );
+}
+
+// ----- R5: ack policies --------------------------------------------------------------
+
+/// R5: every policy in a 3- and a 5-site group, with every client up, and
+/// with some clients cut off: permanent, or PERM_FAILED after the ack
+/// timeout, as the policy says; the outcome reports acks and needs.
+#[test]
+fn r5_every_ack_policy_in_3_and_5_site_groups() {
+    use AckPolicy::*;
+    // (sites, clients cut off, policy, permanent?, needed)
+    let table = [
+        (3, 0, All, true, 2),
+        (3, 0, AllAvailable, true, 2),
+        (3, 0, AllPeers, true, 2),
+        (3, 0, None, true, 0),
+        (3, 0, One, true, 1),
+        (3, 0, OnePeer, true, 1),
+        (3, 0, Quorum, true, 1),
+        (3, 1, All, false, 2),
+        (3, 1, AllAvailable, true, 1),
+        (3, 1, AllPeers, false, 2),
+        (3, 1, One, true, 1),
+        (3, 1, Quorum, true, 1),
+        (3, 2, AllAvailable, false, 1),
+        (3, 2, One, false, 1),
+        (3, 2, OnePeer, false, 1),
+        (3, 2, Quorum, false, 1),
+        (3, 2, None, true, 0),
+        (5, 0, All, true, 4),
+        (5, 0, Quorum, true, 2),
+        (5, 0, One, true, 1),
+        (5, 2, All, false, 4),
+        (5, 2, AllAvailable, true, 2),
+        (5, 2, AllPeers, false, 4),
+        (5, 2, Quorum, true, 2),
+        (5, 2, OnePeer, true, 1),
+        (5, 3, Quorum, false, 2),
+        (5, 3, AllAvailable, true, 1),
+        (5, 3, One, true, 1),
+        (5, 4, One, false, 1),
+    ];
+    for (n, cut, policy, permanent, needed) in table {
+        let cfg = Config {
+            ack_policy: policy,
+            ..Config::default()
+        };
+        let name = "r5_every_ack_policy_in_3_and_5_site_groups";
+        let mut sim = sim(name, n, cfg);
+        sim.start_group();
+        for c in 1..=cut {
+            sim.isolate(c);
+        }
+        let t0 = sim.now();
+        let out = sim.write(0, "k", "v");
+        let took = sim.now().since(t0);
+        let what = format!("{n} sites, {cut} cut, {policy:?}: {out:?}");
+        assert_eq!(out.permanent, permanent, "{what}");
+        assert_eq!(out.needed, needed, "{what}");
+        assert!(out.flushed, "{what}");
+        let failed = has_event(&sim, 0, |e| *e == Event::PermFailed(out.token.lsn));
+        assert_eq!(failed, !permanent, "{what}");
+        if permanent {
+            assert!(out.acks >= needed, "{what}");
+            assert!(took < ms(100), "{what}: took {took:?}");
+        } else {
+            // Either the ack timeout ran out, or the group could never
+            // supply the acks and the answer came at once.
+            assert!(
+                took >= sim.site(0).config().timeouts.ack || out.acks == 0,
+                "{what}: took {took:?}"
+            );
+        }
+    }
+}
+
+/// R5: the ack timeout is configurable; PERM_FAILED comes when it runs out
+/// and the commit still stands locally and on the clients that got it.
+#[test]
+fn r5_ack_timeout() {
+    let mut cfg = Config {
+        ack_policy: AckPolicy::All,
+        ..Config::default()
+    };
+    cfg.timeouts.ack = ms(300);
+    let mut sim = sim("r5_ack_timeout", 3, cfg);
+    sim.start_group();
+    // s2's acks are lost; its connection stays up.
+    let mut lossy = sim.net_ref().default_link();
+    lossy.loss_ppm = 1_000_000;
+    sim.net().set_link(2, 0, lossy);
+    let t0 = sim.now();
+    let out = sim.write(0, "k", "v");
+    let took = sim.now().since(t0);
+    assert!(!out.permanent);
+    assert_eq!((out.acks, out.needed), (1, 2));
+    assert!(took >= ms(300) && took < ms(320), "{took:?}");
+    assert!(has_event(&sim, 0, |e| *e == Event::PermFailed(out.token.lsn)));
+    sim.run_for(ms(50));
+    for i in 0..3 {
+        assert_eq!(sim.site(i).store().get("db", b"k"), Some(&b"v"[..]));
+    }
+}
+
+// ----- R6: events -------------------------------------------------------------------
+
+fn events_of(sim: &Sim, i: usize, from: usize) -> Vec<Event> {
+    sim.events(i)[from..]
+        .iter()
+        .map(|(_, e)| e.clone())
+        .filter(|e| !matches!(e, Event::ConnectEstablished(_) | Event::ConnectBroken(_)))
+        .collect()
+}
+
+/// R6: the events of a join and of a restart, in order.
+#[test]
+fn r6_event_order_for_a_join_and_a_restart() {
+    let mut sim = sim(
+        "r6_event_order_for_a_join_and_a_restart",
+        3,
+        Config::default(),
+    );
+    sim.act(0, "create_group", |s, now| s.create_group(now))
+        .unwrap();
+    sim.run_for(ms(20));
+    assert_eq!(
+        events_of(&sim, 0, 0),
+        vec![Event::Master, Event::SiteAdded(SiteId(1))]
+    );
+    sim.act(1, "join s0", |s, now| s.join(now, "s0"));
+    sim.run_for(ms(200));
+    let m = SiteId(1);
+    // The joiner learns the members with the join answer, becomes a
+    // client, hears the master, catches up (replaying the group's
+    // membership records) and says so.
+    assert_eq!(
+        events_of(&sim, 1, 0),
+        vec![Event::Client, Event::NewMaster(m), Event::StartupDone,],
+        "{:?}",
+        sim.events(1)
+    );
+    assert_eq!(
+        events_of(&sim, 0, 0),
+        vec![
+            Event::Master,
+            Event::SiteAdded(SiteId(1)),
+            Event::SiteAdded(SiteId(2))
+        ]
+    );
+    sim.act(2, "join s0", |s, now| s.join(now, "s0"));
+    sim.run_for(ms(200));
+    assert!(sim.converged());
+    assert!(has_event(&sim, 1, |e| *e == Event::SiteAdded(SiteId(3))));
+    // A client restarts: it rebuilds its state from its log (no events for
+    // what it replays), becomes a client, hears the master, catches up.
+    let mark = sim.events(1).len();
+    sim.write(0, "a", "1");
+    sim.crash(1, CrashMode::Clean);
+    sim.write(0, "b", "2");
+    sim.restart(1, Start::Client);
+    sim.run_for(ms(200));
+    assert_eq!(
+        events_of(&sim, 1, mark),
+        vec![Event::Client, Event::NewMaster(m), Event::StartupDone],
+        "{:?}",
+        &sim.events(1)[mark..]
+    );
+}
+
+// ----- R7: membership -------------------------------------------------------------
+
+/// R7: the creator starts the group; a site joins through a helper that is
+/// not the master (and is sent on to the master); a removed site learns it;
+/// nsites (and so QUORUM) follows the membership.
+#[test]
+fn r7_membership_through_a_helper_and_removal() {
+    let mut sim = sim(
+        "r7_membership_through_a_helper_and_removal",
+        5,
+        Config::default(),
+    );
+    sim.act(0, "create_group", |s, now| s.create_group(now))
+        .unwrap();
+    sim.run_for(ms(20));
+    sim.act(1, "join s0", |s, now| s.join(now, "s0"));
+    sim.run_for(ms(100));
+    // s2, s3, s4 join through s1, a client.
+    for i in 2..5 {
+        sim.act(i, "join s1", |s, now| s.join(now, "s1"));
+        sim.run_for(ms(100));
+    }
+    sim.run_until_true(ms(5000), "every site joined", |s| s.converged());
+    for i in 0..5 {
+        assert_eq!(sim.site(i).members().len(), 5, "s{i}");
+    }
+    // s1 answered the joiners with "not master, ask s0".
+    assert!(sim.trace().steps().any(|st| st.site == 1
+        && st.outputs.iter().any(|o| matches!(o, trace::Out::Send { msg, .. } if msg.kind == Some(MessageKind::JoinAnswer)))));
+    assert_eq!(sim.write(0, "five", "v").needed, 2, "QUORUM of 5");
+    // Remove two sites.
+    for i in [3usize, 4] {
+        let id = sim.id(i);
+        let req = sim
+            .act(0, "remove_site", |s, now| s.remove_site(now, id))
+            .unwrap();
+        sim.run_for(ms(100));
+        assert!(sim.answers(0).iter().any(|(_, _, a)| *a
+            == Answer::Remove {
+                id: req,
+                result: Ok(())
+            }));
+        assert!(has_event(&sim, i, |e| *e == Event::LocalSiteRemoved));
+        assert!(has_event(&sim, 1, |e| *e == Event::SiteRemoved(id)));
+    }
+    for i in 0..3 {
+        assert_eq!(sim.site(i).members().len(), 3, "s{i}");
+    }
+    let out = sim.write(0, "three", "v");
+    assert_eq!(
+        out.needed, 1,
+        "QUORUM of 3 once nsites follows the membership"
+    );
+    assert!(out.permanent);
+}
+
+// ----- R8: checkpoints --------------------------------------------------------------
+
+/// R8: a checkpoint record is written after checkpoint_delay when there
+/// were writes, and replicated; none without writes.
+#[test]
+fn r8_checkpoints_follow_writes() {
+    let mut cfg = Config::default();
+    cfg.timeouts.checkpoint_delay = ms(500);
+    let mut sim = sim("r8_checkpoints_follow_writes", 3, cfg);
+    sim.start_group();
+    let checkpoints = |sim: &Sim, i: usize| {
+        sim.site(i)
+            .log_index()
+            .iter()
+            .filter(|e| e.kind == shoal_core::log::RecordKind::Checkpoint)
+            .count()
+    };
+    sim.run_for(ms(600));
+    let quiet = checkpoints(&sim, 0);
+    sim.write(0, "a", "1");
+    sim.run_for(ms(600));
+    assert_eq!(checkpoints(&sim, 0), quiet + 1);
+    sim.run_for(ms(1500));
+    assert_eq!(checkpoints(&sim, 0), quiet + 1, "no writes, no checkpoint");
+    assert!(sim.converged());
+    assert_eq!(checkpoints(&sim, 2), checkpoints(&sim, 0));
+}
+
+// ----- R9: heartbeats ---------------------------------------------------------------
+
+/// R9: with HEARTBEAT_SEND a client that missed the last record fills the
+/// gap without any new write; without heartbeats it stays behind.
+#[test]
+fn r9_heartbeats_reveal_a_missed_last_record() {
+    for heartbeat in [true, false] {
+        let mut cfg = Config::default();
+        if heartbeat {
+            cfg.timeouts.heartbeat_send = ms(100);
+        }
+        let mut sim = sim("r9_heartbeats_reveal_a_missed_last_record", 3, cfg);
+        sim.start_group();
+        let mut lossy = sim.net_ref().default_link();
+        lossy.loss_ppm = 1_000_000;
+        sim.net().set_link(0, 2, lossy);
+        sim.write(0, "last", "1");
+        sim.run_for(ms(20));
+        sim.net().reset_links();
+        assert_eq!(sim.site(2).store().get("db", b"last"), None);
+        sim.run_for(ms(400));
+        let got = sim.site(2).store().get("db", b"last").is_some();
+        assert_eq!(got, heartbeat, "heartbeat {heartbeat}");
+    }
+}
+
+/// R9: with HEARTBEAT_MONITOR a client that stops hearing the master raises
+/// MASTER_FAILURE one monitor period after it last heard it.
+#[test]
+fn r9_heartbeat_monitor_detects_a_silent_master() {
+    let mut cfg = Config::default();
+    cfg.timeouts.heartbeat_send = ms(100);
+    cfg.timeouts.heartbeat_monitor = ms(400);
+    let mut sim = sim("r9_heartbeat_monitor_detects_a_silent_master", 3, cfg);
+    sim.start_group();
+    sim.run_for(ms(300));
+    assert!(!has_event(&sim, 1, |e| *e == Event::MasterFailure));
+    // Everything the master sends is lost; the connections stay up.
+    let mut lossy = sim.net_ref().default_link();
+    lossy.loss_ppm = 1_000_000;
+    sim.net().set_link(0, 1, lossy);
+    sim.net().set_link(0, 2, lossy);
+    let t0 = sim.now();
+    sim.run_until_true(ms(2000), "s1 raises MASTER_FAILURE", |s| {
+        has_event(s, 1, |e| *e == Event::MasterFailure)
+    });
+    let took = sim.now().since(t0);
+    assert!(took > ms(300) && took <= ms(400), "{took:?}");
+    assert_eq!(sim.site(1).master(), None);
+    // The master comes back into hearing: the clients find it again.
+    sim.net().reset_links();
+    sim.run_until_true(ms(5000), "clients follow the master again", |s| {
+        s.converged()
+    });
+}
+
+/// R9: the master partitioned away (its connections break): the clients
+/// raise MASTER_FAILURE at once.
+#[test]
+fn r9_a_partitioned_master_is_a_master_failure() {
+    let mut sim = sim(
+        "r9_a_partitioned_master_is_a_master_failure",
+        3,
+        Config::default(),
+    );
+    sim.start_group();
+    sim.isolate(0);
+    sim.run_for(ms(10));
+    for c in [1, 2] {
+        assert!(has_event(&sim, c, |e| *e == Event::MasterFailure));
+        assert_eq!(sim.site(c).master(), None);
+    }
+    sim.heal();
+    sim.run_until_true(ms(5000), "clients follow the master again", |s| {
+        s.converged()
+    });
+}
+
+// ----- R13: flow control ------------------------------------------------------------
+
+/// R13: a gap whose requests get no answer is asked for again after
+/// rerequest_min, then after twice as long each time, up to rerequest_max.
+#[test]
+fn r13_rerequest_backoff_doubles_up_to_the_maximum() {
+    let cfg = Config::default();
+    let (min, max) = (cfg.timeouts.rerequest_min, cfg.timeouts.rerequest_max);
+    let mut sim = sim("r13_rerequest_backoff_doubles_up_to_the_maximum", 3, cfg);
+    sim.start_group();
+    // s2 misses A, then every request it sends is lost.
+    let mut lossy = sim.net_ref().default_link();
+    lossy.loss_ppm = 1_000_000;
+    sim.net().set_link(0, 2, lossy);
+    sim.write(0, "a", "1");
+    sim.net().reset_links();
+    sim.net().set_link(2, 0, lossy);
+    let from = sim.steps() as usize;
+    sim.write(0, "b", "2");
+    sim.run_for(ms(5000));
+    let times: Vec<shoal_core::Instant> = sim
+        .trace()
+        .steps()
+        .skip(from)
+        .filter(|st| st.site == 2)
+        .filter(|st| {
+            st.outputs.iter().any(
+                |o| matches!(o, trace::Out::Send { msg, .. } if msg.kind == Some(MessageKind::LogReq)),
+            )
+        })
+        .map(|st| st.time)
+        .collect();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1].since(w[0])).collect();
+    let mut want = Vec::new();
+    let mut d = min;
+    while want.len() < gaps.len() {
+        want.push(d);
+        d = (d * 2).min(max);
+    }
+    assert!(gaps.len() >= 7, "{gaps:?}");
+    assert_eq!(gaps, want, "request times {times:?}");
+    // The re-sends are marked REREQUEST.
+    let rereq = sim
+        .trace()
+        .steps()
+        .skip(from)
+        .filter(|st| st.site == 2)
+        .flat_map(|st| st.outputs.iter())
+        .filter(|o| matches!(o, trace::Out::Send { msg, .. } if msg.kind == Some(MessageKind::LogReq) && msg.has(Flags::REREQUEST)))
+        .count();
+    assert_eq!(rereq, times.len() - 1);
+    sim.net().reset_links();
+    sim.run_until_true(ms(3000), "s2 fills the gap", |s| s.converged());
+}
+
+/// R13: a catch-up larger than max_answer_bytes comes in pieces, each
+/// ended by LOG_MORE, and the client asks for the next piece.
+#[test]
+fn r13_log_more_when_a_catch_up_exceeds_the_answer_cap() {
+    let mut cfg = Config::default();
+    cfg.limits.max_answer_bytes = 1024;
+    let mut sim = sim(
+        "r13_log_more_when_a_catch_up_exceeds_the_answer_cap",
+        3,
+        cfg,
+    );
+    sim.start_group();
+    sim.run_for(ms(50));
+    sim.crash(2, CrashMode::Clean);
+    for k in 0..40 {
+        sim.write_with(0, &format!("k{k}"), &"x".repeat(100), Durability::NoSync);
+    }
+    let from = sim.steps() as usize;
+    sim.restart(2, Start::Client);
+    sim.run_until_true(ms(5000), "s2 caught up", |s| s.converged());
+    let more = sim
+        .trace()
+        .steps()
+        .skip(from)
+        .filter(|st| st.site == 0)
+        .flat_map(|st| st.outputs.iter())
+        .filter(|o| matches!(o, trace::Out::Send { to: Some(2), msg, .. } if msg.kind == Some(MessageKind::LogMore)))
+        .count();
+    // About 40 x 150 bytes in answers of at most 1 KB.
+    assert!(more >= 4, "{more} LOG_MORE");
+    let requests = sim
+        .trace()
+        .steps()
+        .skip(from)
+        .filter(|st| st.site == 2)
+        .flat_map(|st| st.outputs.iter())
+        .filter(
+            |o| matches!(o, trace::Out::Send { msg, .. } if msg.kind == Some(MessageKind::LogReq)),
+        )
+        .count();
+    assert!(requests > more, "one request per piece");
+}
+
+// ----- the checker itself ------------------------------------------------------------
+
+/// The checker catches a lost permanent commit: an operator who promotes a
+/// stale site (while claiming the promises hold) loses one, and the
+/// simulator says so, with the seed.
+#[test]
+#[should_panic(expected = "lacks permanent commit [1][")]
+fn checker_catches_a_lost_permanent_commit() {
+    let mut sim = sim(
+        "checker_catches_a_lost_permanent_commit",
+        3,
+        Config::default(),
+    );
+    sim.start_group();
+    sim.isolate(2);
+    assert!(sim.write(0, "k", "v").permanent);
+    sim.crash(0, CrashMode::Clean);
+    sim.heal();
+    sim.run_for(ms(50));
+    sim.promote_unchecked(2);
+    sim.run_for(ms(500));
+}
+
+/// A failure message names the seed and the command that replays it.
+#[test]
+fn a_failure_names_the_seed_and_how_to_replay() {
+    let sim = sim(
+        "a_failure_names_the_seed_and_how_to_replay",
+        1,
+        Config::default(),
+    );
+    let r = sim.report("example");
+    let seed = sim.seed();
+    assert!(r.contains(&format!("(seed {seed})")), "{r}");
+    assert!(r.contains(&format!(
+        "SHOAL_SEED={seed} cargo test -p shoal-tests --test scenarios a_failure_names_the_seed_and_how_to_replay"
+    )));
+}
+
+/// R7: a site that crashed after its join was accepted but before any of
+/// the group's log reached its disk knows its id but no member: started as
+/// a client it has nobody to ask. Started the way an application starts
+/// (join through a helper) it is accepted again under the same id.
+#[test]
+fn r7_a_site_whose_join_was_not_durable_rejoins_through_a_helper() {
+    let name = "r7_a_site_whose_join_was_not_durable_rejoins_through_a_helper";
+    let mut sim = sim(name, 3, Config::default());
+    sim.act(0, "create_group", |s, now| s.create_group(now))
+        .unwrap();
+    sim.act(1, "join s0", |s, now| s.join(now, "s0"));
+    sim.run_until_true(ms(1000), "s1 joined", |s| {
+        s.site(1).master() == Some(s.id(0)) && s.site(1).last_lsn() == s.site(0).last_lsn()
+    });
+    sim.act(2, "join s0", |s, now| s.join(now, "s0"));
+    sim.run_until_true(ms(1000), "s2 has an id", |s| s.site(2).id().0 != 0);
+    let id = sim.id(2);
+    sim.crash(2, CrashMode::Clean);
+    sim.restart(2, Start::Client);
+    assert_eq!(sim.site(2).id(), id);
+    assert!(sim.site(2).members().is_empty(), "nobody to ask");
+    sim.run_for(ms(3000));
+    assert_eq!(
+        sim.site(2).master(),
+        None,
+        "a client with no members stays alone"
+    );
+    sim.crash(2, CrashMode::Clean);
+    sim.restart(2, Start::Join("s1".into()));
+    sim.run_until_true(ms(5000), "s2 is back in the group", |s| s.converged());
+    assert_eq!(sim.site(2).id(), id, "the same id");
+    assert_eq!(sim.site(0).members().len(), 3);
 }
