@@ -876,3 +876,48 @@ fn r7_a_site_whose_join_was_not_durable_rejoins_through_a_helper() {
     assert_eq!(sim.site(2).id(), id, "the same id");
     assert_eq!(sim.site(0).members().len(), 3);
 }
+
+/// Regression (R8/S7): a restarted master whose diverged tail holds its
+/// latest checkpoint, with the segments before it archived, cannot roll
+/// back to the common point without internal initialisation. It must say
+/// so (JOIN_FAILURE) and leave its data intact. It used to truncate its
+/// whole log first and only then find it had nothing to rebuild from.
+#[test]
+fn r8_a_rollback_below_the_archived_log_leaves_the_data_intact() {
+    let mut cfg = Config {
+        log_retention_segments: Some(1),
+        ..Config::default()
+    };
+    cfg.timeouts.checkpoint_delay = ms(50);
+    cfg.limits = shoal_core::config::Limits {
+        max_record: 1024,
+        max_key: 64,
+        max_value: 512,
+        max_frame: 4096,
+        segment_size: 2048,
+        max_channel_message: 1024,
+        ..shoal_core::config::Limits::default()
+    };
+    let name = "r8_a_rollback_below_the_archived_log_leaves_the_data_intact";
+    let mut sim = sim(name, 3, cfg);
+    sim.start_group();
+    sim.write(0, "a", "1");
+    sim.partition(&[0], &[1, 2]);
+    for k in 0..40 {
+        sim.write_with(0, &format!("lost{k}"), &"x".repeat(100), Durability::NoSync);
+        sim.run_for(ms(10));
+    }
+    sim.run_for(ms(200));
+    let first = sim.site(0).log_index()[0].lsn;
+    assert!(first.file > 1, "s0 archived its first segment ({first:?})");
+    sim.crash(0, CrashMode::Clean);
+    sim.heal();
+    let m = sim.promote_best();
+    sim.write(m, "new", "1");
+    sim.restart(0, Start::Client);
+    let (last, digest) = (sim.site(0).last_lsn(), sim.site(0).store().digest());
+    sim.run_for(ms(1000));
+    assert!(has_event(&sim, 0, |e| *e == Event::JoinFailure));
+    assert_eq!(sim.site(0).last_lsn(), last, "the log is intact");
+    assert_eq!(sim.site(0).store().digest(), digest, "the store is intact");
+}

@@ -850,6 +850,13 @@ impl<S: Storage> Site<S> {
             return false;
         }
         let at = self.index[keep].lsn;
+        if (self.snapshot_lsn.is_zero() || self.snapshot_lsn >= at) && !self.has_full_history() {
+            // The rollback would go below the snapshot and the log before
+            // it is gone: nothing to rebuild the store from. Say so before
+            // cutting anything, and leave the data intact (S7).
+            self.event(Event::JoinFailure);
+            return false;
+        }
         let (prev, prev_gen) = match keep.checked_sub(1).map(|p| self.index[p]) {
             Some(e) => (e.lsn, e.generation),
             None => (Lsn::ZERO, Generation(0)),
