@@ -1034,6 +1034,97 @@ mod tests {
         assert!(full.to_string().contains("free space"));
     }
 
+    const CRASH_HOME: &str = "SHOAL_STORAGE_CRASH_HOME";
+
+    /// The writer the crash test kills: continue the log, sync every few
+    /// records, and print the last synced txn id after each sync.
+    #[test]
+    #[ignore = "run by storage_survives_sigkill_at_random_moments as a child process"]
+    fn crash_child() {
+        let Some(home) = std::env::var_os(CRASH_HOME) else {
+            return;
+        };
+        let limits = small_segments();
+        let mut s =
+            FileStorage::open_with(&home, FileStorageOptions { write_buffer: 3000 }).unwrap();
+        let r = recover(&mut s, &limits).unwrap();
+        let mut next = r.records + 1;
+        let mut w = LogWriter::new(&r, limits);
+        let mut out = io::stdout().lock();
+        loop {
+            for _ in 0..7 {
+                put(&mut w, &mut s, next);
+                next += 1;
+            }
+            s.sync().unwrap();
+            writeln!(out, "{}", next - 1).unwrap();
+            out.flush().unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn storage_survives_sigkill_at_random_moments() {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let limits = small_segments();
+        let exe = std::env::current_exe().unwrap();
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        let mut acked = 0u64;
+        for _ in 0..40 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut child = Command::new(&exe)
+                .args([
+                    "--exact",
+                    "storage::tests::crash_child",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env(CRASH_HOME, dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5 + seed % 40));
+            child.kill().unwrap(); // SIGKILL
+            let mut printed = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut printed)
+                .unwrap();
+            child.wait().unwrap();
+            // Whole lines only: the last one may be cut by the kill.
+            if let Some(n) = printed
+                .lines()
+                .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+                .filter_map(|l| l.parse::<u64>().ok())
+                .max()
+            {
+                acked = acked.max(n);
+            }
+            let mut s = FileStorage::open(dir.path()).unwrap();
+            let r = recover(&mut s, &limits).unwrap();
+            assert!(
+                r.records >= acked,
+                "{} records, {acked} acknowledged",
+                r.records
+            );
+            if r.records > 0 {
+                let ids = txn_ids(&mut s, limits, r.first, r.records);
+                assert_eq!(ids, (1..=r.records).collect::<Vec<_>>());
+            }
+        }
+        assert!(acked > 0, "the child never synced");
+    }
+
     #[test]
     fn segment_names_round_trip_and_strangers_are_ignored() {
         assert_eq!(segment_file_name(1), "log.00000001");

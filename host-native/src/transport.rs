@@ -1,1 +1,1675 @@
-//! placeholder
+//! [`TcpTransport`]: frames between sites over TCP, on tokio.
+//!
+//! # Connections
+//!
+//! Every site listens on its address. To send, a site dials the peer's
+//! address and keeps that connection (a *link*) for its own frames only;
+//! frames from the peer arrive on the connection the peer dialed. So each
+//! pair of sites holds two TCP connections, one per direction, each with a
+//! single writer: frames to a peer leave in the order they were queued,
+//! and there is no duplicate-connection race to settle.
+//!
+//! The driver names peers with [`TcpTransport::set_peer`]; their links
+//! reconnect after `connection_retry` whenever they break or fail to
+//! connect. [`TcpTransport::try_send_to_address`] reaches a site known only
+//! by address (a joiner, or the helper this site joins through) on a link
+//! that lives as long as its connection.
+//!
+//! # Handshake and framing
+//!
+//! On a stream every frame is preceded by its length, a u32 LE, checked
+//! with [`wire::stream_frame_len`] before anything is allocated: a peer
+//! that announces more than `Limits::max_frame` is disconnected.
+//!
+//! The dialer's first frame is a [`Message::Handshake`] with its group name,
+//! listening address, site id and group key; the listener checks the
+//! protocol version (the frame's version field) and the group and key, and
+//! refuses a mismatch with a `tracing` warning that says why, closing the
+//! connection. Otherwise it answers with its own handshake, which the
+//! dialer checks the same way. Only then is the link up.
+//!
+//! # Events and back-pressure
+//!
+//! Link changes reach the driver as [`TransportEvent`]s on a bounded
+//! channel ([`TransportChannels::events`]); the driver turns them into
+//! `Site::handle_connection` and `Site::handle_connect_failed` calls.
+//! Received frames go through another bounded channel
+//! ([`TransportChannels::inbound`]); when it is full a frame is dropped and
+//! counted, and [`TransportEvent::InboundDropped`] starts each overflow
+//! episode so the driver can raise INQUEUE_FULL. Sends never block: each
+//! link has a queue bounded in frames and bytes, and a full queue is
+//! [`SendError::Full`]. Frames queued on a link that goes down are dropped
+//! (the protocol re-requests what it misses).
+//!
+//! Call [`TcpTransport::shutdown`] to close the listener and every
+//! connection; the transport's tasks hold it alive until then.
+
+use shoal_core::config::{caps, Limits};
+use shoal_core::node::NodeTransport;
+use shoal_core::traits::{SendError, Transport};
+use shoal_core::wire::{self, DecodeError, Envelope, Flags, Handshake, Message, PROTOCOL_VERSION};
+use shoal_core::{Config, ElectionGen, Generation, Lsn, SiteId};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+/// Everything a [`TcpTransport`] needs to know.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// The group's name; a site of another group is refused.
+    pub group: String,
+    /// Address to listen on ("127.0.0.1:7000"; port 0 picks a free one).
+    pub listen: String,
+    /// Address sent in handshakes, which peers dial back; `None` sends the
+    /// bound address (give one when listening on 0.0.0.0).
+    pub advertise: Option<String>,
+    /// This site's id (zero until it has one; see [`TcpTransport::set_site`]).
+    pub site: SiteId,
+    /// A key every site of the group shares, sent in handshakes and
+    /// compared as is (at most 64 bytes; empty for none). It keeps
+    /// misconfigured sites apart; it is not encryption.
+    pub auth: Vec<u8>,
+    /// Frame limits (`max_frame`, `max_sites`).
+    pub limits: Limits,
+    /// Frames queued per peer before sends fail with `Full`.
+    pub send_queue_frames: usize,
+    /// Bytes queued per peer before sends fail with `Full` (one frame is
+    /// always accepted into an empty queue).
+    pub send_queue_bytes: usize,
+    /// Received frames queued for the driver before more are dropped.
+    pub inbound_frames: usize,
+    /// Link events queued for the driver (links wait when it is full).
+    pub event_queue: usize,
+    /// Wait before redialing a peer whose connection broke or failed.
+    pub connection_retry: Duration,
+    /// Longest wait for a TCP connection to open.
+    pub connect_timeout: Duration,
+    /// Longest wait for the peer's handshake.
+    pub handshake_timeout: Duration,
+    /// Most incoming connections open at once; more are refused.
+    pub max_incoming: usize,
+    /// Most links to addresses that are not named peers (joiners).
+    pub max_address_links: usize,
+}
+
+impl TransportConfig {
+    /// A configuration for site `site` of `group` listening on `listen`,
+    /// with the limits and connection retry of the site's `config`.
+    pub fn new(group: &str, listen: &str, site: SiteId, config: &Config) -> Self {
+        TransportConfig {
+            group: group.to_string(),
+            listen: listen.to_string(),
+            advertise: None,
+            site,
+            auth: Vec::new(),
+            limits: config.limits,
+            send_queue_frames: 4096,
+            send_queue_bytes: 8 << 20,
+            inbound_frames: 4096,
+            event_queue: 256,
+            connection_retry: config.timeouts.connection_retry,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            max_incoming: 2 * caps::MAX_SITES,
+            max_address_links: caps::MAX_SITES,
+        }
+    }
+}
+
+/// Why a transport could not start.
+#[derive(Debug)]
+pub enum TransportError {
+    /// The configuration cannot work (the message says which setting).
+    Config(String),
+    /// The listening address could not be bound.
+    Bind {
+        /// The address.
+        address: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Config(m) => write!(f, "transport configuration: {m}"),
+            TransportError::Bind { address, source } => match source.kind() {
+                io::ErrorKind::AddrInUse => write!(
+                    f,
+                    "cannot listen on {address}: the address is in use (is another node \
+                     running there?); choose another --listen port"
+                ),
+                io::ErrorKind::PermissionDenied => write!(
+                    f,
+                    "cannot listen on {address}: permission denied; use a port above 1023"
+                ),
+                io::ErrorKind::AddrNotAvailable => write!(
+                    f,
+                    "cannot listen on {address}: no such local address; give --listen an \
+                     address of this machine"
+                ),
+                _ => write!(f, "cannot listen on {address}: {source}"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::Bind { source, .. } => Some(source),
+            TransportError::Config(_) => None,
+        }
+    }
+}
+
+/// A change the driver must tell the site about.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TransportEvent {
+    /// Frames can be sent to the site (CONNECT_ESTD):
+    /// `Site::handle_connection(now, site, true)`.
+    Up(SiteId),
+    /// The connection to the site broke (CONNECT_BROKEN):
+    /// `Site::handle_connection(now, site, false)`.
+    Down(SiteId),
+    /// A connection attempt to the site failed (CONNECT_TRY_FAILED):
+    /// `Site::handle_connect_failed(now, site)`.
+    ConnectFailed(SiteId),
+    /// Received frames are being dropped because the inbound channel is
+    /// full (once per episode): `Site::handle_inqueue_full(now)`.
+    InboundDropped,
+}
+
+/// A frame received from a peer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Received {
+    /// The site id the sender gave in its handshake (zero for a site
+    /// that has none yet). The frame's envelope says the same.
+    pub from: SiteId,
+    /// The frame, for `Site::handle_frame` / `Node::deliver`.
+    pub frame: Vec<u8>,
+}
+
+/// The driver's ends of a transport's channels.
+#[derive(Debug)]
+pub struct TransportChannels {
+    /// Link changes, in order per peer.
+    pub events: mpsc::Receiver<TransportEvent>,
+    /// Received frames.
+    pub inbound: mpsc::Receiver<Received>,
+}
+
+/// Traffic with one peer, for a status view.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct PeerStats {
+    /// The peer (zero: sites not yet identified).
+    pub site: SiteId,
+    /// Its address, if it is a named peer.
+    pub address: Option<String>,
+    /// Whether frames can be sent to it now.
+    pub connected: bool,
+    /// Bytes written to it (frames and their length prefixes).
+    pub bytes_sent: u64,
+    /// Frames written to it.
+    pub frames_sent: u64,
+    /// Bytes received from it (frames and their length prefixes).
+    pub bytes_received: u64,
+    /// Frames received from it.
+    pub frames_received: u64,
+    /// Sends refused because its queue was full.
+    pub send_full: u64,
+}
+
+/// Counters for the whole transport.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct TransportStats {
+    /// Per peer, by site id.
+    pub peers: Vec<PeerStats>,
+    /// Received frames dropped because the inbound channel was full.
+    pub inbound_dropped: u64,
+    /// Connections refused (bad handshake, other group or version, too
+    /// many connections) or closed for an oversized frame.
+    pub refused: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    bytes_sent: AtomicU64,
+    frames_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_received: AtomicU64,
+    send_full: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LinkState {
+    Connecting,
+    Up,
+    Down,
+}
+
+#[derive(Debug)]
+struct Link {
+    id: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    state: LinkState,
+    /// The named peer this link serves; `None` for an address-only link,
+    /// which lives only as long as its connection.
+    site: Option<SiteId>,
+    /// Site id the peer gave in its handshake (zero before).
+    peer_site: SiteId,
+    /// The link's task must announce a change of `site`.
+    rebind: Arc<Notify>,
+    /// Redial now instead of at the end of `connection_retry`.
+    wake: Arc<Notify>,
+    close: watch::Sender<bool>,
+    /// Announce `Down` for this site first: it was bound to a link that
+    /// was up, at another address.
+    down_first: Option<SiteId>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    peers: BTreeMap<SiteId, String>,
+    links: HashMap<String, Link>,
+    counters: BTreeMap<SiteId, Arc<Counters>>,
+    next_link: u64,
+}
+
+impl State {
+    fn counters(&mut self, site: SiteId, cap: usize) -> Arc<Counters> {
+        let site = if self.counters.contains_key(&site) || self.counters.len() < cap {
+            site
+        } else {
+            SiteId(0)
+        };
+        self.counters.entry(site).or_default().clone()
+    }
+}
+
+/// Held by every task; [`TcpTransport::shutdown`] waits until all are gone.
+struct TaskGuard(#[allow(dead_code)] mpsc::Sender<()>);
+
+struct Inner {
+    cfg: TransportConfig,
+    local_addr: SocketAddr,
+    advertise: String,
+    site: AtomicU32,
+    rt: tokio::runtime::Handle,
+    state: Mutex<State>,
+    events: mpsc::Sender<TransportEvent>,
+    inbound: mpsc::Sender<Received>,
+    dropping: AtomicBool,
+    inbound_dropped: AtomicU64,
+    refused: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Option<mpsc::Sender<()>>>,
+    tasks_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    incoming: Arc<Semaphore>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Completes when the watched flag is (or becomes) true, or its sender is
+/// gone.
+async fn flag(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&v| v).await;
+}
+
+/// A site's TCP transport. Cheap to clone; every clone is the same
+/// transport. See the module documentation.
+#[derive(Clone)]
+pub struct TcpTransport {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("group", &self.inner.cfg.group)
+            .field("address", &self.inner.advertise)
+            .field("site", &self.site())
+            .finish()
+    }
+}
+
+impl TcpTransport {
+    /// Listen on `cfg.listen` and start accepting connections. Must be
+    /// called inside a tokio runtime, which the transport's tasks then use.
+    pub async fn bind(
+        cfg: TransportConfig,
+    ) -> Result<(TcpTransport, TransportChannels), TransportError> {
+        if cfg.group.len() > caps::MAX_GROUP_NAME {
+            return Err(TransportError::Config(format!(
+                "the group name is {} bytes; at most {} are allowed",
+                cfg.group.len(),
+                caps::MAX_GROUP_NAME
+            )));
+        }
+        if cfg.auth.len() > 64 {
+            return Err(TransportError::Config(
+                "the group key is longer than 64 bytes".into(),
+            ));
+        }
+        if cfg.send_queue_frames == 0 || cfg.inbound_frames == 0 || cfg.event_queue == 0 {
+            return Err(TransportError::Config(
+                "queue sizes must be at least 1".into(),
+            ));
+        }
+        if cfg.connection_retry.is_zero() {
+            return Err(TransportError::Config(
+                "connection_retry must be above zero".into(),
+            ));
+        }
+        let listener =
+            TcpListener::bind(&cfg.listen)
+                .await
+                .map_err(|source| TransportError::Bind {
+                    address: cfg.listen.clone(),
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| TransportError::Bind {
+                address: cfg.listen.clone(),
+                source,
+            })?;
+        let advertise = cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        if advertise.len() > caps::MAX_ADDRESS {
+            return Err(TransportError::Config(format!(
+                "the advertised address is {} bytes; at most {} are allowed",
+                advertise.len(),
+                caps::MAX_ADDRESS
+            )));
+        }
+        let (events_tx, events) = mpsc::channel(cfg.event_queue);
+        let (inbound_tx, inbound) = mpsc::channel(cfg.inbound_frames);
+        let (tasks_tx, tasks_rx) = mpsc::channel(1);
+        let inner = Arc::new(Inner {
+            site: AtomicU32::new(cfg.site.0),
+            incoming: Arc::new(Semaphore::new(cfg.max_incoming)),
+            cfg,
+            local_addr,
+            advertise,
+            rt: tokio::runtime::Handle::current(),
+            state: Mutex::new(State::default()),
+            events: events_tx,
+            inbound: inbound_tx,
+            dropping: AtomicBool::new(false),
+            inbound_dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            shutdown: watch::Sender::new(false),
+            tasks: Mutex::new(Some(tasks_tx)),
+            tasks_done: tokio::sync::Mutex::new(tasks_rx),
+        });
+        tracing::info!(
+            group = %inner.cfg.group,
+            address = %inner.advertise,
+            "listening on {local_addr}"
+        );
+        let i = inner.clone();
+        inner.spawn(move |g| accept_loop(i, listener, g));
+        Ok((
+            TcpTransport { inner },
+            TransportChannels { events, inbound },
+        ))
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The address this site gives peers in its handshake.
+    pub fn address(&self) -> &str {
+        &self.inner.advertise
+    }
+
+    /// This site's id, as sent in handshakes.
+    pub fn site(&self) -> SiteId {
+        SiteId(self.inner.site.load(Ordering::Relaxed))
+    }
+
+    /// Set this site's id (after it joined the group); later handshakes
+    /// carry it. A link to the site itself is dropped.
+    pub fn set_site(&self, site: SiteId) {
+        self.inner.site.store(site.0, Ordering::Relaxed);
+        if site.0 != 0 {
+            self.remove_peer(site);
+        }
+    }
+
+    /// Name a peer: keep a link to `address` for `site`, reconnecting after
+    /// `connection_retry` whenever it breaks. Calling it again with a new
+    /// address moves the site there. This site's own id is ignored.
+    pub fn set_peer(&self, site: SiteId, address: &str) {
+        if site.0 == 0 || site == self.site() {
+            return;
+        }
+        let mut st = lock(&self.inner.state);
+        let mut old_up = false;
+        match st.peers.insert(site, address.to_string()) {
+            Some(old) if old == address && st.links.contains_key(address) => return,
+            Some(old) if old != address => {
+                // The site moved: its old link closes without reporting;
+                // the new one reports `Down` first unless it is up already.
+                if let Some(l) = st.links.get_mut(&old) {
+                    old_up = l.state == LinkState::Up;
+                    l.site = None;
+                    l.close.send_replace(true);
+                }
+            }
+            _ => {}
+        }
+        let down_first = old_up.then_some(site);
+        match st.links.get_mut(address) {
+            Some(l) => {
+                l.site = Some(site);
+                if l.state != LinkState::Up && l.down_first.is_none() {
+                    l.down_first = down_first;
+                }
+                l.rebind.notify_one();
+            }
+            None => {
+                self.inner
+                    .new_link(&mut st, address, Some(site), down_first);
+            }
+        }
+    }
+
+    /// Forget a peer: close its link (the driver hears `Down` if it was up).
+    pub fn remove_peer(&self, site: SiteId) {
+        let mut st = lock(&self.inner.state);
+        if let Some(addr) = st.peers.remove(&site) {
+            if let Some(l) = st.links.get_mut(&addr) {
+                l.site = None;
+                l.close.send_replace(true);
+            }
+        }
+    }
+
+    /// The address named for a peer.
+    pub fn peer_address(&self, site: SiteId) -> Option<String> {
+        lock(&self.inner.state).peers.get(&site).cloned()
+    }
+
+    /// Queue a frame for a named peer. Never blocks: `UnknownSite` if the
+    /// site was never named, `Disconnected` if its link is not up, `Full`
+    /// if its queue is.
+    pub fn try_send(&self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        if !self.inner.frame_ok(frame) {
+            return Err(SendError::Disconnected);
+        }
+        let frame = frame.to_vec();
+        let mut st = lock(&self.inner.state);
+        let addr = st.peers.get(&to).ok_or(SendError::UnknownSite(to))?;
+        let link = st.links.get(addr).ok_or(SendError::Disconnected)?;
+        if link.state != LinkState::Up {
+            return Err(SendError::Disconnected);
+        }
+        let r = self.inner.enqueue(link, frame);
+        if r == Err(SendError::Full) {
+            let cap = self.inner.counter_cap();
+            st.counters(to, cap)
+                .send_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Queue a frame for the site at `address`, dialing it if no link goes
+    /// there yet (an address-only link lives as long as its connection).
+    /// `Disconnected` if the link to it is down or too many address-only
+    /// links are open.
+    pub fn try_send_to_address(&self, address: &str, frame: &[u8]) -> Result<(), SendError> {
+        if !self.inner.frame_ok(frame) {
+            return Err(SendError::Disconnected);
+        }
+        let frame = frame.to_vec();
+        let mut st = lock(&self.inner.state);
+        {
+            if !st.links.contains_key(address) {
+                let loose = st.links.values().filter(|l| l.site.is_none()).count();
+                if loose >= self.inner.cfg.max_address_links {
+                    tracing::warn!(
+                        "not dialing {address}: {loose} links to addresses outside the \
+                         group are open already"
+                    );
+                    return Err(SendError::Disconnected);
+                }
+                self.inner.new_link(&mut st, address, None, None);
+            }
+        }
+        let link = &st.links[address];
+        if link.state == LinkState::Down {
+            return Err(SendError::Disconnected);
+        }
+        let site = link.site.unwrap_or(link.peer_site);
+        let r = self.inner.enqueue(link, frame);
+        if r == Err(SendError::Full) {
+            let cap = self.inner.counter_cap();
+            st.counters(site, cap)
+                .send_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Whether frames can be sent to a named peer now.
+    pub fn is_connected(&self, site: SiteId) -> bool {
+        let st = lock(&self.inner.state);
+        st.peers
+            .get(&site)
+            .and_then(|a| st.links.get(a))
+            .is_some_and(|l| l.state == LinkState::Up)
+    }
+
+    /// Traffic counters per peer, and the transport's own.
+    pub fn stats(&self) -> TransportStats {
+        let st = lock(&self.inner.state);
+        let mut peers: BTreeMap<SiteId, PeerStats> = BTreeMap::new();
+        for (site, addr) in &st.peers {
+            peers.insert(
+                *site,
+                PeerStats {
+                    site: *site,
+                    address: Some(addr.clone()),
+                    connected: st.links.get(addr).is_some_and(|l| l.state == LinkState::Up),
+                    ..PeerStats::default()
+                },
+            );
+        }
+        for (site, c) in &st.counters {
+            let p = peers.entry(*site).or_insert_with(|| PeerStats {
+                site: *site,
+                ..PeerStats::default()
+            });
+            p.bytes_sent = c.bytes_sent.load(Ordering::Relaxed);
+            p.frames_sent = c.frames_sent.load(Ordering::Relaxed);
+            p.bytes_received = c.bytes_received.load(Ordering::Relaxed);
+            p.frames_received = c.frames_received.load(Ordering::Relaxed);
+            p.send_full = c.send_full.load(Ordering::Relaxed);
+        }
+        TransportStats {
+            peers: peers.into_values().collect(),
+            inbound_dropped: self.inner.inbound_dropped.load(Ordering::Relaxed),
+            refused: self.inner.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Close the listener and every connection, and wait until the
+    /// transport's tasks are gone. Sends fail afterwards.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        drop(lock(&self.inner.tasks).take());
+        {
+            let mut st = lock(&self.inner.state);
+            for l in st.links.values_mut() {
+                l.state = LinkState::Down;
+            }
+        }
+        let mut done = self.inner.tasks_done.lock().await;
+        while done.recv().await.is_some() {}
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        self.try_send(to, frame)
+    }
+}
+
+impl NodeTransport for TcpTransport {
+    fn send_to_address(&mut self, address: &str, frame: &[u8]) -> Result<(), SendError> {
+        self.try_send_to_address(address, frame)
+    }
+}
+
+impl Inner {
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(TaskGuard) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(tx) = lock(&self.tasks).as_ref().cloned() else {
+            return;
+        };
+        self.rt.spawn(f(TaskGuard(tx)));
+    }
+
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        flag(self.shutdown.subscribe())
+    }
+
+    fn counter_cap(&self) -> usize {
+        2 * self.cfg.limits.max_sites as usize + 2
+    }
+
+    fn frame_ok(&self, frame: &[u8]) -> bool {
+        let ok = frame.len() >= 2 && frame.len() <= self.cfg.limits.max_frame as usize;
+        if !ok {
+            tracing::warn!(
+                "not sending a frame of {} bytes: frames are 2 to {} bytes",
+                frame.len(),
+                self.cfg.limits.max_frame
+            );
+        }
+        ok
+    }
+
+    /// Queue a frame on a link, within its frame and byte bounds.
+    fn enqueue(&self, link: &Link, frame: Vec<u8>) -> Result<(), SendError> {
+        let len = frame.len();
+        let before = link.queued.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > self.cfg.send_queue_bytes {
+            link.queued.fetch_sub(len, Ordering::AcqRel);
+            return Err(SendError::Full);
+        }
+        link.tx.try_send(frame).map_err(|e| {
+            link.queued.fetch_sub(len, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => SendError::Full,
+                mpsc::error::TrySendError::Closed(_) => SendError::Disconnected,
+            }
+        })
+    }
+
+    fn new_link(
+        self: &Arc<Self>,
+        st: &mut State,
+        address: &str,
+        site: Option<SiteId>,
+        down_first: Option<SiteId>,
+    ) {
+        let (tx, rx) = mpsc::channel(self.cfg.send_queue_frames);
+        let (close, close_rx) = watch::channel(false);
+        let rebind = Arc::new(Notify::new());
+        let wake = Arc::new(Notify::new());
+        st.next_link += 1;
+        let id = st.next_link;
+        let queued = Arc::new(AtomicUsize::new(0));
+        st.links.insert(
+            address.to_string(),
+            Link {
+                id,
+                tx,
+                queued: queued.clone(),
+                state: LinkState::Connecting,
+                site,
+                peer_site: SiteId(0),
+                rebind: rebind.clone(),
+                wake: wake.clone(),
+                close,
+                down_first,
+            },
+        );
+        let task = LinkTask {
+            inner: self.clone(),
+            address: address.to_string(),
+            id,
+            rx,
+            queued,
+            close: close_rx,
+            rebind,
+            wake,
+            announced: None,
+        };
+        self.spawn(move |g| task.run(g));
+    }
+
+    fn handshake_frame(&self) -> Vec<u8> {
+        let site = SiteId(self.site.load(Ordering::Relaxed));
+        let env = Envelope {
+            from: site,
+            generation: Generation(0),
+            egen: ElectionGen(0),
+            lsn: Lsn::ZERO,
+            flags: Flags::NONE,
+        };
+        let msg = Message::Handshake(Handshake {
+            group: &self.cfg.group,
+            address: &self.advertise,
+            site,
+            auth: &self.cfg.auth,
+        });
+        let mut out = Vec::new();
+        // Group and address lengths were checked in `bind`.
+        let _ = wire::encode_frame(&env, &msg, &mut out, &self.cfg.limits);
+        out
+    }
+
+    /// Check a peer's handshake; the error is the log line for a refusal.
+    fn check_handshake(&self, frame: &[u8], peer: &str) -> Result<Hello, String> {
+        let (_, msg) = match wire::decode_frame(frame, &self.cfg.limits) {
+            Ok(x) => x,
+            Err(DecodeError::BadVersion { got }) => {
+                return Err(format!(
+                    "refused {peer}: it speaks shoal protocol version {got}, this site speaks \
+                     {PROTOCOL_VERSION}; run one shoal release on every site of the group"
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "refused {peer}: its handshake does not decode ({e}); is it a shoal site?"
+                ))
+            }
+        };
+        let Message::Handshake(h) = msg else {
+            return Err(format!(
+                "refused {peer}: its first frame is {:?}, not a handshake",
+                msg.kind()
+            ));
+        };
+        if h.group != self.cfg.group {
+            return Err(format!(
+                "refused {peer} (site {}, address {}): it belongs to group {:?}, this site to \
+                 group {:?}; check the group name and the addresses given to both sites",
+                h.site.0, h.address, h.group, self.cfg.group
+            ));
+        }
+        if h.auth != self.cfg.auth.as_slice() {
+            return Err(format!(
+                "refused {peer} (site {}, address {}): wrong group key; give every site of \
+                 group {:?} the same key",
+                h.site.0, h.address, self.cfg.group
+            ));
+        }
+        Ok(Hello {
+            site: h.site,
+            address: h.address.to_string(),
+        })
+    }
+
+    /// A peer dialed in: if the link to it is waiting to redial, redial
+    /// now, so a restarted site hears from us at once rather than after
+    /// `connection_retry`.
+    fn peer_is_back(&self, hello: &Hello) {
+        let st = lock(&self.state);
+        let addr = st.peers.get(&hello.site).unwrap_or(&hello.address);
+        if let Some(l) = st.links.get(addr) {
+            if l.state == LinkState::Down {
+                l.wake.notify_one();
+            }
+        }
+    }
+
+    fn refuse(&self, line: &str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("{line}");
+    }
+
+    fn deliver(&self, from: SiteId, frame: Vec<u8>) {
+        match self.inbound.try_send(Received { from, frame }) {
+            Ok(()) => {
+                self.dropping.store(false, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.dropping.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "incoming queue full: dropping frames until the node catches up"
+                    );
+                    let _ = self.events.try_send(TransportEvent::InboundDropped);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Send an event, waiting for room; gives up at shutdown.
+    async fn emit(&self, ev: TransportEvent) {
+        tokio::select! {
+            _ = self.events.send(ev) => {}
+            _ = self.stopped() => {}
+        }
+    }
+}
+
+/// What a peer said in its handshake.
+#[derive(Debug)]
+struct Hello {
+    site: SiteId,
+    address: String,
+}
+
+/// Why reading a frame stopped.
+#[derive(Debug)]
+enum ReadError {
+    /// The peer closed the connection.
+    Closed,
+    /// The length prefix is out of bounds; nothing was allocated.
+    Bad(DecodeError),
+    Io(io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Closed => write!(f, "closed by the peer"),
+            ReadError::Bad(e) => write!(f, "{e}"),
+            ReadError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Read one length-prefixed frame, checking the length before allocating.
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limits: &Limits,
+) -> Result<Vec<u8>, ReadError> {
+    let mut prefix = [0u8; 4];
+    r.read_exact(&mut prefix)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => ReadError::Closed,
+            _ => ReadError::Io(e),
+        })?;
+    let len = wire::stream_frame_len(prefix, limits).map_err(ReadError::Bad)?;
+    let mut frame = vec![0u8; len];
+    r.read_exact(&mut frame).await.map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ReadError::Closed,
+        _ => ReadError::Io(e),
+    })?;
+    Ok(frame)
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(4 + frame.len());
+    buf.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    buf.extend_from_slice(frame);
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, _guard: TaskGuard) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = inner.stopped() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => match inner.incoming.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let i = inner.clone();
+                    inner.spawn(move |g| async move {
+                        serve(i, stream, peer).await;
+                        drop(permit);
+                        drop(g);
+                    });
+                }
+                Err(_) => inner.refuse(&format!(
+                    "refused {peer}: {} incoming connections are open already",
+                    inner.cfg.max_incoming
+                )),
+            },
+            Err(e) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::warn!("accepting a connection failed: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = inner.stopped() => break,
+                }
+            }
+        }
+    }
+    tracing::debug!("stopped listening on {}", inner.local_addr);
+}
+
+/// An incoming connection: check the handshake, answer it, then hand every
+/// frame to the driver.
+async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let limits = inner.cfg.limits;
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let first = tokio::select! {
+        r = tokio::time::timeout(inner.cfg.handshake_timeout, read_frame(&mut reader, &limits)) => r,
+        _ = inner.stopped() => return,
+    };
+    let frame = match first {
+        Ok(Ok(f)) => f,
+        Ok(Err(ReadError::Bad(e))) => {
+            return inner.refuse(&format!(
+                "refused {peer}: its first frame announces {e}; is it a shoal site?"
+            ))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("connection from {peer} ended before its handshake: {e}");
+            return;
+        }
+        Err(_) => {
+            return inner.refuse(&format!(
+                "refused {peer}: no handshake within {:?}",
+                inner.cfg.handshake_timeout
+            ))
+        }
+    };
+    let hello = match inner.check_handshake(&frame, &peer.to_string()) {
+        Ok(h) => h,
+        Err(line) => return inner.refuse(&line),
+    };
+    if let Err(e) = write_frame(reader.get_mut(), &inner.handshake_frame()).await {
+        tracing::debug!("connection from {peer} broke during the handshake: {e}");
+        return;
+    }
+    tracing::debug!(
+        "accepted site {} ({}) from {peer}",
+        hello.site.0,
+        hello.address
+    );
+    inner.peer_is_back(&hello);
+    let counters = lock(&inner.state).counters(hello.site, inner.counter_cap());
+    loop {
+        let r = tokio::select! {
+            r = read_frame(&mut reader, &limits) => r,
+            _ = inner.stopped() => break,
+        };
+        match r {
+            Ok(frame) => {
+                counters
+                    .bytes_received
+                    .fetch_add(4 + frame.len() as u64, Ordering::Relaxed);
+                counters.frames_received.fetch_add(1, Ordering::Relaxed);
+                inner.deliver(hello.site, frame);
+            }
+            Err(ReadError::Bad(e)) => {
+                inner.refuse(&format!(
+                    "closing the connection from site {} ({}, {peer}): it announced {e}",
+                    hello.site.0, hello.address
+                ));
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "connection from site {} ({}) ended: {e}",
+                    hello.site.0,
+                    hello.address
+                );
+                break;
+            }
+        }
+    }
+}
+
+/// The task that owns one outgoing link: dial, handshake, write frames,
+/// redial.
+struct LinkTask {
+    inner: Arc<Inner>,
+    address: String,
+    id: u64,
+    rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    close: watch::Receiver<bool>,
+    rebind: Arc<Notify>,
+    wake: Arc<Notify>,
+    /// The site this task last reported `Up` for.
+    announced: Option<SiteId>,
+}
+
+/// How a connected link ended.
+enum Ended {
+    Closed,
+    Broken(String),
+}
+
+impl LinkTask {
+    fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
+        let close = flag(self.close.clone());
+        let stop = self.inner.stopped();
+        async move {
+            tokio::select! {
+                _ = close => {}
+                _ = stop => {}
+            }
+        }
+    }
+
+    async fn run(mut self, _guard: TaskGuard) {
+        self.report_moved().await;
+        loop {
+            self.set_state(LinkState::Connecting);
+            let attempt = {
+                let dial = self.dial();
+                tokio::pin!(dial);
+                loop {
+                    tokio::select! {
+                        r = &mut dial => break Some(r),
+                        _ = self.rebind.notified() => self.report_moved().await,
+                        _ = self.closing() => break None,
+                    }
+                }
+            };
+            let Some(attempt) = attempt else { break };
+            match attempt {
+                Ok((stream, hello)) => {
+                    let bound = self.with_link(|l| {
+                        l.state = LinkState::Up;
+                        l.peer_site = hello.site;
+                        l.site
+                    });
+                    let Some(bound) = bound else { break };
+                    if let Some(want) = bound {
+                        if hello.site != want && hello.site.0 != 0 {
+                            tracing::warn!(
+                                "{} answers as site {}, but it was named as site {}",
+                                self.address,
+                                hello.site.0,
+                                want.0
+                            );
+                        }
+                    }
+                    tracing::info!(
+                        "connected to site {} at {}",
+                        bound.unwrap_or(hello.site).0,
+                        self.address
+                    );
+                    let ended = self.pump(stream, hello.site).await;
+                    self.set_state(LinkState::Down);
+                    if let Ended::Broken(why) = &ended {
+                        tracing::info!(
+                            "connection to site {} at {} broke: {why}",
+                            bound.unwrap_or(hello.site).0,
+                            self.address
+                        );
+                    }
+                    self.announce_down().await;
+                    if matches!(ended, Ended::Closed) {
+                        break;
+                    }
+                }
+                Err(why) => {
+                    let site = self.with_link(|l| {
+                        l.state = LinkState::Down;
+                        l.site
+                    });
+                    tracing::debug!("connecting to {} failed: {why}", self.address);
+                    if let Some(Some(site)) = site {
+                        self.inner.emit(TransportEvent::ConnectFailed(site)).await;
+                    }
+                }
+            }
+            self.drain();
+            // An address-only link ends with its connection.
+            let keep = {
+                let mut st = lock(&self.inner.state);
+                match st.links.get(&self.address) {
+                    Some(l) if l.id == self.id && l.site.is_some() => true,
+                    Some(l) if l.id == self.id => {
+                        st.links.remove(&self.address);
+                        false
+                    }
+                    _ => false,
+                }
+            };
+            if !keep {
+                return;
+            }
+            let sleep = tokio::time::sleep(self.inner.cfg.connection_retry);
+            tokio::pin!(sleep);
+            let closed = loop {
+                tokio::select! {
+                    _ = &mut sleep => break false,
+                    _ = self.wake.notified() => break false,
+                    _ = self.rebind.notified() => self.report_moved().await,
+                    _ = self.closing() => break true,
+                }
+            };
+            if closed {
+                break;
+            }
+        }
+        self.announce_down().await;
+        self.drain();
+        let mut st = lock(&self.inner.state);
+        if st.links.get(&self.address).is_some_and(|l| l.id == self.id) {
+            st.links.remove(&self.address);
+        }
+    }
+
+    /// Apply `f` to this task's link, if it is still in the table.
+    fn with_link<R>(&self, f: impl FnOnce(&mut Link) -> R) -> Option<R> {
+        let mut st = lock(&self.inner.state);
+        st.links
+            .get_mut(&self.address)
+            .filter(|l| l.id == self.id)
+            .map(f)
+    }
+
+    fn set_state(&self, s: LinkState) {
+        self.with_link(|l| l.state = s);
+    }
+
+    /// Drop what was queued for a connection that is gone.
+    fn drain(&mut self) {
+        while let Ok(f) = self.rx.try_recv() {
+            self.queued.fetch_sub(f.len(), Ordering::AcqRel);
+        }
+    }
+
+    /// Report `Down` for a site that moved here from a link that was up,
+    /// while this one is not up.
+    async fn report_moved(&self) {
+        if let Some(site) = self.with_link(|l| l.down_first.take()).flatten() {
+            self.inner.emit(TransportEvent::Down(site)).await;
+        }
+    }
+
+    /// Report `Up` for the site bound to the link, if it changed.
+    async fn announce_up(&mut self) {
+        self.report_moved().await;
+        let bound = self.with_link(|l| l.site).flatten();
+        if bound == self.announced {
+            return;
+        }
+        self.announce_down().await;
+        if let Some(site) = bound {
+            self.announced = Some(site);
+            self.inner.emit(TransportEvent::Up(site)).await;
+        }
+    }
+
+    /// Report `Down` for the site announced up, unless it moved to
+    /// another link (which reports for it).
+    async fn announce_down(&mut self) {
+        let Some(site) = self.announced.take() else {
+            return;
+        };
+        let moved = {
+            let st = lock(&self.inner.state);
+            st.peers
+                .get(&site)
+                .and_then(|a| st.links.get(a))
+                .is_some_and(|l| l.id != self.id)
+        };
+        if !moved {
+            self.inner.emit(TransportEvent::Down(site)).await;
+        }
+    }
+
+    async fn dial(&self) -> Result<(TcpStream, Hello), String> {
+        let cfg = &self.inner.cfg;
+        let mut stream = match tokio::time::timeout(
+            cfg.connect_timeout,
+            TcpStream::connect(&self.address),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {:?}", cfg.connect_timeout)),
+        };
+        let _ = stream.set_nodelay(true);
+        write_frame(&mut stream, &self.inner.handshake_frame())
+            .await
+            .map_err(|e| e.to_string())?;
+        let frame =
+            match tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut stream, &cfg.limits))
+                .await
+            {
+                Ok(Ok(f)) => f,
+                Ok(Err(ReadError::Closed)) => {
+                    let line = format!(
+                        "{} closed the connection during the handshake: it refused this site \
+                         (another group, protocol version or key? see its log)",
+                        self.address
+                    );
+                    tracing::warn!("{line}");
+                    return Err(line);
+                }
+                Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
+                Err(_) => return Err(format!("no handshake within {:?}", cfg.handshake_timeout)),
+            };
+        match self.inner.check_handshake(&frame, &self.address) {
+            Ok(h) => Ok((stream, h)),
+            Err(line) => {
+                self.inner.refuse(&line);
+                Err(line)
+            }
+        }
+    }
+
+    /// Write queued frames until the connection breaks or the link closes.
+    async fn pump(&mut self, stream: TcpStream, peer_site: SiteId) -> Ended {
+        self.announce_up().await;
+        let counters = {
+            let site = self.with_link(|l| l.site).flatten().unwrap_or(peer_site);
+            lock(&self.inner.state).counters(site, self.inner.counter_cap())
+        };
+        let (mut rd, mut wr) = stream.into_split();
+        let mut probe = [0u8; 256];
+        let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
+        const BATCH: usize = 256 << 10;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.closing() => return Ended::Closed,
+                r = rd.read(&mut probe) => match r {
+                    // The peer never writes on this connection: anything it
+                    // sends is ignored; end of stream means it is gone.
+                    Ok(0) => return Ended::Broken("closed by the peer".into()),
+                    Ok(_) => continue,
+                    Err(e) => return Ended::Broken(e.to_string()),
+                },
+                _ = self.rebind.notified() => {
+                    self.announce_up().await;
+                    continue;
+                }
+                f = self.rx.recv() => match f {
+                    Some(f) => f,
+                    None => return Ended::Closed,
+                },
+            };
+            batch.clear();
+            let mut frames = 0u64;
+            let mut push = |batch: &mut Vec<u8>, f: Vec<u8>| {
+                self.queued.fetch_sub(f.len(), Ordering::AcqRel);
+                batch.extend_from_slice(&(f.len() as u32).to_le_bytes());
+                batch.extend_from_slice(&f);
+                frames += 1;
+            };
+            push(&mut batch, first);
+            while batch.len() < BATCH {
+                match self.rx.try_recv() {
+                    Ok(f) => push(&mut batch, f),
+                    Err(_) => break,
+                }
+            }
+            let written = tokio::select! {
+                r = wr.write_all(&batch) => r,
+                _ = self.closing() => return Ended::Closed,
+            };
+            if let Err(e) = written {
+                return Ended::Broken(e.to_string());
+            }
+            counters
+                .bytes_sent
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            counters.frames_sent.fetch_add(frames, Ordering::Relaxed);
+            if batch.capacity() > 4 * BATCH {
+                batch = Vec::with_capacity(64 << 10);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::timeout;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn cfg(group: &str, site: u32) -> TransportConfig {
+        let mut c = TransportConfig::new(group, "127.0.0.1:0", SiteId(site), &Config::default());
+        c.connection_retry = Duration::from_millis(50);
+        c.connect_timeout = Duration::from_secs(2);
+        c.handshake_timeout = Duration::from_secs(2);
+        c
+    }
+
+    async fn start(c: TransportConfig) -> (TcpTransport, TransportChannels) {
+        TcpTransport::bind(c).await.unwrap()
+    }
+
+    async fn event(ch: &mut TransportChannels) -> TransportEvent {
+        timeout(WAIT, ch.events.recv())
+            .await
+            .expect("no transport event in time")
+            .expect("event channel closed")
+    }
+
+    /// Wait for `want`, skipping failed attempts.
+    async fn expect_event(ch: &mut TransportChannels, want: TransportEvent) {
+        loop {
+            match event(ch).await {
+                e if e == want => return,
+                TransportEvent::ConnectFailed(_) => {}
+                e => panic!("expected {want:?}, got {e:?}"),
+            }
+        }
+    }
+
+    async fn frame(ch: &mut TransportChannels) -> Received {
+        timeout(WAIT, ch.inbound.recv())
+            .await
+            .expect("no frame in time")
+            .expect("inbound channel closed")
+    }
+
+    fn handshake_for(group: &str, site: u32, limits: &Limits) -> Vec<u8> {
+        let env = Envelope {
+            from: SiteId(site),
+            generation: Generation(0),
+            egen: ElectionGen(0),
+            lsn: Lsn::ZERO,
+            flags: Flags::NONE,
+        };
+        let msg = Message::Handshake(Handshake {
+            group,
+            address: "127.0.0.1:1",
+            site: SiteId(site),
+            auth: &[],
+        });
+        let mut out = Vec::new();
+        wire::encode_frame(&env, &msg, &mut out, limits).unwrap();
+        out
+    }
+
+    /// Read until the peer closes; true if it did within the wait.
+    async fn closed_by_peer(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 1024];
+        loop {
+            match timeout(WAIT, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn two_transports_exchange_frames_both_ways() {
+        let (a, mut ach) = start(cfg("g", 1)).await;
+        let (b, mut bch) = start(cfg("g", 2)).await;
+        assert_eq!(
+            a.clone().send(SiteId(2), b"xx"),
+            Err(SendError::UnknownSite(SiteId(2)))
+        );
+        a.set_peer(SiteId(2), b.address());
+        b.set_peer(SiteId(1), a.address());
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        expect_event(&mut bch, TransportEvent::Up(SiteId(1))).await;
+        assert!(a.is_connected(SiteId(2)));
+
+        let mut at = a.clone();
+        for i in 0..100u32 {
+            at.send(SiteId(2), &i.to_le_bytes()).unwrap();
+        }
+        for i in 0..100u32 {
+            let r = frame(&mut bch).await;
+            assert_eq!(r.from, SiteId(1));
+            assert_eq!(r.frame, i.to_le_bytes(), "frames arrive in order");
+        }
+        let mut bt = b.clone();
+        bt.send(SiteId(1), b"from b").unwrap();
+        let r = frame(&mut ach).await;
+        assert_eq!((r.from, &r.frame[..]), (SiteId(2), &b"from b"[..]));
+        // By address too (a joiner is known only by its address).
+        bt.send_to_address(a.address(), b"by address").unwrap();
+        assert_eq!(frame(&mut ach).await.frame, b"by address");
+
+        let sa = a.stats();
+        let p = sa.peers.iter().find(|p| p.site == SiteId(2)).unwrap();
+        assert!(p.connected);
+        assert_eq!(p.frames_sent, 100);
+        assert_eq!(p.bytes_sent, 100 * 8);
+        assert_eq!(p.frames_received, 2);
+        let sb = b.stats();
+        let p = sb.peers.iter().find(|p| p.site == SiteId(1)).unwrap();
+        assert_eq!(p.frames_received, 100);
+        assert_eq!(p.frames_sent, 2);
+        a.shutdown().await;
+        expect_event(&mut bch, TransportEvent::Down(SiteId(1))).await;
+        b.shutdown().await;
+        assert_eq!(at.send(SiteId(2), b"late"), Err(SendError::Disconnected));
+    }
+
+    #[test]
+    fn the_transport_can_move_between_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<TcpTransport>();
+    }
+
+    #[tokio::test]
+    async fn a_joiner_and_its_helper_talk_by_address() {
+        let (helper, mut hch) = start(cfg("g", 1)).await;
+        let mut c = cfg("g", 0);
+        c.max_address_links = 1;
+        let (joiner, mut jch) = start(c).await;
+        let mut jt = joiner.clone();
+        jt.send_to_address(helper.address(), b"join me").unwrap();
+        let r = frame(&mut hch).await;
+        assert_eq!((r.from, &r.frame[..]), (SiteId(0), &b"join me"[..]));
+        helper
+            .clone()
+            .send_to_address(joiner.address(), b"you are site 2")
+            .unwrap();
+        assert_eq!(frame(&mut jch).await.frame, b"you are site 2");
+        // Address-only links report no link changes and are bounded.
+        assert!(jch.events.try_recv().is_err());
+        assert_eq!(
+            jt.send_to_address("127.0.0.1:9", b"elsewhere"),
+            Err(SendError::Disconnected)
+        );
+        // Once named, the helper's link reports Up for it.
+        joiner.set_site(SiteId(2));
+        joiner.set_peer(SiteId(1), helper.address());
+        expect_event(&mut jch, TransportEvent::Up(SiteId(1))).await;
+        joiner.shutdown().await;
+        helper.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_site_of_another_group_or_version_is_refused() {
+        let (a, mut ach) = start(cfg("alpha", 1)).await;
+        let (b, mut bch) = start(cfg("beta", 2)).await;
+        a.set_peer(SiteId(2), b.address());
+        assert_eq!(
+            event(&mut ach).await,
+            TransportEvent::ConnectFailed(SiteId(2))
+        );
+        assert!(!a.is_connected(SiteId(2)));
+        assert!(b.stats().refused >= 1);
+        assert!(bch.events.try_recv().is_err(), "b saw no link change");
+        assert!(bch.inbound.try_recv().is_err());
+
+        // Another protocol version: the first frame's version field.
+        let limits = Limits::default();
+        let mut hs = handshake_for("beta", 9, &limits);
+        hs[0..2].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+        let before = b.stats().refused;
+        let mut s = TcpStream::connect(b.local_addr()).await.unwrap();
+        write_frame(&mut s, &hs).await.unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        assert!(b.stats().refused > before);
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_prefix_closes_the_connection() {
+        let (a, mut ach) = start(cfg("g", 1)).await;
+        let limits = Limits::default();
+        // After a good handshake.
+        let mut s = TcpStream::connect(a.local_addr()).await.unwrap();
+        write_frame(&mut s, &handshake_for("g", 7, &limits))
+            .await
+            .unwrap();
+        let reply = timeout(WAIT, read_frame(&mut s, &limits))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            wire::decode_frame(&reply, &limits),
+            Ok((_, Message::Handshake(h))) if h.group == "g" && h.site == SiteId(1)
+        ));
+        write_frame(&mut s, b"ok frame").await.unwrap();
+        assert_eq!(frame(&mut ach).await.frame, b"ok frame");
+        // 4 GiB announced: refused before anything is allocated.
+        s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        // One byte above the limit, as the very first frame.
+        let mut s = TcpStream::connect(a.local_addr()).await.unwrap();
+        s.write_all(&(limits.max_frame + 1).to_le_bytes())
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        assert!(a.stats().refused >= 2);
+        a.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_killed_listener_is_reconnected_when_it_comes_back() {
+        let (a, mut ach) = start(cfg("g", 1)).await;
+        let (b, _bch) = start(cfg("g", 2)).await;
+        let addr = b.address().to_string();
+        a.set_peer(SiteId(2), &addr);
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        b.shutdown().await;
+        expect_event(&mut ach, TransportEvent::Down(SiteId(2))).await;
+        // While it is gone, attempts fail every connection_retry.
+        assert_eq!(
+            event(&mut ach).await,
+            TransportEvent::ConnectFailed(SiteId(2))
+        );
+        assert_eq!(
+            a.clone().send(SiteId(2), b"lost"),
+            Err(SendError::Disconnected)
+        );
+        let mut c = cfg("g", 2);
+        c.listen = addr;
+        let (b2, mut b2ch) = start(c).await;
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        a.clone().send(SiteId(2), b"again").unwrap();
+        assert_eq!(frame(&mut b2ch).await.frame, b"again");
+        a.shutdown().await;
+        b2.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_restarted_peer_that_dials_in_is_redialed_at_once() {
+        let mut c = cfg("g", 1);
+        c.connection_retry = Duration::from_secs(600);
+        let (a, mut ach) = start(c).await;
+        let (b, _bch) = start(cfg("g", 2)).await;
+        let addr = b.address().to_string();
+        a.set_peer(SiteId(2), &addr);
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        b.shutdown().await;
+        expect_event(&mut ach, TransportEvent::Down(SiteId(2))).await;
+        let mut c = cfg("g", 2);
+        c.listen = addr;
+        let (b2, mut b2ch) = start(c).await;
+        b2.set_peer(SiteId(1), a.address());
+        // Far sooner than the 600 s retry.
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        a.clone().send(SiteId(2), b"welcome back").unwrap();
+        assert_eq!(frame(&mut b2ch).await.frame, b"welcome back");
+        a.shutdown().await;
+        b2.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_send_queue_returns_full() {
+        let limits = Limits::default();
+        // A peer that answers the handshake and then never reads.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = listener.local_addr().unwrap().to_string();
+        let stuck = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _hs = read_frame(&mut s, &limits).await.unwrap();
+            write_frame(&mut s, &handshake_for("g", 2, &limits))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        });
+        let mut c = cfg("g", 1);
+        c.send_queue_frames = 4;
+        let (a, mut ach) = start(c).await;
+        a.set_peer(SiteId(2), &peer_addr);
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        let big = vec![0x5a; limits.max_frame as usize];
+        let mut at = a.clone();
+        let mut sent = 0;
+        let full = loop {
+            match at.send(SiteId(2), &big) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 1000, "the queue never filled");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        assert_eq!(full, SendError::Full);
+        let p = a
+            .stats()
+            .peers
+            .into_iter()
+            .find(|p| p.site == SiteId(2))
+            .unwrap();
+        assert_eq!(p.send_full, 1);
+        assert!(p.connected);
+        a.shutdown().await;
+        stuck.abort();
+    }
+
+    #[tokio::test]
+    async fn frames_past_a_full_inbound_channel_are_dropped_and_counted() {
+        let (a, _ach) = start(cfg("g", 1)).await;
+        let mut c = cfg("g", 2);
+        c.inbound_frames = 2;
+        let (b, mut bch) = start(c).await;
+        a.set_peer(SiteId(2), b.address());
+        let mut at = a.clone();
+        timeout(WAIT, async {
+            while !at.is_connected(SiteId(2)) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        for i in 0..10u8 {
+            at.send(SiteId(2), &[i, i]).unwrap();
+        }
+        assert_eq!(event(&mut bch).await, TransportEvent::InboundDropped);
+        timeout(WAIT, async {
+            while b.stats().inbound_dropped < 8 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(frame(&mut bch).await.frame, [0, 0]);
+        assert_eq!(frame(&mut bch).await.frame, [1, 1]);
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn moving_and_removing_a_peer_reports_down() {
+        let (a, mut ach) = start(cfg("g", 1)).await;
+        let (b, _bch) = start(cfg("g", 2)).await;
+        let (b2, mut b2ch) = start(cfg("g", 2)).await;
+        a.set_peer(SiteId(2), b.address());
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        // Site 2 now lives at another address.
+        a.set_peer(SiteId(2), b2.address());
+        expect_event(&mut ach, TransportEvent::Down(SiteId(2))).await;
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        a.clone().send(SiteId(2), b"moved").unwrap();
+        assert_eq!(frame(&mut b2ch).await.frame, b"moved");
+        a.remove_peer(SiteId(2));
+        expect_event(&mut ach, TransportEvent::Down(SiteId(2))).await;
+        assert_eq!(
+            a.clone().send(SiteId(2), b"gone"),
+            Err(SendError::UnknownSite(SiteId(2)))
+        );
+        for t in [a, b, b2] {
+            t.shutdown().await;
+        }
+    }
+}
