@@ -921,3 +921,54 @@ fn r8_a_rollback_below_the_archived_log_leaves_the_data_intact() {
     assert_eq!(sim.site(0).last_lsn(), last, "the log is intact");
     assert_eq!(sim.site(0).store().digest(), digest, "the store is intact");
 }
+
+/// Regression (P2/R2): a rollback whose first removed record began a new
+/// segment must leave the log positioned at the end of the kept record, in
+/// the old segment, where the new master's next record may well fit. It
+/// used to be left at the start of the next segment, so the client asked
+/// for (and could only append) records from there, and never caught up.
+#[test]
+fn r2_a_rollback_at_a_segment_start_continues_in_the_old_segment() {
+    let mut cfg = Config::default();
+    cfg.limits = shoal_core::config::Limits {
+        max_record: 1024,
+        max_key: 64,
+        max_value: 512,
+        max_frame: 4096,
+        segment_size: 2048,
+        max_channel_message: 1024,
+        ..shoal_core::config::Limits::default()
+    };
+    let name = "r2_a_rollback_at_a_segment_start_continues_in_the_old_segment";
+    let mut sim = sim(name, 3, cfg);
+    sim.start_group();
+    // Fill segment 1 until about 200 bytes are left.
+    let end = |sim: &Sim| sim.site(0).log_index().last().unwrap().end();
+    let before = end(&sim);
+    sim.write(0, "fill", "");
+    let overhead = end(&sim).offset - before.offset;
+    loop {
+        let left = 2048 - end(&sim).offset;
+        if (150..=250).contains(&left) {
+            break;
+        }
+        assert!(left > 250, "overshot: {left} left");
+        let v = (left - 200).saturating_sub(overhead).min(400) as usize;
+        assert!(sim.write(0, "fill", &"f".repeat(v)).permanent);
+    }
+    // The cut-off master writes a record that does not fit: it opens
+    // segment 2.
+    sim.partition(&[0], &[1, 2]);
+    let lost = sim.write_with(0, "lost", &"x".repeat(400), Durability::NoSync);
+    assert_eq!(lost.token.lsn, shoal_core::Lsn::new(2, 20));
+    sim.crash(0, CrashMode::Clean);
+    sim.heal();
+    let m = sim.promote_best();
+    // The new master's records fit in segment 1.
+    sim.write(m, "new", "1");
+    assert_eq!(sim.site(m).last_lsn().file, 1);
+    sim.restart(0, Start::Client);
+    sim.run_until_true(ms(5000), "the old master catches up", |s| s.converged());
+    assert_eq!(sim.site(0).store().get("db", b"lost"), None);
+    assert_eq!(sim.site(0).store().get("db", b"new"), Some(&b"1"[..]));
+}

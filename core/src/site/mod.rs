@@ -862,9 +862,16 @@ impl<S: Storage> Site<S> {
             None => (Lsn::ZERO, Generation(0)),
         };
         let first = self.index[0].lsn;
+        // Cut right after the kept record: when the first removed record
+        // opened a new segment, the log continues in the old one (the new
+        // master's next record may fit there), not at that segment's start.
+        let cut = match keep.checked_sub(1).map(|p| self.index[p]) {
+            Some(e) if e.lsn.file < at.file => e.end(),
+            _ => at,
+        };
         if self
             .writer
-            .truncate(&mut self.storage, at, prev, prev_gen)
+            .truncate(&mut self.storage, cut, prev, prev_gen)
             .is_err()
         {
             return false;
