@@ -314,7 +314,9 @@ impl FileStorage {
 
     /// Open (creating if needed) the home directory `home`: take its lock,
     /// find the log segments, and remove temporary files a crash left.
-    /// Fails with [`StorageError::Locked`] if another process has it open.
+    /// Fails with [`StorageError::Locked`] if another process (or another
+    /// `FileStorage` in this one) has it open, after retrying for a quarter
+    /// of a second.
     pub fn open_with(
         home: impl AsRef<Path>,
         options: FileStorageOptions,
@@ -668,6 +670,9 @@ impl Storage for FileStorage {
     }
 }
 
+const LOCK_RETRIES: u32 = 25;
+const LOCK_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Take the home directory's lock and write our pid into it.
 fn take_lock(home: &Path) -> Result<File, StorageError> {
     let path = home.join(LOCK_FILE);
@@ -678,7 +683,20 @@ fn take_lock(home: &Path) -> Result<File, StorageError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| StorageError::io("opening the lock file", &path, e))?;
-    match try_lock_exclusive(&file) {
+    // A lock can be held for an instant by a child process this process
+    // forks (between fork and exec it shares our open files): retry
+    // briefly before calling the home taken.
+    let mut tries = 0;
+    let locked = loop {
+        match try_lock_exclusive(&file) {
+            Ok(false) if tries < LOCK_RETRIES => {
+                tries += 1;
+                std::thread::sleep(LOCK_RETRY_WAIT);
+            }
+            other => break other,
+        }
+    };
+    match locked {
         Ok(true) => {}
         Ok(false) => {
             let mut s = String::new();

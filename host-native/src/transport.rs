@@ -972,7 +972,8 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
         hello.address
     );
     inner.peer_is_back(&hello);
-    let counters = lock(&inner.state).counters(hello.site, inner.counter_cap());
+    let mut site = hello.site;
+    let mut counters = lock(&inner.state).counters(site, inner.counter_cap());
     loop {
         let r = tokio::select! {
             r = read_frame(&mut reader, &limits) => r,
@@ -980,11 +981,21 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
         };
         match r {
             Ok(frame) => {
+                if site.0 == 0 {
+                    // A joiner dialed before it had an id: the envelope
+                    // names it once it has one.
+                    if let Ok((env, _)) = wire::decode_frame(&frame, &limits) {
+                        if env.from.0 != 0 {
+                            site = env.from;
+                            counters = lock(&inner.state).counters(site, inner.counter_cap());
+                        }
+                    }
+                }
                 counters
                     .bytes_received
                     .fetch_add(4 + frame.len() as u64, Ordering::Relaxed);
                 counters.frames_received.fetch_add(1, Ordering::Relaxed);
-                inner.deliver(hello.site, frame);
+                inner.deliver(site, frame);
             }
             Err(ReadError::Bad(e)) => {
                 inner.refuse(&format!(
@@ -1242,13 +1253,17 @@ impl LinkTask {
         }
     }
 
+    /// The counters of the site bound to the link, else of the site the
+    /// peer named in its handshake.
+    fn counters(&self, peer_site: SiteId) -> Arc<Counters> {
+        let site = self.with_link(|l| l.site).flatten().unwrap_or(peer_site);
+        lock(&self.inner.state).counters(site, self.inner.counter_cap())
+    }
+
     /// Write queued frames until the connection breaks or the link closes.
     async fn pump(&mut self, stream: TcpStream, peer_site: SiteId) -> Ended {
         self.announce_up().await;
-        let counters = {
-            let site = self.with_link(|l| l.site).flatten().unwrap_or(peer_site);
-            lock(&self.inner.state).counters(site, self.inner.counter_cap())
-        };
+        let mut counters = self.counters(peer_site);
         let (mut rd, mut wr) = stream.into_split();
         let mut probe = [0u8; 256];
         let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
@@ -1266,6 +1281,7 @@ impl LinkTask {
                 },
                 _ = self.rebind.notified() => {
                     self.announce_up().await;
+                    counters = self.counters(peer_site);
                     continue;
                 }
                 f = self.rx.recv() => match f {
