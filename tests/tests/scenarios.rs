@@ -972,3 +972,55 @@ fn r2_a_rollback_at_a_segment_start_continues_in_the_old_segment() {
     assert_eq!(sim.site(0).store().get("db", b"lost"), None);
     assert_eq!(sim.site(0).store().get("db", b"new"), Some(&b"1"[..]));
 }
+
+/// Regression (P2/S1): when the new master has no record at a probed LSN
+/// and its record before it neither spans the probe nor is its last (it
+/// moved on to the next segment), the client must still read the answer
+/// as a mismatch for that probe. It used to take it for a stale answer to
+/// an older probe, drop it, and ask again for ever.
+#[test]
+fn r2_verify_answers_name_the_probe_they_answer() {
+    let mut cfg = Config::default();
+    cfg.limits = shoal_core::config::Limits {
+        max_record: 1024,
+        max_key: 64,
+        max_value: 512,
+        max_frame: 4096,
+        segment_size: 2048,
+        max_channel_message: 1024,
+        ..shoal_core::config::Limits::default()
+    };
+    let name = "r2_verify_answers_name_the_probe_they_answer";
+    let mut sim = sim(name, 3, cfg);
+    sim.start_group();
+    let end = |sim: &Sim| sim.site(0).log_index().last().unwrap().end();
+    let before = end(&sim);
+    sim.write(0, "fill", "");
+    let overhead = end(&sim).offset - before.offset;
+    loop {
+        let left = 2048 - end(&sim).offset;
+        if (150..=250).contains(&left) {
+            break;
+        }
+        assert!(left > 250, "overshot: {left} left");
+        let v = (left - 200).saturating_sub(overhead).min(400) as usize;
+        assert!(sim.write(0, "fill", &"f".repeat(v)).permanent);
+    }
+    // The cut-off master writes small records to the end of segment 1.
+    sim.partition(&[0], &[1, 2]);
+    for k in 0..3 {
+        let o = sim.write_with(0, &format!("s{k}"), "", Durability::NoSync);
+        assert_eq!(o.token.lsn.file, 1);
+    }
+    sim.crash(0, CrashMode::Clean);
+    sim.heal();
+    let m = sim.promote_best();
+    // The new master's first commit does not fit in segment 1.
+    let o = sim.write(m, "big", &"x".repeat(400));
+    assert_eq!(o.token.lsn, shoal_core::Lsn::new(2, 20));
+    sim.write(m, "after", "1");
+    sim.restart(0, Start::Client);
+    sim.run_until_true(ms(5000), "the old master catches up", |s| s.converged());
+    assert_eq!(sim.site(0).store().get("db", b"s0"), None);
+    assert_eq!(sim.site(0).store().get("db", b"after"), Some(&b"1"[..]));
+}

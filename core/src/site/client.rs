@@ -149,18 +149,10 @@ impl<S: Storage> Site<S> {
         };
         let matched = match e {
             Some(e) if e.lsn == mine.lsn => self.read_record(mine.lsn).as_deref() == Some(e.record),
-            // The master's record before the probe: it has none there. It
-            // answers this probe only if it spans the probed LSN or is the
-            // master's last record; otherwise it answers an older probe.
-            Some(e)
-                if e.lsn < mine.lsn
-                    && (env.lsn == e.lsn
-                        || (e.lsn.file == mine.lsn.file
-                            && e.lsn.offset as usize + e.record.len()
-                                > mine.lsn.offset as usize)) =>
-            {
-                false
-            }
+            // The master has no record at the probe: it sends its record
+            // before, with `prev` naming the probe. Anything else answers an
+            // older probe.
+            Some(e) if e.lsn < mine.lsn && e.prev == mine.lsn => false,
             _ => return Err(Drop::Duplicate),
         };
         self.verify_step(matched, matched);

@@ -345,16 +345,17 @@ impl<S: Storage> Site<S> {
                 }
             }
             // No record starts there but the log reaches past it: answer
-            // with the record before, so the client sees a mismatch. Only an
-            // LSN older than the whole log gets VERIFY_FAIL ("too old").
+            // with the record before, and `prev` set to the probed LSN (an
+            // exact answer's `prev` is always below its LSN), so the client
+            // sees a mismatch for that probe and no other. Only an LSN older
+            // than the whole log gets VERIFY_FAIL ("too old").
             None if self.index.first().is_some_and(|f| f.lsn < lsn) => {
                 let i = self.index.partition_point(|e| e.lsn < lsn) - 1;
                 let e = self.index[i];
-                let prev = i.checked_sub(1).map_or(Lsn::ZERO, |p| self.index[p].lsn);
                 if let Some(record) = self.read_record(e.lsn) {
                     let msg = Message::Verify(LogEntry {
                         lsn: e.lsn,
-                        prev,
+                        prev: lsn,
                         record: &record,
                     });
                     self.send(env.from, Flags::NONE, &msg);
