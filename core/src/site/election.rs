@@ -235,7 +235,7 @@ impl<S: Storage> Site<S> {
             .iter()
             .filter(|m| m.id != me && !m.is_view() && m.connected)
             .count() as u32;
-        let all_reachable = connected > 0 && heard >= connected + 1;
+        let all_reachable = connected > 0 && heard > connected;
         let ready =
             heard >= e.nsites || (heard >= e.nvotes && !full_wait && (timed_out || all_reachable));
         if !ready {
