@@ -54,7 +54,9 @@ pub struct CheckStats {
 /// whether the promised conditions still hold.
 #[derive(Clone, Debug)]
 pub struct Checker {
-    records: BTreeMap<(Lsn, Generation), Vec<u8>>,
+    /// Every record seen: its bytes, and the record before it in the log
+    /// of the master that wrote it.
+    records: BTreeMap<(Lsn, Generation), (Vec<u8>, Lsn)>,
     permanent: BTreeMap<(Lsn, Generation), (usize, Instant)>,
     masters: BTreeMap<Generation, SiteId>,
     track: bool,
@@ -271,17 +273,24 @@ impl Sim {
             }
             // (a) One history per generation.
             self.check.stats.record_checks += 1;
+            let before = prev.map_or(Lsn::ZERO, |p| p.lsn);
             match self.check.records.get(&(e.lsn, e.generation)) {
-                Some(b) if b != bytes => self.fail(&format!(
+                Some((b, _)) if b != bytes => self.fail(&format!(
                     "two different records at {:?} in generation {} (s{i} holds one of them)",
                     e.lsn, e.generation.0
+                )),
+                // (b) A record that opens a segment follows the same record
+                // as in its master's log: no gap hides at a segment switch.
+                Some((_, p)) if prev.is_some() && *p != before => self.fail(&format!(
+                    "s{i}'s log has a gap before {:?}: it follows {before:?}, its master wrote it after {p:?}",
+                    e.lsn
                 )),
                 Some(_) => {}
                 None => {
                     self.check.stats.records += 1;
                     self.check
                         .records
-                        .insert((e.lsn, e.generation), bytes.clone());
+                        .insert((e.lsn, e.generation), (bytes.clone(), before));
                 }
             }
             prev = Some(*e);

@@ -3,16 +3,23 @@
 //!
 //! Each segment has durable bytes (what survives a crash) and current bytes
 //! (what reads see). Appends, truncations, creations and removals change
-//! only the current view; [`Storage::sync`] makes the whole current view
-//! durable. [`SimDisk::crash`] throws the volatile part away: in
-//! [`CrashMode::Clean`] every unsynced change is lost; in
-//! [`CrashMode::Torn`] the unsynced appends of a segment reached the platter
-//! up to a random byte (so the last one that made it is usually torn in the
-//! middle of a record, which recovery must cut). The metadata record is
-//! written atomically and durably, as the trait promises.
+//! only the current view, and are remembered in order in a journal;
+//! [`Storage::sync`] makes the whole current view durable. A crash
+//! ([`SimDisk::crash`]) throws the volatile part away:
 //!
-//! All randomness comes from the [`Rng`] the caller passes, so a crash is as
-//! reproducible as everything else in the simulator.
+//! - [`CrashMode::Clean`]: every unsynced change is lost.
+//! - [`CrashMode::Torn`]: the unsynced changes reached the disk in the order
+//!   they were made, up to a random point; the last append that made it is
+//!   torn at a random byte (usually in the middle of a record, which
+//!   recovery must cut).
+//! - [`CrashMode::Reordered`]: a harsher file system that orders nothing
+//!   across files: each segment independently keeps a random prefix of its
+//!   unsynced appends; other unsynced changes are lost. A later segment can
+//!   then survive while the tail of an earlier one is lost.
+//!
+//! The metadata record and the store snapshot are written atomically and
+//! durably, as the trait promises. All randomness comes from the [`Rng`]
+//! the caller passes, so a crash is as reproducible as everything else.
 
 use crate::rng::Rng;
 use shoal_core::traits::Storage;
@@ -34,14 +41,26 @@ impl fmt::Display for SimDiskError {
     }
 }
 
-/// How a crash treats the bytes that were not synced.
+/// How a crash treats the changes that were not synced.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum CrashMode {
     /// Everything not synced is lost.
     Clean,
-    /// Unsynced appends survive up to a random byte (torn write); other
-    /// unsynced changes (truncate, create, remove) are lost.
+    /// Unsynced changes survive in order up to a random point, the last
+    /// append torn at a random byte.
     Torn,
+    /// Each segment keeps a random prefix of its own unsynced appends, with
+    /// no order across segments; other unsynced changes are lost.
+    Reordered,
+}
+
+/// One unsynced change, in the order it was made.
+#[derive(Clone, Debug)]
+enum Change {
+    Create(u32),
+    Append(u32, Vec<u8>),
+    Truncate(u32, usize),
+    Remove(u32),
 }
 
 /// What changed in a segment since the last sync.
@@ -72,6 +91,7 @@ pub struct SimDisk {
     durable: BTreeMap<u32, Vec<u8>>,
     current: BTreeMap<u32, Vec<u8>>,
     dirty: BTreeMap<u32, Dirt>,
+    journal: Vec<Change>,
     meta: Option<Vec<u8>>,
     /// The store snapshot (R8): replaced atomically and durably, like meta.
     snapshot: Option<Vec<u8>>,
@@ -119,48 +139,93 @@ impl SimDisk {
         self.durable.get(&n).map(|v| v.as_slice())
     }
 
-    /// The machine lost power: keep only what is durable (and, when torn,
-    /// a random prefix of each segment's unsynced appends).
+    /// The machine lost power: keep what is durable, and what `mode` lets
+    /// survive of the rest.
     pub fn crash(&mut self, mode: CrashMode, rng: &mut Rng) {
         self.stats.crashes += 1;
+        let journal = std::mem::take(&mut self.journal);
         let dirty = std::mem::take(&mut self.dirty);
-        for (seg, d) in dirty {
-            let cur = self.current.remove(&seg).unwrap_or_default();
-            let durable = self.durable.get(&seg);
-            match (d, durable) {
-                (Dirt::Appended, Some(dur)) => {
-                    let tail = cur.len() - dur.len();
-                    let keep = match mode {
-                        CrashMode::Clean => 0,
-                        CrashMode::Torn => rng.below(tail as u64 + 1) as usize,
-                    };
-                    let mut v = dur.clone();
-                    v.extend_from_slice(&cur[dur.len()..dur.len() + keep]);
-                    self.stats.torn_bytes_kept += keep as u64;
-                    self.stats.bytes_lost += (tail - keep) as u64;
-                    self.durable.insert(seg, v.clone());
-                    self.current.insert(seg, v);
+        let unsynced: u64 = journal
+            .iter()
+            .map(|c| match c {
+                Change::Append(_, b) => b.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        let mut state = self.durable.clone();
+        let mut kept = 0u64;
+        match mode {
+            CrashMode::Clean => {}
+            CrashMode::Torn => {
+                let cut = rng.below(journal.len() as u64 + 1) as usize;
+                for (k, c) in journal.iter().enumerate().take(cut + 1) {
+                    match c {
+                        Change::Create(seg) if k < cut => {
+                            state.insert(*seg, Vec::new());
+                        }
+                        Change::Append(seg, b) => {
+                            let n = if k < cut {
+                                b.len()
+                            } else {
+                                rng.below(b.len() as u64 + 1) as usize
+                            };
+                            if let Some(v) = state.get_mut(seg) {
+                                v.extend_from_slice(&b[..n]);
+                                kept += n as u64;
+                            }
+                        }
+                        Change::Truncate(seg, len) if k < cut => {
+                            if let Some(v) = state.get_mut(seg) {
+                                v.truncate(*len);
+                            }
+                        }
+                        Change::Remove(seg) if k < cut => {
+                            state.remove(seg);
+                        }
+                        _ => {}
+                    }
                 }
-                (_, Some(dur)) => {
-                    self.stats.bytes_lost += cur.len() as u64;
-                    self.current.insert(seg, dur.clone());
-                }
-                (_, None) => {
-                    // Created since the last sync. A torn crash may leave
-                    // the file with some of its first bytes.
-                    if mode == CrashMode::Torn && !cur.is_empty() && rng.chance(500_000) {
-                        let keep = rng.below(cur.len() as u64 + 1) as usize;
-                        self.stats.torn_bytes_kept += keep as u64;
-                        self.stats.bytes_lost += (cur.len() - keep) as u64;
-                        let v = cur[..keep].to_vec();
-                        self.durable.insert(seg, v.clone());
-                        self.current.insert(seg, v);
-                    } else {
-                        self.stats.bytes_lost += cur.len() as u64;
+            }
+            CrashMode::Reordered => {
+                for (seg, d) in &dirty {
+                    let cur = self.current.get(seg).cloned().unwrap_or_default();
+                    match (d, state.get_mut(seg)) {
+                        (Dirt::Appended, Some(dur)) => {
+                            let tail = cur.len() - dur.len();
+                            // Half the time whole writes made it (the cut
+                            // falls between two appends), else a torn one.
+                            let mut ends = vec![0usize];
+                            for c in &journal {
+                                if let Change::Append(x, b) = c {
+                                    if x == seg {
+                                        ends.push(ends[ends.len() - 1] + b.len());
+                                    }
+                                }
+                            }
+                            ends.retain(|&e| e <= tail);
+                            let n = if rng.chance(500_000) {
+                                *rng.pick(&ends).unwrap_or(&0)
+                            } else {
+                                rng.below(tail as u64 + 1) as usize
+                            };
+                            let from = dur.len();
+                            dur.extend_from_slice(&cur[from..from + n]);
+                            kept += n as u64;
+                        }
+                        (_, None) if !cur.is_empty() && rng.chance(500_000) => {
+                            let n = rng.below(cur.len() as u64 + 1) as usize;
+                            state.insert(*seg, cur[..n].to_vec());
+                            kept += n as u64;
+                        }
+                        _ => {}
                     }
                 }
             }
         }
+        self.stats.torn_bytes_kept += kept;
+        self.stats.bytes_lost += unsynced.saturating_sub(kept);
+        self.current = state.clone();
+        self.durable = state;
     }
 
     /// The disk is destroyed: nothing survives, not even the metadata.
@@ -204,12 +269,14 @@ impl Storage for SimDisk {
 
     fn create_segment(&mut self, segment: u32) -> Result<(), SimDiskError> {
         self.current.insert(segment, Vec::new());
+        self.journal.push(Change::Create(segment));
         self.mark(segment, Dirt::Rewritten);
         Ok(())
     }
 
     fn append(&mut self, segment: u32, bytes: &[u8]) -> Result<(), SimDiskError> {
         self.seg(segment)?.extend_from_slice(bytes);
+        self.journal.push(Change::Append(segment, bytes.to_vec()));
         let d = if self.durable.contains_key(&segment) {
             Dirt::Appended
         } else {
@@ -224,6 +291,7 @@ impl Storage for SimDisk {
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if len < s.len() {
             s.truncate(len);
+            self.journal.push(Change::Truncate(segment, len));
             let below_durable = self.durable.get(&segment).is_none_or(|d| len < d.len());
             let d = if below_durable {
                 Dirt::Rewritten
@@ -238,6 +306,7 @@ impl Storage for SimDisk {
     fn remove_segment(&mut self, segment: u32) -> Result<(), SimDiskError> {
         match self.current.remove(&segment) {
             Some(_) => {
+                self.journal.push(Change::Remove(segment));
                 self.mark(segment, Dirt::Rewritten);
                 Ok(())
             }
@@ -247,6 +316,7 @@ impl Storage for SimDisk {
 
     fn sync(&mut self) -> Result<(), SimDiskError> {
         self.stats.syncs += 1;
+        self.journal.clear();
         let dirty = std::mem::take(&mut self.dirty);
         for (seg, d) in dirty {
             match (d, self.current.get(&seg)) {
@@ -365,6 +435,40 @@ mod tests {
         d.truncate(1, 5).unwrap();
         d.sync().unwrap();
         assert_eq!(d.durable_segment(1), Some(&b"abcde"[..]));
+    }
+
+    /// Torn: what survives is an ordered prefix of the unsynced changes, so
+    /// a segment created after an append never survives without it.
+    #[test]
+    fn a_torn_crash_keeps_changes_in_order_across_segments() {
+        let mut seen_second = false;
+        for seed in 0..300 {
+            let mut d = disk_with(1, b"head", b"");
+            d.append(1, b"tail-of-one").unwrap();
+            d.create_segment(2).unwrap();
+            d.append(2, b"two").unwrap();
+            d.crash(CrashMode::Torn, &mut Rng::new(seed));
+            if d.segment(2).is_some() {
+                seen_second = true;
+                assert_eq!(d.segment(1), Some(&b"headtail-of-one"[..]), "seed {seed}");
+            }
+        }
+        assert!(seen_second);
+    }
+
+    /// Reordered: a later segment may survive while an earlier segment's
+    /// unsynced tail is lost.
+    #[test]
+    fn a_reordered_crash_may_keep_a_later_segment_and_lose_an_earlier_tail() {
+        let gap = (0..300).any(|seed| {
+            let mut d = disk_with(1, b"head", b"");
+            d.append(1, b"tail-of-one").unwrap();
+            d.create_segment(2).unwrap();
+            d.append(2, b"two").unwrap();
+            d.crash(CrashMode::Reordered, &mut Rng::new(seed));
+            d.segment(2).is_some_and(|s| !s.is_empty()) && d.segment(1) == Some(&b"head"[..])
+        });
+        assert!(gap);
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct RandomOpts {
     pub fault_time: Duration,
     /// Keep this many trace steps (None: all).
     pub trace_tail: Option<usize>,
+    /// Sites elect a new master themselves (E1) instead of the operator
+    /// promoting one.
+    pub elections: bool,
 }
 
 impl Default for RandomOpts {
@@ -63,6 +66,7 @@ impl Default for RandomOpts {
         RandomOpts {
             fault_time: ms(3_000),
             trace_tail: Some(300),
+            elections: false,
         }
     }
 }
@@ -72,8 +76,8 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
     let mut r = Rng::fork(seed, 10);
     let sites = *r.pick(&[2usize, 3, 3, 3, 4, 5, 5]).expect("nonempty");
     let mut c = Config {
-        elections: false,
-        step_down_without_majority: false,
+        elections: opts.elections,
+        step_down_without_majority: opts.elections,
         // Archiving (R8) would leave a site that must roll back or catch up
         // past the archived segments with JOIN_FAILURE until internal
         // initialisation (S6) exists; keep the whole log.
@@ -87,9 +91,12 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
     };
     let t = &mut c.timeouts;
     t.ack = ms(r.range(200, 1000));
-    if r.chance(600_000) {
+    if opts.elections || r.chance(600_000) {
         t.heartbeat_send = ms(r.range(50, 300));
         t.heartbeat_monitor = t.heartbeat_send * r.range(3, 6) as u32;
+    }
+    if opts.elections {
+        t.election_retry = ms(r.range(200, 2000));
     }
     t.checkpoint_delay = ms(r.range(200, 1500));
     t.rerequest_min = ms(r.range(10, 40));
@@ -314,7 +321,9 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                 sum.crashes += 1;
                 sum.master_crashes += 1;
                 let p = sim.now() + ms(r.range(20, 400));
-                later.push((p, Later::Promote));
+                if !opts.elections {
+                    later.push((p, Later::Promote));
+                }
                 later.push((p + ms(r.range(10, 800)), Later::Restart(m)));
             }
             _ => {}

@@ -1117,7 +1117,10 @@ impl Sim {
                 self.restart(i, Start::Rejoin);
             }
         }
-        if self.master().is_none() {
+        if self.slots.iter().any(|s| s.cfg.elections) {
+            // The sites elect a master themselves.
+            self.run_until_true(bound, "a master is elected", |sim| sim.master().is_some());
+        } else if self.master().is_none() {
             // Let restarted sites settle first, so the operator sees them.
             self.run_for(ms(50));
             if self.master().is_none() {

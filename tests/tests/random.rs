@@ -115,6 +115,22 @@ fn random_seeds() {
     }
 }
 
+/// The same randomized runs with elections (E1) instead of the operator:
+/// the sites find a new master themselves.
+#[test]
+fn random_seeds_with_elections() {
+    let opts = RandomOpts {
+        trace_tail: if std::env::var("SHOAL_TRACE").is_ok() {
+            None
+        } else {
+            Some(300)
+        },
+        elections: true,
+        ..RandomOpts::default()
+    };
+    run_many("random_seeds_with_elections", seeds(200), opts);
+}
+
 /// One seed run twice gives byte-identical traces (B3).
 #[test]
 fn a_seed_replays_byte_for_byte() {

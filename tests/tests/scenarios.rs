@@ -25,6 +25,19 @@ fn operator_mode(mut cfg: Config) -> Config {
     cfg
 }
 
+/// Limits with 2 KB segments, so a few records switch segments.
+fn small_segments() -> shoal_core::config::Limits {
+    shoal_core::config::Limits {
+        max_record: 1024,
+        max_key: 64,
+        max_value: 512,
+        max_frame: 4096,
+        segment_size: 2048,
+        max_channel_message: 1024,
+        ..shoal_core::config::Limits::default()
+    }
+}
+
 fn has_event(sim: &Sim, i: usize, f: impl Fn(&Event) -> bool) -> bool {
     sim.events(i).iter().any(|(_, e)| f(e))
 }
@@ -889,15 +902,7 @@ fn r8_a_rollback_below_the_archived_log_leaves_the_data_intact() {
         ..Config::default()
     };
     cfg.timeouts.checkpoint_delay = ms(50);
-    cfg.limits = shoal_core::config::Limits {
-        max_record: 1024,
-        max_key: 64,
-        max_value: 512,
-        max_frame: 4096,
-        segment_size: 2048,
-        max_channel_message: 1024,
-        ..shoal_core::config::Limits::default()
-    };
+    cfg.limits = small_segments();
     let name = "r8_a_rollback_below_the_archived_log_leaves_the_data_intact";
     let mut sim = sim(name, 3, cfg);
     sim.start_group();
@@ -929,15 +934,9 @@ fn r8_a_rollback_below_the_archived_log_leaves_the_data_intact() {
 /// for (and could only append) records from there, and never caught up.
 #[test]
 fn r2_a_rollback_at_a_segment_start_continues_in_the_old_segment() {
-    let mut cfg = Config::default();
-    cfg.limits = shoal_core::config::Limits {
-        max_record: 1024,
-        max_key: 64,
-        max_value: 512,
-        max_frame: 4096,
-        segment_size: 2048,
-        max_channel_message: 1024,
-        ..shoal_core::config::Limits::default()
+    let cfg = Config {
+        limits: small_segments(),
+        ..Config::default()
     };
     let name = "r2_a_rollback_at_a_segment_start_continues_in_the_old_segment";
     let mut sim = sim(name, 3, cfg);
@@ -980,15 +979,9 @@ fn r2_a_rollback_at_a_segment_start_continues_in_the_old_segment() {
 /// an older probe, drop it, and ask again for ever.
 #[test]
 fn r2_verify_answers_name_the_probe_they_answer() {
-    let mut cfg = Config::default();
-    cfg.limits = shoal_core::config::Limits {
-        max_record: 1024,
-        max_key: 64,
-        max_value: 512,
-        max_frame: 4096,
-        segment_size: 2048,
-        max_channel_message: 1024,
-        ..shoal_core::config::Limits::default()
+    let cfg = Config {
+        limits: small_segments(),
+        ..Config::default()
     };
     let name = "r2_verify_answers_name_the_probe_they_answer";
     let mut sim = sim(name, 3, cfg);
@@ -1023,4 +1016,53 @@ fn r2_verify_answers_name_the_probe_they_answer() {
     sim.run_until_true(ms(5000), "the old master catches up", |s| s.converged());
     assert_eq!(sim.site(0).store().get("db", b"s0"), None);
     assert_eq!(sim.site(0).store().get("db", b"after"), Some(&b"1"[..]));
+}
+
+/// Known engine limitation (log recovery, outside core/src/site): on a file
+/// system that orders nothing across files, a crash can keep the start of
+/// a new segment while the unsynced tail of the previous one is lost.
+/// Recovery then accepts the new segment's records after the shortened
+/// one: the log has a hole at the segment switch (and a site positioned
+/// after it re-requests the missing records from the wrong place for
+/// ever; release seed 4524 of the first 10,000 random runs did that with
+/// an empty new segment). Syncing the old segment before the first record
+/// of a new one, or refusing a segment whose predecessor does not end
+/// where a switch could have happened, would close it.
+#[test]
+#[ignore = "engine: log recovery accepts a segment after a lost tail of the previous one"]
+fn r4_a_reordered_crash_leaves_no_hole_at_a_segment_switch() {
+    let mut cfg = operator_mode(Config::default());
+    cfg.limits = small_segments();
+    let mut site =
+        shoal_core::site::Site::open(cfg, "s0", SimDisk::new(), shoal_core::Instant(0)).unwrap();
+    site.create_group(shoal_core::Instant(0)).unwrap();
+    use shoal_core::traits::Storage;
+    site.storage_mut().sync().unwrap();
+    // Unsynced records that run from segment 1 into segment 2.
+    for k in 0..12u32 {
+        let key = k.to_le_bytes();
+        let v = [b'x'; 300];
+        let ops = [Op::Put {
+            db: "db",
+            key: &key,
+            value: &v,
+        }];
+        site.commit(shoal_core::Instant(1), &ops, Durability::NoSync)
+            .unwrap();
+    }
+    while site.poll_output().is_some() {}
+    let before = site.log_index().to_vec();
+    assert!(before.last().unwrap().lsn.file >= 2);
+    let disk = site.into_storage();
+    for seed in 0..200 {
+        let mut d = disk.clone();
+        d.crash(CrashMode::Reordered, &mut Rng::new(seed));
+        let re = shoal_core::site::Site::open(cfg, "s0", d, shoal_core::Instant(2)).unwrap();
+        let after = re.log_index();
+        assert_eq!(
+            after,
+            &before[..after.len()],
+            "seed {seed}: a hole in the recovered log"
+        );
+    }
 }
