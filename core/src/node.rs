@@ -909,6 +909,39 @@ where
         self.kick.signal(());
     }
 
+    /// Hold an election (`rep_elect`, E1).
+    pub async fn rep_elect(&self) {
+        {
+            let mut core = self.core.lock().await;
+            core.site.rep_elect(self.clock.now());
+        }
+        self.kick.signal(());
+    }
+
+    /// Hand mastership to `to` (E7; master only). Returns once the hand-over
+    /// has started; the new master announces itself with NEWMASTER.
+    pub async fn transfer_master(&self, to: SiteId) -> Result<(), CommitError> {
+        let r = {
+            let mut core = self.core.lock().await;
+            core.site.transfer_master(self.clock.now(), to)
+        };
+        self.kick.signal(());
+        r
+    }
+
+    /// Read a key with the lease check of R10 at the current time: refused
+    /// with LEASE_EXPIRED on a master without a majority of grants. Waits
+    /// while the site synchronises, like [`Node::get`].
+    pub async fn read(&self, db: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        {
+            let core = self.core.lock().await;
+            if let Err(ReadError::LeaseExpired) = core.site.read(self.clock.now(), db, key) {
+                return Err(ReadError::LeaseExpired);
+            }
+        }
+        self.get(db, key).await
+    }
+
     /// Remove a site from the group (master only) and wait until the
     /// change is done.
     pub async fn remove_site(&self, site: SiteId) -> Result<(), CommitError> {

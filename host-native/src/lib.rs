@@ -5,5 +5,8 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod node;
+pub mod settings;
 pub mod storage;
 pub mod transport;

@@ -1,12 +1,12 @@
-//! The `shoal` command line.
-//!
-//! For now it prints the version and the validated default configuration
-//! of a site; the node, client commands, demo and bench arrive with the
-//! native host (issue 5).
+//! The `shoal` command line: run a site (`shoal node`), talk to one
+//! (`put`, `get`, `del`, `status`, `sync`, `elect`, `transfer`, `remove`),
+//! watch a whole group at work (`demo`), or measure one (`bench`).
 
-use clap::{Parser, Subcommand};
-use shoal_core::{wire::PROTOCOL_VERSION, Config};
+use clap::{Args, Parser, Subcommand};
+use shoal_native::api::{self, Request, Response, Status};
+use shoal_native::settings::NodeArgs;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -21,30 +21,298 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show what a site of this build would run with (the replication demo
-    /// comes with the native host).
-    Demo,
+    /// Run one site of a replication group until SIGINT or SIGTERM.
+    Node(Box<NodeArgs>),
+    /// Write a key (on the master).
+    Put(PutArgs),
+    /// Read a key on this node.
+    Get(KeyArgs),
+    /// Delete a key (on the master).
+    Del(KeyArgs),
+    /// Show a node's role, LSNs, peers and traffic.
+    Status(StatusArgs),
+    /// Start synchronising with the master (for --delay-client sites).
+    Sync(ApiArgs),
+    /// Hold an election.
+    Elect(ApiArgs),
+    /// Hand mastership to another site (run against the master).
+    Transfer(SiteArgs),
+    /// Remove a site from the group (run against the master).
+    Remove(SiteArgs),
+    /// Show what a site of this build runs with by default.
+    Config,
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// The node's API address (its --api).
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    api: String,
+}
+
+#[derive(Args)]
+struct KeyArgs {
+    /// The key.
+    key: String,
+    /// Database name.
+    #[arg(long, default_value = "default")]
+    db: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct PutArgs {
+    /// The key.
+    key: String,
+    /// The value.
+    value: String,
+    /// Database name.
+    #[arg(long, default_value = "default")]
+    db: String,
+    /// Durability: sync, write-no-sync or no-sync (default: the node's).
+    #[arg(long)]
+    sync: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct SiteArgs {
+    /// The site id (see `shoal status`).
+    site: u32,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Demo => {
-            let config = Config::default();
-            println!(
-                "shoal {} (protocol version {PROTOCOL_VERSION})",
-                env!("CARGO_PKG_VERSION")
-            );
-            match config.validate() {
-                Ok(()) => {
-                    println!("default site configuration (valid):\n{config:#?}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli.command));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn call(api: &ApiArgs, req: Request) -> Result<Response, String> {
+    let r = api::call(&api.api, &req, Duration::from_secs(35))
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.ok {
+        Ok(r)
+    } else {
+        Err(r
+            .error
+            .unwrap_or_else(|| "the node refused the request".into()))
+    }
+}
+
+async fn run(cmd: Command) -> Result<ExitCode, String> {
+    match cmd {
+        Command::Node(args) => {
+            let settings = (*args).resolve()?;
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init();
+            shoal_native::node::run(settings).await?;
+        }
+        Command::Put(a) => {
+            let r = call(
+                &a.api,
+                Request::Put {
+                    db: a.db,
+                    key: a.key,
+                    value: a.value,
+                    sync: a.sync,
+                },
+            )
+            .await?;
+            if let Some(c) = r.commit {
+                println!(
+                    "committed at {} (generation {}); {}: {}/{} acks, {}",
+                    c.lsn,
+                    c.generation,
+                    if c.permanent {
+                        "permanent"
+                    } else {
+                        "NOT permanent (PERM_FAILED)"
+                    },
+                    c.acks,
+                    c.needed,
+                    if c.flushed {
+                        "flushed"
+                    } else {
+                        "not yet flushed"
+                    }
+                );
+                if !c.permanent {
+                    return Ok(ExitCode::from(2));
                 }
             }
         }
+        Command::Get(a) => {
+            let r = call(
+                &a.api,
+                Request::Get {
+                    db: a.db,
+                    key: a.key,
+                },
+            )
+            .await?;
+            match r.value {
+                Some(v) => println!("{v}"),
+                None => {
+                    eprintln!("(not found)");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Command::Del(a) => {
+            let r = call(
+                &a.api,
+                Request::Del {
+                    db: a.db,
+                    key: a.key,
+                },
+            )
+            .await?;
+            if let Some(c) = r.commit {
+                println!("deleted at {}; permanent: {}", c.lsn, c.permanent);
+            }
+        }
+        Command::Status(a) => {
+            let r = call(&a.api, Request::Status).await?;
+            let st = r.status.ok_or("the node sent no status")?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?
+                );
+            } else {
+                print_status(&st);
+            }
+        }
+        Command::Sync(a) => {
+            call(&a, Request::Sync).await?;
+            println!("synchronisation started");
+        }
+        Command::Elect(a) => {
+            call(&a, Request::Elect).await?;
+            println!("election called");
+        }
+        Command::Transfer(a) => {
+            call(&a.api, Request::Transfer { site: a.site }).await?;
+            println!("hand-over to site {} started", a.site);
+        }
+        Command::Remove(a) => {
+            call(&a.api, Request::Remove { site: a.site }).await?;
+            println!("site {} removed", a.site);
+        }
+        Command::Config => {
+            let config = shoal_core::Config::default();
+            println!(
+                "shoal {} (protocol version {})",
+                env!("CARGO_PKG_VERSION"),
+                shoal_core::wire::PROTOCOL_VERSION
+            );
+            config.validate().map_err(|e| e.to_string())?;
+            println!("default site configuration (valid):\n{config:#?}");
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(st: &Status) {
+    println!(
+        "site {} at {} — {}{}",
+        st.id,
+        st.address,
+        st.role,
+        st.master
+            .map(|m| format!(" (master: site {m})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "generation {}  egen {}  last LSN {}  flushed {}  nsites {}  keys {}  digest {}{}",
+        st.generation,
+        st.egen,
+        st.last_lsn,
+        st.flushed_lsn,
+        st.nsites,
+        st.keys,
+        st.digest,
+        if st.synchronizing {
+            "  (synchronising)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "\n{:>4}  {:<22} {:<10} {:<9} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "site", "address", "link", "electable", "acked LSN", "lag B", "sent B", "recv B", "frames"
+    );
+    for s in &st.sites {
+        let link = if s.id == st.id {
+            "self"
+        } else if s.blocked {
+            "cut"
+        } else if s.connected {
+            "up"
+        } else {
+            "down"
+        };
+        println!(
+            "{:>4}  {:<22} {:<10} {:<9} {:>12} {:>10} {:>10} {:>10} {:>10}",
+            s.id,
+            s.address,
+            link,
+            if s.view {
+                "view"
+            } else if s.electable {
+                "yes"
+            } else {
+                "no"
+            },
+            s.acked_lsn,
+            s.lag_bytes,
+            s.bytes_sent,
+            s.bytes_received,
+            s.frames_sent + s.frames_received
+        );
+    }
+    let line = |v: &[(String, u64)]| {
+        v.iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("\ncounters: {}", line(&st.counters));
+    println!("received: {}", line(&st.received_by_type));
+    println!("sent:     {}", line(&st.sent_by_type));
 }

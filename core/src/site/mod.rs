@@ -800,7 +800,15 @@ impl<S: Storage> Site<S> {
 
     fn apply_membership(&mut self, m: &Membership<'_>) {
         match self.members.apply(m) {
-            Change::Added(id) => self.event(Event::SiteAdded(id)),
+            Change::Added(id) => {
+                // A new member has not had a chance to be heard yet: P3
+                // counts it as reachable until a monitor period passes.
+                let now = self.now;
+                if let Some(x) = self.members.get_mut(id) {
+                    x.last_heard = now;
+                }
+                self.event(Event::SiteAdded(id))
+            }
             Change::Removed(id) if id == self.meta.site => self.event(Event::LocalSiteRemoved),
             Change::Removed(id) => self.event(Event::SiteRemoved(id)),
             Change::Updated(_) | Change::None => {}
@@ -1026,6 +1034,7 @@ impl<S: Storage> Site<S> {
         self.pending_bytes = 0;
         for m in self.members.iter_mut() {
             m.acked = Lsn::ZERO;
+            m.last_heard = now;
         }
         let ng = crate::log::NewGeneration {
             generation: gen,

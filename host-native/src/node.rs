@@ -1,0 +1,613 @@
+//! `shoal node`: one site on this machine — file storage, TCP links, the
+//! core's async `Node` driver on tokio, and the client API. Everything here
+//! moves bytes and time; the replication decisions are the core's.
+
+use crate::api::{self, CommitInfo, Request, Response, SiteStatus, Status};
+use crate::settings::{parse_durability, Settings};
+use crate::storage::FileStorage;
+use crate::transport::{TcpTransport, TransportChannels, TransportConfig, TransportEvent};
+use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use shoal_core::config::Durability;
+use shoal_core::log::Op;
+use shoal_core::node::{Node, NodeTransport, Timer};
+use shoal_core::site::{CommitError, Event, ReadError, Role, Site};
+use shoal_core::traits::{Clock, SendError, Transport};
+use shoal_core::wire::{Envelope, MessageKind};
+use shoal_core::{CommitToken, Generation, Instant, Lsn, SiteId};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+/// The host's monotonic clock: µs since the process started.
+#[derive(Clone, Copy)]
+pub struct SysClock(pub std::time::Instant);
+
+impl Clock for SysClock {
+    fn now(&self) -> Instant {
+        Instant(self.0.elapsed().as_micros() as u64)
+    }
+}
+
+/// Sleeps on tokio's timer, in the same time base as [`SysClock`].
+pub struct TokioTimer(pub tokio::time::Instant);
+
+impl Timer for TokioTimer {
+    fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
+        tokio::time::sleep_until(self.0 + Duration::from_micros(at.0))
+    }
+}
+
+/// Frames per message type.
+struct KindCounters([AtomicU64; MessageKind::COUNT]);
+
+impl KindCounters {
+    fn new() -> Self {
+        KindCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    fn count(&self, frame: &[u8]) {
+        if let Some(k) = kind_of(frame) {
+            self.0[k].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn report(&self) -> Vec<(String, u64)> {
+        MessageKind::ALL
+            .iter()
+            .zip(self.0.iter())
+            .map(|(k, n)| (k.name().to_string(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// The message type of a frame, read without decoding the whole message.
+fn kind_of(frame: &[u8]) -> Option<usize> {
+    let (_, rest) = postcard::take_from_bytes::<Envelope>(frame.get(2..)?).ok()?;
+    let (k, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    ((k as usize) < MessageKind::COUNT).then_some(k as usize)
+}
+
+/// The TCP transport behind a gate that can cut links to chosen peers (the
+/// demo's partitions) and counts frames by type.
+#[derive(Clone)]
+pub struct Gate {
+    tcp: TcpTransport,
+    blocked: Arc<Mutex<BTreeSet<SiteId>>>,
+    sent: Arc<KindCounters>,
+    received: Arc<KindCounters>,
+}
+
+impl Gate {
+    fn is_blocked(&self, s: SiteId) -> bool {
+        self.blocked.lock().map(|b| b.contains(&s)).unwrap_or(false)
+    }
+}
+
+impl Transport for Gate {
+    fn send(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        if self.is_blocked(to) {
+            return Err(SendError::Disconnected);
+        }
+        self.sent.count(frame);
+        self.tcp.try_send(to, frame)
+    }
+}
+
+impl NodeTransport for Gate {
+    fn send_to_address(&mut self, address: &str, frame: &[u8]) -> Result<(), SendError> {
+        self.sent.count(frame);
+        self.tcp.try_send_to_address(address, frame)
+    }
+}
+
+/// The node type `shoal node` runs.
+pub type SiteNode = Node<FileStorage, Gate, SysClock, CriticalSectionRawMutex>;
+
+/// A running site.
+pub struct Running {
+    /// The driver.
+    pub node: Arc<SiteNode>,
+    gate: Gate,
+    durability: Durability,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Start a site from its settings: open its home, bind its links, create,
+/// join or rejoin the group, and serve the API.
+pub async fn start(s: Settings) -> Result<Running, String> {
+    let origin = std::time::Instant::now();
+    let clock = SysClock(origin);
+    let storage = FileStorage::open(&s.home).map_err(|e| e.to_string())?;
+    let site = Site::open(s.config, &s.advertise, storage, clock.now())
+        .map_err(|e| format!("cannot open the site in {}: {e}", s.home.display()))?;
+    let member = site.id().0 != 0 && !site.members().is_empty();
+    let members: Vec<(SiteId, String)> = site
+        .members()
+        .iter()
+        .map(|m| (m.id, m.address.clone()))
+        .collect();
+    let mut tcfg = TransportConfig::new(&s.group, &s.listen, site.id(), &s.config);
+    tcfg.advertise = Some(s.advertise.clone());
+    let (tcp, channels) = TcpTransport::bind(tcfg).await.map_err(|e| e.to_string())?;
+    for (id, address) in &members {
+        if *id != site.id() {
+            tcp.set_peer(*id, address);
+        }
+    }
+    let gate = Gate {
+        tcp: tcp.clone(),
+        blocked: Arc::default(),
+        sent: Arc::new(KindCounters::new()),
+        received: Arc::new(KindCounters::new()),
+    };
+    let node = Arc::new(SiteNode::new(site, gate.clone(), clock));
+    let timer = TokioTimer(tokio::time::Instant::from_std(origin));
+    let mut tasks = Vec::new();
+    let n = node.clone();
+    tasks.push(tokio::spawn(async move { n.run(&timer).await }));
+    tasks.push(tokio::spawn(feed(node.clone(), gate.clone(), channels)));
+    tasks.push(tokio::spawn(follow(node.clone(), tcp.clone())));
+
+    if member {
+        if s.create {
+            warn!(
+                "{} already holds a group member; restarting it (ignoring --create)",
+                s.home.display()
+            );
+        }
+        info!(home = %s.home.display(), "restarting as a member of the group");
+        node.rep_start_client().await;
+    } else if s.create {
+        node.create_group()
+            .await
+            .map_err(|e| format!("cannot create the group: {e}"))?;
+        info!(address = %s.advertise, "created the group; this site is master");
+    } else if !s.join.is_empty() {
+        let mut joined = None;
+        'outer: for _round in 0..30 {
+            for helper in &s.join {
+                match tokio::time::timeout(s.config.timeouts.election * 3, node.join(helper)).await
+                {
+                    Ok(Ok(id)) => {
+                        joined = Some(id);
+                        break 'outer;
+                    }
+                    Ok(Err(e)) => warn!(helper = %helper, "join refused: {e:?}"),
+                    Err(_) => warn!(helper = %helper, "no answer to the join request yet"),
+                }
+            }
+        }
+        let id = joined
+            .ok_or("could not join the group: no helper answered (check --join addresses)")?;
+        tcp.set_site(id);
+        info!(site = id.0, "joined the group");
+    } else {
+        return Err(format!(
+            "{} holds no group member: pass --create to start a group or --join HOST:PORT to join one",
+            s.home.display()
+        ));
+    }
+    let running = Running {
+        node,
+        gate,
+        durability: s.durability,
+        tasks,
+    };
+    Ok(running)
+}
+
+impl Running {
+    /// Serve the client API on `address` until the process ends.
+    pub async fn serve_api(&self, address: &str) -> Result<tokio::task::JoinHandle<()>, String> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("cannot listen for the API on {address}: {e}"))?;
+        let node = self.node.clone();
+        let gate = self.gate.clone();
+        let durability = self.durability;
+        Ok(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (node, gate) = (node.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let _ = serve_client(stream, node, gate, durability).await;
+                });
+            }
+        }))
+    }
+
+    /// Stop the driver and close the links.
+    pub async fn shutdown(self) {
+        self.node.stop();
+        self.gate.tcp.shutdown().await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Transport to node: link changes (unless the link is cut) and frames.
+async fn feed(node: Arc<SiteNode>, gate: Gate, mut ch: TransportChannels) {
+    let mut dropped_reported = false;
+    loop {
+        tokio::select! {
+            Some(ev) = ch.events.recv() => {
+                let _ = match ev {
+                    TransportEvent::Up(s) if gate.is_blocked(s) => Ok(()),
+                    TransportEvent::Up(s) => node.connection(s, true),
+                    TransportEvent::Down(s) => node.connection(s, false),
+                    TransportEvent::ConnectFailed(s) => node.connect_failed(s),
+                    TransportEvent::InboundDropped => {
+                        if !dropped_reported {
+                            warn!("incoming frames dropped: the site is not keeping up");
+                            dropped_reported = true;
+                        }
+                        Ok(())
+                    }
+                };
+            }
+            Some(r) = ch.inbound.recv() => {
+                if gate.is_blocked(r.from) {
+                    continue;
+                }
+                gate.received.count(&r.frame);
+                if node.deliver(r.frame).is_err() && !dropped_reported {
+                    warn!("incoming queue full: frames dropped (they will be re-requested)");
+                    dropped_reported = true;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// Node to host: log every event, and keep the transport's peers in step
+/// with the membership.
+async fn follow(node: Arc<SiteNode>, tcp: TcpTransport) {
+    loop {
+        let event = node.next_event().await;
+        match &event {
+            Event::ConnectEstablished(s) => info!(site = s.0, "connected"),
+            Event::ConnectBroken(s) => info!(site = s.0, "connection broken"),
+            Event::ConnectTryFailed(_) => {}
+            Event::Master => info!("this site is now master"),
+            Event::Client => info!("this site is now a client"),
+            Event::Elected => info!("won the election"),
+            Event::NewMaster(m) => info!(master = m.0, "new master"),
+            Event::StartupDone => info!("caught up with the master"),
+            Event::PermFailed(lsn) => warn!(%lsn, "commit did not get the acks its policy asks for"),
+            Event::Rollback(r) => warn!(from = %r.from, commits = r.commits.len(), "rolled back commits the new master does not have"),
+            Event::DupMaster => warn!("another master found; stepping down"),
+            Event::MasterFailure => warn!("the master stopped answering; electing"),
+            Event::ElectionFailed => info!("election produced no master; will retry"),
+            Event::JoinFailure => warn!("no log overlap with the master and internal initialisation is not available: this site cannot catch up"),
+            Event::WouldRollback => warn!("synchronising would roll back commits and autorollback is off"),
+            e => info!(event = ?e),
+        }
+        let (me, members) = node
+            .with_site(|s| {
+                let m: Vec<_> = s
+                    .members()
+                    .iter()
+                    .map(|m| (m.id, m.address.clone()))
+                    .collect();
+                (s.id(), m)
+            })
+            .await;
+        if me.0 != 0 && tcp.site() != me {
+            tcp.set_site(me);
+        }
+        for (id, address) in members {
+            if id != me {
+                tcp.set_peer(id, &address);
+            }
+        }
+        if let Event::SiteRemoved(s) = event {
+            tcp.remove_peer(s);
+        }
+    }
+}
+
+async fn serve_client(
+    stream: TcpStream,
+    node: Arc<SiteNode>,
+    gate: Gate,
+    durability: Durability,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    loop {
+        let mut line = String::new();
+        let n = (&mut r)
+            .take(api::MAX_LINE as u64)
+            .read_line(&mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(&node, &gate, durability, req).await,
+            Err(e) => Response::error(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
+        out.push('\n');
+        w.write_all(out.as_bytes()).await?;
+    }
+}
+
+fn commit_error(e: CommitError) -> String {
+    e.to_string()
+}
+
+fn read_error(e: ReadError) -> String {
+    match e {
+        ReadError::Lockout => {
+            "the site is synchronising with the master (NOWAIT): retry later".into()
+        }
+        ReadError::LeaseExpired => {
+            "this master's lease has expired: it cannot promise the value is current".into()
+        }
+        ReadError::HandleDead => "the handle saw rolled-back data: reopen it".into(),
+    }
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn handle(node: &SiteNode, gate: &Gate, durability: Durability, req: Request) -> Response {
+    match req {
+        Request::Put {
+            db,
+            key,
+            value,
+            sync,
+        } => {
+            let d = match sync.as_deref().map(parse_durability) {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Response::error(e),
+                None => durability,
+            };
+            let ops = [Op::Put {
+                db: &db,
+                key: key.as_bytes(),
+                value: value.as_bytes(),
+            }];
+            commit(node, &ops, d).await
+        }
+        Request::Del { db, key } => {
+            let ops = [Op::Delete {
+                db: &db,
+                key: key.as_bytes(),
+            }];
+            commit(node, &ops, durability).await
+        }
+        Request::Get { db, key } => {
+            match tokio::time::timeout(CALL_TIMEOUT, node.read(&db, key.as_bytes())).await {
+                Ok(Ok(v)) => Response {
+                    ok: true,
+                    value: v.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    ..Default::default()
+                },
+                Ok(Err(e)) => Response::error(read_error(e)),
+                Err(_) => Response::error("timed out waiting for the site to finish synchronising"),
+            }
+        }
+        Request::WaitApplied {
+            file,
+            offset,
+            generation,
+            timeout_ms,
+        } => {
+            let token = CommitToken {
+                lsn: Lsn::new(file, offset),
+                generation: Generation(generation),
+            };
+            match node
+                .txn_applied(token, Duration::from_millis(timeout_ms))
+                .await
+            {
+                Ok(()) => Response::ok(),
+                Err(e) => Response::error(format!("{e:?}")),
+            }
+        }
+        Request::Status => Response {
+            ok: true,
+            status: Some(status(node, gate).await),
+            ..Default::default()
+        },
+        Request::Sync => {
+            node.rep_sync().await;
+            Response::ok()
+        }
+        Request::Elect => {
+            node.rep_elect().await;
+            Response::ok()
+        }
+        Request::Transfer { site } => match node.transfer_master(SiteId(site)).await {
+            Ok(()) => Response::ok(),
+            Err(e) => Response::error(commit_error(e)),
+        },
+        Request::Remove { site } => {
+            match tokio::time::timeout(CALL_TIMEOUT, node.remove_site(SiteId(site))).await {
+                Ok(Ok(())) => Response::ok(),
+                Ok(Err(e)) => Response::error(commit_error(e)),
+                Err(_) => Response::error("timed out"),
+            }
+        }
+        Request::Link { site, block } => {
+            let s = SiteId(site);
+            if let Ok(mut b) = gate.blocked.lock() {
+                if block {
+                    b.insert(s);
+                } else {
+                    b.remove(&s);
+                }
+            }
+            // The site sees the cut as a broken connection, and the heal as
+            // a new one when the TCP link is up.
+            let up = !block && gate.tcp.is_connected(s);
+            if block || up {
+                let _ = node.connection(s, up);
+            }
+            info!(site, block, "link changed by request");
+            Response::ok()
+        }
+    }
+}
+
+async fn commit(node: &SiteNode, ops: &[Op<'_>], d: Durability) -> Response {
+    match tokio::time::timeout(CALL_TIMEOUT, node.commit(ops, d)).await {
+        Ok(Ok(o)) => Response {
+            ok: true,
+            commit: Some(CommitInfo {
+                lsn: o.token.lsn.to_string(),
+                file: o.token.lsn.file,
+                offset: o.token.lsn.offset,
+                generation: o.token.generation.0,
+                permanent: o.permanent,
+                acks: o.acks,
+                needed: o.needed,
+                flushed: o.flushed,
+            }),
+            ..Default::default()
+        },
+        Ok(Err(e)) => Response::error(commit_error(e)),
+        Err(_) => Response::error("timed out waiting for the commit"),
+    }
+}
+
+async fn status(node: &SiteNode, gate: &Gate) -> Status {
+    let tstats = gate.tcp.stats();
+    let blocked = gate.blocked.lock().map(|b| b.clone()).unwrap_or_default();
+    let mut st = node
+        .with_site(|s| {
+            let last = s.last_lsn();
+            let stats = s.stats();
+            let counters = vec![
+                ("frames_in", stats.frames_in),
+                ("frames_out", stats.frames_out),
+                ("dropped_malformed", stats.dropped_malformed),
+                ("dropped_stale", stats.dropped_stale),
+                ("duplicates", stats.duplicates),
+                ("records_applied", stats.records_applied),
+                ("log_requests", stats.log_requests),
+                ("requests_served", stats.requests_served),
+                ("commits", stats.commits),
+                ("perm_failed", stats.perm_failed),
+                ("flushes", stats.flushes),
+                ("rolled_back", stats.rolled_back),
+                ("elections", stats.elections),
+                ("step_downs", stats.step_downs),
+                ("segments_archived", stats.segments_archived),
+            ];
+            Status {
+                id: s.id().0,
+                address: s.address().to_string(),
+                role: match s.role() {
+                    Role::Master => "master",
+                    Role::Client => "client",
+                    Role::Idle => "idle",
+                }
+                .into(),
+                master: s.master().map(|m| m.0),
+                generation: s.generation().0,
+                egen: s.egen().0,
+                last_lsn: last.to_string(),
+                flushed_lsn: s.flushed_lsn().to_string(),
+                synchronizing: s.is_synchronizing(),
+                nsites: s
+                    .config()
+                    .nsites
+                    .unwrap_or(s.members().iter().filter(|m| !m.is_view()).count() as u32),
+                keys: s.store().len() as u64,
+                digest: format!("{:08x}", s.store().digest()),
+                sites: s
+                    .members()
+                    .iter()
+                    .map(|m| SiteStatus {
+                        id: m.id.0,
+                        address: m.address.clone(),
+                        connected: m.connected,
+                        electable: m.is_electable(),
+                        view: m.is_view(),
+                        acked_lsn: m.acked.to_string(),
+                        lag_bytes: if m.acked.file == last.file {
+                            last.offset.saturating_sub(m.acked.offset) as u64
+                        } else {
+                            0
+                        },
+                        bytes_sent: 0,
+                        frames_sent: 0,
+                        bytes_received: 0,
+                        frames_received: 0,
+                        blocked: false,
+                    })
+                    .collect(),
+                counters: counters
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                received_by_type: Vec::new(),
+                sent_by_type: Vec::new(),
+            }
+        })
+        .await;
+    for site in st.sites.iter_mut() {
+        site.blocked = blocked.contains(&SiteId(site.id));
+        if let Some(p) = tstats.peers.iter().find(|p| p.site.0 == site.id) {
+            site.bytes_sent = p.bytes_sent;
+            site.frames_sent = p.frames_sent;
+            site.bytes_received = p.bytes_received;
+            site.frames_received = p.frames_received;
+        }
+    }
+    st.received_by_type = gate.received.report();
+    st.sent_by_type = gate.sent.report();
+    st
+}
+
+/// Run `shoal node` until SIGINT or SIGTERM.
+pub async fn run(s: Settings) -> Result<(), String> {
+    let api = s.api.clone();
+    let home = s.home.clone();
+    let running = start(s).await?;
+    let _api_task = match &api {
+        Some(a) => Some(running.serve_api(a).await?),
+        None => None,
+    };
+    info!(home = %home.display(), api = api.as_deref().unwrap_or("-"), "shoal node running; SIGINT or SIGTERM stops it");
+    wait_for_signal().await;
+    info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,423 @@
+//! The settings of one `shoal node`: every replication knob as a command
+//! line flag and as a key of a TOML file (`--config FILE`); a flag beats
+//! the file, the file beats the default.
+
+use clap::Args;
+use serde::Deserialize;
+use shoal_core::config::{AckPolicy, Config, Durability};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `shoal node` flags. Every one may also be set in the TOML file given by
+/// `--config`, under the same name with `_` for `-` (e.g. `heartbeat_monitor_ms = 500`).
+#[derive(Args, Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeArgs {
+    /// The site's home directory (log, metadata, snapshot). Required.
+    #[arg(long)]
+    pub home: Option<PathBuf>,
+    /// Address to listen on for other sites (HOST:PORT). Required.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address other sites use to reach this one, when it differs from --listen.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Address of the client API (JSON lines; `shoal put/get/status` use it).
+    #[arg(long)]
+    pub api: Option<String>,
+    /// TOML file with any of these settings.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Create a new group with this site as its first member.
+    #[arg(long, conflicts_with = "join")]
+    pub create: bool,
+    /// Join a group through this member's --listen address (repeat to try several).
+    #[arg(long)]
+    pub join: Vec<String>,
+    /// Group name: sites of another group are refused.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Election priority; 0 = never master.
+    #[arg(long)]
+    pub priority: Option<u32>,
+    /// Ack policy: all, all-available, all-peers, none, one, one-peer, quorum.
+    #[arg(long)]
+    pub ack: Option<String>,
+    /// Default commit durability: sync, write-no-sync, no-sync.
+    #[arg(long)]
+    pub sync: Option<String>,
+    /// Group size for elections and acks (default: follow the membership).
+    #[arg(long)]
+    pub nsites: Option<u32>,
+    /// Votes needed to win an election (default: a majority of nsites).
+    #[arg(long)]
+    pub nvotes: Option<u32>,
+    /// Ack timeout, ms (1000).
+    #[arg(long)]
+    pub ack_timeout_ms: Option<u64>,
+    /// Election timeout, ms (2000).
+    #[arg(long)]
+    pub election_timeout_ms: Option<u64>,
+    /// Wait between election attempts, ms (10000).
+    #[arg(long)]
+    pub election_retry_ms: Option<u64>,
+    /// Full-election timeout after a whole-group restart, ms (0 = off).
+    #[arg(long)]
+    pub full_election_ms: Option<u64>,
+    /// Connection retry, ms (30000).
+    #[arg(long)]
+    pub connection_retry_ms: Option<u64>,
+    /// Master heartbeat interval, ms (0 = off).
+    #[arg(long)]
+    pub heartbeat_send_ms: Option<u64>,
+    /// Client heartbeat monitor, ms (0 = off).
+    #[arg(long)]
+    pub heartbeat_monitor_ms: Option<u64>,
+    /// Minimum wait between checkpoints, ms (30000).
+    #[arg(long)]
+    pub checkpoint_delay_ms: Option<u64>,
+    /// Master lease, ms (needed with --leases).
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    /// Re-request back-off minimum, ms (40).
+    #[arg(long)]
+    pub rerequest_min_ms: Option<u64>,
+    /// Re-request back-off maximum, ms (1280).
+    #[arg(long)]
+    pub rerequest_max_ms: Option<u64>,
+    /// 2SITE_STRICT: true (default) or false.
+    #[arg(long = "2site-strict")]
+    #[serde(rename = "two_site_strict")]
+    pub two_site_strict: Option<bool>,
+    /// Master leases (R10).
+    #[arg(long)]
+    pub leases: bool,
+    /// Delay synchronising with a new master until `shoal sync` (S2).
+    #[arg(long)]
+    pub delay_client: bool,
+    /// Fail reads at once with LOCKOUT while synchronising (S5).
+    #[arg(long)]
+    pub nowait: bool,
+    /// Never initialise this site from the master's database (S7).
+    #[arg(long)]
+    pub no_autoinit: bool,
+    /// Refuse to roll back commits (WOULD_ROLLBACK instead, P2).
+    #[arg(long)]
+    pub no_autorollback: bool,
+    /// Never hold elections.
+    #[arg(long)]
+    pub no_elections: bool,
+    /// Keep mastership without a majority (turn P3 off).
+    #[arg(long)]
+    pub no_step_down: bool,
+    /// Log segments kept before the latest checkpoint (default 2).
+    #[arg(long)]
+    pub log_retention_segments: Option<u32>,
+    /// Log segment size in bytes (16 MiB).
+    #[arg(long)]
+    pub segment_size: Option<u32>,
+    /// Log level filter (error, warn, info, debug, trace; default info).
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// Settings checked and combined.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Home directory.
+    pub home: PathBuf,
+    /// Listen address.
+    pub listen: String,
+    /// Advertised address.
+    pub advertise: String,
+    /// API address.
+    pub api: Option<String>,
+    /// Create a group.
+    pub create: bool,
+    /// Helpers to join through.
+    pub join: Vec<String>,
+    /// Group name.
+    pub group: String,
+    /// Default durability of API commits.
+    pub durability: Durability,
+    /// The replication configuration.
+    pub config: Config,
+    /// Log level.
+    pub log_level: String,
+}
+
+/// Parse an ack policy name.
+pub fn parse_ack(s: &str) -> Result<AckPolicy, String> {
+    Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
+        "all" => AckPolicy::All,
+        "all-available" => AckPolicy::AllAvailable,
+        "all-peers" => AckPolicy::AllPeers,
+        "none" => AckPolicy::None,
+        "one" => AckPolicy::One,
+        "one-peer" => AckPolicy::OnePeer,
+        "quorum" => AckPolicy::Quorum,
+        other => {
+            return Err(format!(
+                "unknown ack policy {other:?}: use all, all-available, all-peers, none, one, one-peer or quorum"
+            ))
+        }
+    })
+}
+
+/// Parse a durability name.
+pub fn parse_durability(s: &str) -> Result<Durability, String> {
+    Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
+        "sync" => Durability::Sync,
+        "write-no-sync" => Durability::WriteNoSync,
+        "no-sync" | "nosync" => Durability::NoSync,
+        other => {
+            return Err(format!(
+                "unknown durability {other:?}: use sync, write-no-sync or no-sync"
+            ))
+        }
+    })
+}
+
+fn check_address(what: &str, a: &str) -> Result<(), String> {
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "{what} {a:?} is not an address of the form HOST:PORT"
+        )),
+    }
+}
+
+impl NodeArgs {
+    /// Combine the flags with the TOML file (flags win) and check them.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
+                toml::from_str::<NodeArgs>(&text)
+                    .map_err(|e| format!("config file {}: {e}", p.display()))?
+            }
+            None => NodeArgs::default(),
+        };
+        let a = self;
+        let f = file;
+        let home = a
+            .home
+            .or(f.home)
+            .ok_or("--home DIR is required (the site's data directory)")?;
+        let listen = a
+            .listen
+            .or(f.listen)
+            .ok_or("--listen HOST:PORT is required (where other sites reach this one)")?;
+        check_address("--listen", &listen)?;
+        let advertise = a
+            .advertise
+            .or(f.advertise)
+            .unwrap_or_else(|| listen.clone());
+        check_address("--advertise", &advertise)?;
+        if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
+            return Err(format!(
+                "other sites cannot reach {advertise}: pass --advertise HOST:PORT with this machine's address"
+            ));
+        }
+        let api = a.api.or(f.api);
+        if let Some(x) = &api {
+            check_address("--api", x)?;
+        }
+        let mut join = a.join;
+        if join.is_empty() {
+            join = f.join;
+        }
+        for j in &join {
+            check_address("--join", j)?;
+        }
+        let create = a.create || f.create;
+        if create && !join.is_empty() {
+            return Err(
+                "--create and --join exclude each other: a site either starts a group or joins one"
+                    .into(),
+            );
+        }
+        let mut c = Config::default();
+        if let Some(p) = a.priority.or(f.priority) {
+            c.priority = p;
+        }
+        if let Some(x) = a.ack.or(f.ack) {
+            c.ack_policy = parse_ack(&x)?;
+        }
+        let durability = match a.sync.or(f.sync) {
+            Some(x) => parse_durability(&x)?,
+            None => Durability::Sync,
+        };
+        c.nsites = a.nsites.or(f.nsites);
+        c.nvotes = a.nvotes.or(f.nvotes);
+        let ms = Duration::from_millis;
+        let t = &mut c.timeouts;
+        let pairs: [(Option<u64>, Option<u64>, &mut Duration); 11] = [
+            (a.ack_timeout_ms, f.ack_timeout_ms, &mut t.ack),
+            (
+                a.election_timeout_ms,
+                f.election_timeout_ms,
+                &mut t.election,
+            ),
+            (
+                a.election_retry_ms,
+                f.election_retry_ms,
+                &mut t.election_retry,
+            ),
+            (a.full_election_ms, f.full_election_ms, &mut t.full_election),
+            (
+                a.connection_retry_ms,
+                f.connection_retry_ms,
+                &mut t.connection_retry,
+            ),
+            (
+                a.heartbeat_send_ms,
+                f.heartbeat_send_ms,
+                &mut t.heartbeat_send,
+            ),
+            (
+                a.heartbeat_monitor_ms,
+                f.heartbeat_monitor_ms,
+                &mut t.heartbeat_monitor,
+            ),
+            (
+                a.checkpoint_delay_ms,
+                f.checkpoint_delay_ms,
+                &mut t.checkpoint_delay,
+            ),
+            (a.lease_ms, f.lease_ms, &mut t.lease),
+            (a.rerequest_min_ms, f.rerequest_min_ms, &mut t.rerequest_min),
+            (a.rerequest_max_ms, f.rerequest_max_ms, &mut t.rerequest_max),
+        ];
+        for (x, y, slot) in pairs {
+            if let Some(v) = x.or(y) {
+                *slot = ms(v);
+            }
+        }
+        if let Some(b) = a.two_site_strict.or(f.two_site_strict) {
+            c.two_site_strict = b;
+        }
+        c.leases = a.leases || f.leases;
+        c.delay_client = a.delay_client || f.delay_client;
+        c.nowait = a.nowait || f.nowait;
+        c.autoinit = !(a.no_autoinit || f.no_autoinit);
+        c.autorollback = !(a.no_autorollback || f.no_autorollback);
+        c.elections = !(a.no_elections || f.no_elections);
+        c.step_down_without_majority = !(a.no_step_down || f.no_step_down);
+        if let Some(n) = a.log_retention_segments.or(f.log_retention_segments) {
+            c.log_retention_segments = Some(n);
+        }
+        if let Some(n) = a.segment_size.or(f.segment_size) {
+            c.limits.segment_size = n;
+        }
+        c.seed = seed();
+        c.validate()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        Ok(Settings {
+            home,
+            listen,
+            advertise,
+            api,
+            create,
+            join,
+            group: a.group.or(f.group).unwrap_or_else(|| "shoal".into()),
+            durability,
+            config: c,
+            log_level: a.log_level.or(f.log_level).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+/// A tie-breaker seed from the OS (hosts own randomness; the core takes it
+/// as an input).
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> NodeArgs {
+        NodeArgs {
+            home: Some("/tmp/x".into()),
+            listen: Some("127.0.0.1:7000".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn missing_and_bad_settings_are_refused_with_a_reason() {
+        let e = NodeArgs::default().resolve().unwrap_err();
+        assert!(e.contains("--home"), "{e}");
+        let e = NodeArgs {
+            listen: Some("nope".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("HOST:PORT"), "{e}");
+        let e = NodeArgs {
+            nsites: Some(3),
+            nvotes: Some(4),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("nvotes"), "{e}");
+        let e = NodeArgs {
+            ack: Some("most".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("ack policy"), "{e}");
+        let e = NodeArgs {
+            leases: true,
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("lease"), "{e}");
+    }
+
+    #[test]
+    fn the_file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shoal.toml");
+        std::fs::write(&p, "home = \"/data\"\nlisten = \"10.0.0.1:7000\"\npriority = 7\nheartbeat_monitor_ms = 500\ntwo_site_strict = false\n").unwrap();
+        let s = NodeArgs {
+            config: Some(p.clone()),
+            priority: Some(9),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.home, PathBuf::from("/data"));
+        assert_eq!(s.config.priority, 9);
+        assert_eq!(
+            s.config.timeouts.heartbeat_monitor,
+            Duration::from_millis(500)
+        );
+        assert!(!s.config.two_site_strict);
+        std::fs::write(&p, "hme = 1\n").unwrap();
+        let e = NodeArgs {
+            config: Some(p),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}
