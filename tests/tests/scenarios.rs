@@ -331,14 +331,20 @@ fn r3_atomic_multi_database_commit_and_read_your_writes() {
 // ----- R4: commit durability -----------------------------------------------------
 
 /// R4: after a crash a no-sync commit may be lost locally; a sync one never
-/// is. (A lone site: its crash is beyond what the group promises, so the
-/// checker does not count its commits as permanent.)
+/// is. (A lone site with ack policy NONE, so nothing waits for its flush;
+/// its crash is beyond what the group promises, so the checker does not
+/// count its commits as permanent. Under QUORUM the master would flush
+/// before calling the commit permanent.)
 #[test]
 fn r4_sync_commits_survive_a_crash_no_sync_ones_may_not() {
+    let cfg = Config {
+        ack_policy: AckPolicy::None,
+        ..Config::default()
+    };
     let mut sim = sim(
         "r4_sync_commits_survive_a_crash_no_sync_ones_may_not",
         1,
-        Config::default(),
+        cfg,
     );
     sim.start_group();
     let a = sim.write_with(0, "sync", "1", Durability::Sync);
@@ -1065,4 +1071,49 @@ fn r4_a_reordered_crash_leaves_no_hole_at_a_segment_switch() {
             "seed {seed}: a hole in the recovered log"
         );
     }
+}
+
+/// Regression (R4/R5): a QUORUM commit written without sync is not
+/// permanent while the master's copy is only in memory: a master crash
+/// loses that copy, and a majority without the one client that acked (here
+/// cut off) elects a winner without the commit. The master used to count
+/// itself among the holders at once, so such a commit was reported
+/// permanent and then lost.
+#[test]
+fn r5_quorum_counts_the_master_only_once_its_copy_is_durable() {
+    let mut cfg = Config::default();
+    cfg.timeouts.heartbeat_send = ms(50);
+    cfg.timeouts.heartbeat_monitor = ms(200);
+    cfg.timeouts.election = ms(300);
+    let mut c = SimConfig::new(
+        "scenarios",
+        "r5_quorum_counts_the_master_only_once_its_copy_is_durable",
+        3,
+    );
+    c.site = cfg; // elections on: the sites elect the next master
+    c.fsync_min = ms(20);
+    c.fsync_max = ms(20);
+    let mut sim = Sim::new(c);
+    sim.start_group();
+    // s1 does not get the commit; s2 does and acks it.
+    let mut lossy = sim.net_ref().default_link();
+    lossy.loss_ppm = 1_000_000;
+    sim.net().set_link(0, 1, lossy);
+    let o = sim.write_with(0, "c", "1", Durability::NoSync);
+    assert!(o.permanent);
+    assert!(
+        o.flushed,
+        "permanent with one ack only once durable on the master"
+    );
+    sim.crash(0, CrashMode::Clean);
+    sim.isolate(2);
+    sim.net().reset_links();
+    sim.restart(0, Start::Rejoin);
+    sim.run_until_true(ms(10_000), "s0 and s1 elect a master", |s| {
+        s.master().is_some_and(|m| m != 2)
+    });
+    let m = sim.master().unwrap();
+    sim.run_for(ms(500));
+    assert_eq!(sim.site(m).store().get("db", b"c"), Some(&b"1"[..]));
+    sim.converge(ms(20_000));
 }

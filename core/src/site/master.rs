@@ -8,6 +8,11 @@ use crate::config::Durability;
 use crate::log::{Checkpoint, MemberAction, Op, RecordError};
 use crate::wire::{JoinAnswer, JoinReq, JoinResult, LogEntry, Member as WireMember};
 
+/// Does `policy` count the master itself as one of the commit's holders?
+fn counts_master(policy: crate::config::AckPolicy, shape: &GroupShape) -> bool {
+    policy == crate::config::AckPolicy::Quorum && shape.master_electable
+}
+
 impl<S: Storage> Site<S> {
     pub(super) fn group_shape(&self) -> GroupShape {
         let me = self.meta.site;
@@ -74,9 +79,13 @@ impl<S: Storage> Site<S> {
             generation: entry.generation,
         };
         self.ship(entry, true);
-        let need = acks::need(self.cfg.ack_policy, &self.group_shape());
+        let shape = self.group_shape();
+        let need = acks::need(self.cfg.ack_policy, &shape);
         let sync = durability == Durability::Sync;
-        if sync {
+        // QUORUM counts the master among the holders, which it is only once
+        // the record is durable here: flush it even without sync (R5).
+        let counts_master = counts_master(self.cfg.ack_policy, &shape);
+        if sync || counts_master {
             self.ask_flush(entry.lsn);
         }
         self.commits.push_back(PendingCommit {
@@ -86,7 +95,7 @@ impl<S: Storage> Site<S> {
             deadline: self.now + self.cfg.timeouts.ack,
             acks: 0,
             needed: need.acks,
-            permanent: need.acks == 0,
+            permanent: need.acks == 0 && !counts_master,
             timed_out: need.impossible,
         });
         if need.impossible {
@@ -133,6 +142,7 @@ impl<S: Storage> Site<S> {
         let need = acks::need(self.cfg.ack_policy, &shape);
         let me = self.meta.site;
         let all_available = self.cfg.ack_policy == crate::config::AckPolicy::AllAvailable;
+        let counts_master = counts_master(self.cfg.ack_policy, &shape);
         // Acks cover every LSN up to the acked one, so once a commit falls
         // short, every later commit does too: stop there.
         for i in 0..self.commits.len() {
@@ -153,7 +163,10 @@ impl<S: Storage> Site<S> {
             let c = &mut self.commits[i];
             c.acks = acks;
             c.needed = need.acks;
-            if acks >= need.acks && !need.impossible {
+            // Until the record is durable here, the master is no holder: a
+            // crash would lose its copy, so one more ack stands in for it.
+            let volatile = counts_master && self.flushed < c.token.lsn;
+            if acks >= need.acks + u32::from(volatile) && !need.impossible {
                 c.permanent = true;
             } else {
                 break;
