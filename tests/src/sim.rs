@@ -1117,28 +1117,38 @@ impl Sim {
                 self.restart(i, Start::Rejoin);
             }
         }
-        if self.slots.iter().any(|s| s.cfg.elections) {
-            // The sites elect a master themselves.
-            self.run_until_true(bound, "a master is elected", |sim| sim.master().is_some());
-        } else if self.master().is_none() {
-            // Let restarted sites settle first, so the operator sees them.
-            self.run_for(ms(50));
-            if self.master().is_none() {
-                self.promote_best();
-            }
-        }
-        self.run_for(ms(100));
-        let m = self
-            .master()
-            .unwrap_or_else(|| self.fail("no single master"));
         let ops = [Op::Put {
             db: "barrier",
             key: b"barrier",
             value: b"1",
         }];
-        let id = self
-            .commit(m, &ops, Durability::Sync)
-            .unwrap_or_else(|e| self.fail(&format!("barrier commit refused: {e}")));
+        let elections = self.slots.iter().any(|s| s.cfg.elections);
+        let (m, id) = loop {
+            if elections {
+                // The sites elect a master themselves; a master may still
+                // step down (P3) before the group has settled.
+                let left = bound.saturating_sub(self.now.since(start));
+                self.run_until_true(left, "a master is elected", |sim| sim.master().is_some());
+            } else if self.master().is_none() {
+                // Let restarted sites settle first, so the operator sees them.
+                self.run_for(ms(50));
+                if self.master().is_none() {
+                    self.promote_best();
+                }
+            }
+            self.run_for(ms(100));
+            let Some(m) = self.master() else {
+                if elections && self.now.since(start) < bound {
+                    continue;
+                }
+                self.fail("no single master");
+            };
+            match self.commit(m, &ops, Durability::Sync) {
+                Ok(id) => break (m, id),
+                Err(e) if !elections => self.fail(&format!("barrier commit refused: {e}")),
+                Err(_) => {}
+            }
+        };
         let left = bound.saturating_sub(self.now.since(start));
         self.run_until_true(left, "every site converged", |sim| sim.converged());
         self.wait_commit(m, id, ms(5_000));
