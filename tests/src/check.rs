@@ -153,7 +153,9 @@ impl Checker {
             )
         };
         match sim.best_candidate() {
-            Some(b) => sim.is_up(i) && key(i) >= key(b),
+            Some(b) => {
+                sim.is_up(i) && sim.site(i).config().effective_priority() > 0 && key(i) >= key(b)
+            }
             None => false,
         }
     }

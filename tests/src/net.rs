@@ -138,6 +138,11 @@ impl SimNet {
         self.links.insert((from, to), link);
     }
 
+    /// Forget the per-link setting of `from -> to`.
+    pub fn clear_link(&mut self, from: usize, to: usize) {
+        self.links.remove(&(from, to));
+    }
+
     /// Forget every per-link setting.
     pub fn reset_links(&mut self) {
         self.links.clear();

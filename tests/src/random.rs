@@ -74,7 +74,7 @@ impl Default for RandomOpts {
 /// The configuration a seed picks: group size, site settings, network.
 pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimConfig {
     let mut r = Rng::fork(seed, 10);
-    let sites = *r.pick(&[2usize, 3, 3, 3, 4, 5, 5]).expect("nonempty");
+    let sites = *r.pick(&[2usize, 3, 3, 3, 4, 5, 5, 7]).expect("nonempty");
     let mut c = Config {
         elections: opts.elections,
         step_down_without_majority: opts.elections,
@@ -82,11 +82,21 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
         // past the archived segments with JOIN_FAILURE until internal
         // initialisation (S6) exists; keep the whole log.
         log_retention_segments: None,
-        ack_policy: if r.chance(800_000) {
-            AckPolicy::Quorum
-        } else {
-            AckPolicy::All
-        },
+        ack_policy: *r
+            .pick(&[
+                AckPolicy::Quorum,
+                AckPolicy::Quorum,
+                AckPolicy::Quorum,
+                AckPolicy::Quorum,
+                AckPolicy::Quorum,
+                AckPolicy::Quorum,
+                AckPolicy::All,
+                AckPolicy::AllPeers,
+                AckPolicy::AllAvailable,
+                AckPolicy::One,
+                AckPolicy::OnePeer,
+            ])
+            .expect("nonempty"),
         ..Config::default()
     };
     let t = &mut c.timeouts;
@@ -137,7 +147,11 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
         site: c,
         link,
         fsync_min: Duration::from_micros(100),
-        fsync_max: Duration::from_micros(r.range(200, 4000)),
+        fsync_max: Duration::from_micros(if r.chance(150_000) {
+            r.range(4000, 30_000)
+        } else {
+            r.range(200, 4000)
+        }),
         trace_tail: opts.trace_tail,
     }
 }
@@ -147,6 +161,7 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
 enum Later {
     Restart(usize),
     Promote,
+    Unmute(usize, usize),
 }
 
 /// One randomized run. Panics (with the seed and how to replay it) on any
@@ -161,6 +176,14 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         sites,
         ..Default::default()
     };
+    // Sometimes one client can never become master (priority 0).
+    if sites >= 3 && Rng::fork(seed, 11).chance(200_000) {
+        let unelectable = Config {
+            priority: 0,
+            ..sim.cfg.site
+        };
+        sim.set_site_config(sites - 1, unelectable);
+    }
     // The group forms over a reliable network; then the faults begin.
     sim.net().set_default(faulty.reliable());
     sim.start_group();
@@ -186,6 +209,7 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                         sim.restart(i, Start::Rejoin);
                     }
                 }
+                Later::Unmute(a, b) => sim.net().clear_link(a, b),
                 Later::Promote => {
                     if sim.master().is_none() && sim.best_candidate().is_some() {
                         sim.promote_best();
@@ -325,6 +349,18 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                     later.push((p, Later::Promote));
                 }
                 later.push((p + ms(r.range(10, 800)), Later::Restart(m)));
+            }
+            88..=90 => {
+                // A link goes silent one way; the connection stays up.
+                let a = r.below(n as u64) as usize;
+                let b = (a + 1 + r.below(n as u64 - 1) as usize) % n;
+                let mute = LinkConfig {
+                    loss_ppm: 1_000_000,
+                    ..faulty
+                };
+                sim.net().set_link(a, b, mute);
+                sim.note(&format!("NET mute s{a} -> s{b}"));
+                later.push((sim.now() + ms(r.range(20, 600)), Later::Unmute(a, b)));
             }
             _ => {}
         }

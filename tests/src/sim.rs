@@ -988,11 +988,13 @@ impl Sim {
     }
 
     /// The running site an election would pick: newest generation of data,
-    /// then highest LSN (lowest index on a tie). Only sites with an id.
+    /// then highest LSN (lowest index on a tie). Only electable sites
+    /// (priority above 0) with an id.
     pub fn best_candidate(&self) -> Option<usize> {
         self.up()
             .into_iter()
             .filter(|&i| self.site(i).id().0 != 0)
+            .filter(|&i| self.site(i).config().effective_priority() > 0)
             .max_by_key(|&i| {
                 let s = self.site(i);
                 let g = s.log_index().last().map_or(Generation(0), |e| e.generation);

@@ -1117,3 +1117,42 @@ fn r5_quorum_counts_the_master_only_once_its_copy_is_durable() {
     assert_eq!(sim.site(m).store().get("db", b"c"), Some(&b"1"[..]));
     sim.converge(ms(20_000));
 }
+
+/// Regression (R5/E2): under ALL every client holds a permanent commit,
+/// but the master's own copy of a no-sync commit was only in memory. After
+/// the master crashed, the one electable client was cut off, and the
+/// restarted master won with the vote of the priority-0 client (which
+/// holds the commit but may not win): the commit was rolled back. A commit
+/// is now permanent under ALL only once it is durable on the master too.
+#[test]
+fn r5_all_needs_the_masters_copy_durable_too() {
+    let mut cfg = Config {
+        ack_policy: AckPolicy::All,
+        ..Config::default()
+    };
+    cfg.timeouts.heartbeat_send = ms(50);
+    cfg.timeouts.heartbeat_monitor = ms(200);
+    cfg.timeouts.election = ms(300);
+    let mut c = SimConfig::new("scenarios", "r5_all_needs_the_masters_copy_durable_too", 3);
+    c.site = cfg; // elections on
+    c.fsync_min = ms(20);
+    c.fsync_max = ms(20);
+    let mut sim = Sim::new(c);
+    sim.set_site_config(2, Config { priority: 0, ..cfg });
+    sim.start_group();
+    let o = sim.write_with(0, "c", "1", Durability::NoSync);
+    assert!(o.permanent);
+    assert!(
+        o.flushed,
+        "permanent under ALL only once durable on the master"
+    );
+    sim.crash(0, CrashMode::Clean);
+    sim.isolate(1);
+    sim.restart(0, Start::Rejoin);
+    sim.run_until_true(ms(10_000), "s0 is elected with s2's vote", |s| {
+        s.master() == Some(0)
+    });
+    sim.run_for(ms(300));
+    assert_eq!(sim.site(0).store().get("db", b"c"), Some(&b"1"[..]));
+    sim.converge(ms(20_000));
+}

@@ -13,6 +13,16 @@ fn counts_master(policy: crate::config::AckPolicy, shape: &GroupShape) -> bool {
     policy == crate::config::AckPolicy::Quorum && shape.master_electable
 }
 
+/// Does `policy` promise that every client holds the commit (ALL,
+/// ALL_PEERS)? Then a restarted master must hold it too, or it could win an
+/// election without it: the commit is permanent only once durable here.
+fn needs_master_copy(policy: crate::config::AckPolicy) -> bool {
+    matches!(
+        policy,
+        crate::config::AckPolicy::All | crate::config::AckPolicy::AllPeers
+    )
+}
+
 impl<S: Storage> Site<S> {
     pub(super) fn group_shape(&self) -> GroupShape {
         let me = self.meta.site;
@@ -85,7 +95,8 @@ impl<S: Storage> Site<S> {
         // QUORUM counts the master among the holders, which it is only once
         // the record is durable here: flush it even without sync (R5).
         let counts_master = counts_master(self.cfg.ack_policy, &shape);
-        if sync || counts_master {
+        let needs_master_copy = needs_master_copy(self.cfg.ack_policy);
+        if sync || counts_master || needs_master_copy {
             self.ask_flush(entry.lsn);
         }
         self.commits.push_back(PendingCommit {
@@ -95,7 +106,7 @@ impl<S: Storage> Site<S> {
             deadline: self.now + self.cfg.timeouts.ack,
             acks: 0,
             needed: need.acks,
-            permanent: need.acks == 0 && !counts_master,
+            permanent: need.acks == 0 && !counts_master && !needs_master_copy,
             timed_out: need.impossible,
         });
         if need.impossible {
@@ -143,6 +154,7 @@ impl<S: Storage> Site<S> {
         let me = self.meta.site;
         let all_available = self.cfg.ack_policy == crate::config::AckPolicy::AllAvailable;
         let counts_master = counts_master(self.cfg.ack_policy, &shape);
+        let needs_master_copy = needs_master_copy(self.cfg.ack_policy);
         // Acks cover every LSN up to the acked one, so once a commit falls
         // short, every later commit does too: stop there.
         for i in 0..self.commits.len() {
@@ -164,9 +176,11 @@ impl<S: Storage> Site<S> {
             c.acks = acks;
             c.needed = need.acks;
             // Until the record is durable here, the master is no holder: a
-            // crash would lose its copy, so one more ack stands in for it.
-            let volatile = counts_master && self.flushed < c.token.lsn;
-            if acks >= need.acks + u32::from(volatile) && !need.impossible {
+            // crash would lose its copy. Under QUORUM one more ack stands in
+            // for it; under ALL / ALL_PEERS nothing does.
+            let volatile = self.flushed < c.token.lsn;
+            let extra = u32::from(counts_master && volatile);
+            if acks >= need.acks + extra && !(needs_master_copy && volatile) && !need.impossible {
                 c.permanent = true;
             } else {
                 break;
