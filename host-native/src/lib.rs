@@ -6,7 +6,10 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod bench;
+pub mod demo;
 pub mod node;
+pub mod procs;
 pub mod settings;
 pub mod storage;
 pub mod transport;

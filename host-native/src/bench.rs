@@ -1,0 +1,340 @@
+//! `shoal bench`: measure a real group of `shoal node` processes over
+//! loopback TCP with file storage, through the client API.
+//!
+//! Figures, each the median of `--reps` repetitions:
+//! - commits/s and latency p50/p99: `--writers` connections to the master
+//!   put `--count` records per repetition (16-byte keys, 100-byte values)
+//!   with the `--sync` durability under the `--ack` policy;
+//! - failover: the master is SIGKILLed; time until a new master answers a
+//!   write as permanent (the old master then restarts and catches up);
+//! - catch-up: a client is stopped (SIGTERM), `--catchup` records are
+//!   written, the client restarts; records/s from its restart until its
+//!   last LSN reaches the master's.
+
+use crate::procs::{self, parse_lsn, quantile, thousands, Cluster, Start};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// `shoal bench` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Sites in the group.
+    #[arg(long, default_value_t = 3)]
+    pub sites: usize,
+    /// Concurrent writers (API connections to the master).
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// Commits per repetition (all writers together).
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+    /// Ack policy: all, all-available, all-peers, none, one, one-peer, quorum.
+    #[arg(long, default_value = "quorum")]
+    pub ack: String,
+    /// Commit durability: sync, no-sync or write-no-sync.
+    #[arg(long, default_value = "sync", value_parser = ["sync", "no-sync", "write-no-sync"])]
+    pub sync: String,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Records a stopped client falls behind in the catch-up measurement.
+    #[arg(long, default_value_t = 100_000)]
+    pub catchup: usize,
+    /// Skip the failover measurement.
+    #[arg(long)]
+    pub no_failover: bool,
+    /// Skip the catch-up measurement.
+    #[arg(long)]
+    pub no_catchup: bool,
+    /// Print one JSON object with every figure.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs {
+            sites: 3,
+            writers: 1,
+            count: 10_000,
+            ack: "quorum".into(),
+            sync: "sync".into(),
+            reps: 3,
+            catchup: 100_000,
+            no_failover: false,
+            no_catchup: false,
+            json: false,
+        }
+    }
+}
+
+/// Node settings for the bench (besides `--ack`): heartbeats and quick
+/// timeouts as in the demo.
+pub const NODE_ARGS: &[&str] = &[
+    "--group",
+    "shoal-bench",
+    "--heartbeat-send-ms",
+    "100",
+    "--heartbeat-monitor-ms",
+    "500",
+    "--election-timeout-ms",
+    "1000",
+    "--election-retry-ms",
+    "1000",
+    "--connection-retry-ms",
+    "200",
+];
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Run the bench with this `shoal` binary.
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let bin = Cluster::current_binary()?;
+    run_with_binary(args, bin).await
+}
+
+/// Run the bench, starting nodes with `binary node ...`.
+pub async fn run_with_binary(args: BenchArgs, binary: impl Into<PathBuf>) -> Result<(), String> {
+    if args.sites == 0 || args.sites > 26 {
+        return Err(format!("--sites {} is out of range (1 to 26)", args.sites));
+    }
+    if args.writers == 0 || args.count == 0 || args.reps == 0 {
+        return Err("--writers, --count and --reps must be at least 1".into());
+    }
+    let mut common: Vec<String> = NODE_ARGS.iter().map(|s| s.to_string()).collect();
+    common.push("--ack".into());
+    common.push(args.ack.clone());
+    let cluster = Cluster::new(binary, args.sites, common.clone())
+        .map_err(|e| format!("cannot create the bench's temporary directory: {e}"))?;
+    let fut = bench(args, cluster, common);
+    tokio::select! {
+        r = fut => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted: every node was stopped".into()),
+    }
+}
+
+fn median_f(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{} us", us.round() as u64)
+    }
+}
+
+struct Say(bool);
+impl Say {
+    fn line(&self, s: impl AsRef<str>) {
+        if !self.0 {
+            println!("{}", s.as_ref());
+        }
+    }
+}
+
+async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Result<(), String> {
+    let say = Say(args.json);
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    say.line(format!(
+        "shoal bench: {} sites as `shoal node` processes on loopback TCP, file storage in {}",
+        args.sites,
+        cluster.dir().display()
+    ));
+    say.line(format!(
+        "  ack {}, {} commits, {} writer(s), {} commits per repetition, 16-byte keys, 100-byte values, {} repetitions (medians)",
+        args.ack, args.sync, args.writers, thousands(args.count as u64), args.reps
+    ));
+    say.line(format!(
+        "  {build} build, {cores} cores; node settings: {}",
+        common.join(" ")
+    ));
+    let t = Instant::now();
+    cluster.start_group(WAIT).await?;
+    say.line(format!("  group formed in {} ms", t.elapsed().as_millis()));
+    let mut master = 0usize;
+    let sync = Some(args.sync.clone());
+    let mut seq = 0usize;
+    let mut batch = |n: usize| -> Vec<(String, String)> {
+        let v = (seq..seq + n)
+            .map(|i| (format!("k{i:015}"), format!("{i:0100}")))
+            .collect();
+        seq += n;
+        v
+    };
+
+    // Warm-up (not measured).
+    let api = cluster.nodes[master].api.clone();
+    let w = procs::write_many(
+        &api,
+        batch(args.count.min(2_000)),
+        args.writers,
+        sync.clone(),
+        None,
+    )
+    .await;
+    if !w.failed.is_empty() {
+        return Err(format!("warm-up writes failed: {}", w.failed[0].2));
+    }
+
+    // Throughput and latency.
+    let mut rates = Vec::new();
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    let mut not_perm = 0usize;
+    for r in 0..args.reps {
+        let label = format!("rep {}: writing", r + 1);
+        let label = if args.json {
+            None
+        } else {
+            Some(label.as_str())
+        };
+        let mut w =
+            procs::write_many(&api, batch(args.count), args.writers, sync.clone(), label).await;
+        if !w.failed.is_empty() {
+            return Err(format!(
+                "{} writes failed, e.g. {}: {}",
+                w.failed.len(),
+                w.failed[0].0,
+                w.failed[0].2
+            ));
+        }
+        not_perm += w.not_permanent.len();
+        w.latencies_us.sort_unstable();
+        let rate = args.count as f64 / w.elapsed.as_secs_f64().max(1e-9);
+        let p50 = quantile(&w.latencies_us, 0.5) as f64;
+        let p99 = quantile(&w.latencies_us, 0.99) as f64;
+        say.line(format!(
+            "  rep {}: {} commits/s, p50 {}, p99 {}",
+            r + 1,
+            thousands(rate as u64),
+            fmt_us(p50),
+            fmt_us(p99)
+        ));
+        rates.push(rate);
+        p50s.push(p50);
+        p99s.push(p99);
+    }
+    let rate = median_f(&mut rates);
+    let p50 = median_f(&mut p50s);
+    let p99 = median_f(&mut p99s);
+    let all: Vec<usize> = (0..cluster.len()).collect();
+    procs::converge(&mut cluster, &all, WAIT).await?;
+
+    // Failover.
+    let mut failovers = Vec::new();
+    if !args.no_failover && args.sites >= 3 {
+        for r in 0..args.reps {
+            let live: Vec<usize> = all.iter().copied().filter(|&i| i != master).collect();
+            let t0 = Instant::now();
+            cluster.kill(master);
+            let (newm, at, _) =
+                procs::first_write(&cluster, &live, &format!("failover-{r}"), "x", WAIT).await?;
+            let ms = at.duration_since(t0).as_secs_f64() * 1000.0;
+            say.line(format!(
+                "  failover {}: {} killed, {} took a write {:.1} ms later",
+                r + 1,
+                cluster.nodes[master].name,
+                cluster.nodes[newm].name,
+                ms
+            ));
+            failovers.push(ms);
+            cluster.start(master, Start::Restart)?;
+            procs::converge(&mut cluster, &all, WAIT).await?;
+            master = newm;
+        }
+    }
+    let failover = median_f(&mut failovers);
+
+    // Catch-up.
+    let mut catchups = Vec::new();
+    if !args.no_catchup && args.sites >= 2 {
+        for r in 0..args.reps {
+            let c = (master + 1) % cluster.len();
+            cluster.stop(c, Duration::from_secs(10)).await;
+            let api = cluster.nodes[master].api.clone();
+            let label = format!("catch-up {}: writing", r + 1);
+            let label = if args.json {
+                None
+            } else {
+                Some(label.as_str())
+            };
+            let w = procs::write_many(&api, batch(args.catchup), 64, Some("no-sync".into()), label)
+                .await;
+            if !w.failed.is_empty() {
+                return Err(format!("catch-up writes failed: {}", w.failed[0].2));
+            }
+            let target = cluster.status(master).await?.last_lsn;
+            let goal = parse_lsn(&target)
+                .ok_or_else(|| format!("cannot read the master's LSN {target}"))?;
+            let t0 = Instant::now();
+            cluster.start(c, Start::Restart)?;
+            let st = cluster
+                .wait_status(c, WAIT, "it has the master's last LSN", |s| {
+                    !s.synchronizing && parse_lsn(&s.last_lsn).is_some_and(|l| l >= goal)
+                })
+                .await?;
+            let secs = t0.elapsed().as_secs_f64();
+            let rate = args.catchup as f64 / secs.max(1e-9);
+            say.line(format!(
+                "  catch-up {}: {} restarted {} records behind, at {} after {:.0} ms: {} records/s",
+                r + 1,
+                cluster.nodes[c].name,
+                thousands(args.catchup as u64),
+                st.last_lsn,
+                secs * 1000.0,
+                thousands(rate as u64)
+            ));
+            catchups.push(rate);
+            procs::converge(&mut cluster, &all, WAIT).await?;
+        }
+    }
+    let catchup = median_f(&mut catchups);
+
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "sites": args.sites, "writers": args.writers, "count": args.count,
+                "ack": args.ack, "sync": args.sync, "reps": args.reps, "build": build, "cores": cores,
+                "key_bytes": 16, "value_bytes": 100,
+                "commits_per_s": rate.round(), "p50_us": p50, "p99_us": p99,
+                "not_permanent": not_perm,
+                "failover_ms": if failovers.is_empty() { serde_json::Value::Null } else { json!(failover) },
+                "catchup_records": args.catchup,
+                "catchup_records_per_s": if catchups.is_empty() { serde_json::Value::Null } else { json!(catchup.round()) },
+            })
+        );
+    } else {
+        println!("results (median of {}):", args.reps);
+        println!("  commits/s      {}", thousands(rate as u64));
+        println!("  latency p50    {}", fmt_us(p50));
+        println!("  latency p99    {}", fmt_us(p99));
+        if not_perm > 0 {
+            println!("  not permanent  {not_perm} commits missed the ack policy");
+        }
+        if !failovers.is_empty() {
+            println!("  failover       {failover:.1} ms (master SIGKILLed -> new master answers a write)");
+        }
+        if !catchups.is_empty() {
+            println!(
+                "  catch-up       {} records/s ({} records behind, from restart to the master's last LSN)",
+                thousands(catchup as u64),
+                thousands(args.catchup as u64)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1063 @@
+//! `shoal demo`: a group of real `shoal node` processes on this machine
+//! plays the story of issue 5, step by step, checking as it goes.
+//!
+//! A creates the group and the others join; 5,000 writes with QUORUM
+//! acks; E is killed, the group writes on, E restarts and catches up; the
+//! master is killed with SIGKILL and a new one is elected; the old master
+//! comes back as a client; a partition isolates the master with one
+//! client, the isolated master steps down while the majority elects and
+//! goes on writing; the partition heals and every site converges.
+//!
+//! Every step prints what happened, what was checked, and a status table
+//! of the sites; `--json` prints one JSON object per step instead. The
+//! processes and their temporary directory are removed at the end, also on
+//! Ctrl-C (and if the demo itself dies, the kernel kills the nodes).
+
+use crate::api::Request;
+use crate::procs::{self, letter, thousands, Cluster, Start};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `shoal demo` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Number of sites in the group (3 to 26; the story is told for 5).
+    #[arg(long, default_value_t = 5)]
+    pub sites: usize,
+    /// Print one JSON object per step instead of the narration.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs {
+            sites: 5,
+            json: false,
+        }
+    }
+}
+
+/// Node settings for the demo: heartbeats so that a lost master is noticed
+/// in half a second and an isolated master steps down (P3), short
+/// election and connection timeouts so the story moves quickly.
+pub const NODE_ARGS: &[&str] = &[
+    "--group",
+    "shoal-demo",
+    "--ack",
+    "quorum",
+    "--heartbeat-send-ms",
+    "100",
+    "--heartbeat-monitor-ms",
+    "500",
+    "--election-timeout-ms",
+    "1000",
+    "--election-retry-ms",
+    "1000",
+    "--connection-retry-ms",
+    "200",
+];
+
+const FIRST_WRITES: usize = 5_000;
+const MORE_WRITES: usize = 1_000;
+const CONNS: usize = 8;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Run the demo with this `shoal` binary (the one running). `Ok(true)`
+/// when every check held.
+pub async fn run(args: DemoArgs) -> Result<bool, String> {
+    let bin = Cluster::current_binary()?;
+    run_with_binary(args, bin).await
+}
+
+/// Run the demo, starting nodes with `binary node ...` (tests pass the
+/// built `shoal`).
+pub async fn run_with_binary(args: DemoArgs, binary: impl Into<PathBuf>) -> Result<bool, String> {
+    if !(3..=26).contains(&args.sites) {
+        return Err(format!(
+            "--sites {} is out of range: the demo needs 3 to 26 sites (a partition must leave a majority)",
+            args.sites
+        ));
+    }
+    let common: Vec<String> = NODE_ARGS.iter().map(|s| s.to_string()).collect();
+    let cluster = Cluster::new(binary, args.sites, common)
+        .map_err(|e| format!("cannot create the demo's temporary directory: {e}"))?;
+    let mut demo = Demo {
+        cluster,
+        out: Narrator::new(args.json),
+        acked: Vec::new(),
+    };
+    let r = tokio::select! {
+        r = demo.story() => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted: stopping every node and removing the demo's files");
+            Err("interrupted".into())
+        }
+    };
+    if std::env::var_os("SHOAL_DEMO_KEEP").is_some() {
+        let dir = demo.cluster.keep_dir();
+        eprintln!("SHOAL_DEMO_KEEP: homes and logs kept in {}", dir.display());
+    }
+    r
+    // `demo` (and its Cluster) is dropped here: every node is killed and
+    // the temporary directory removed (unless SHOAL_DEMO_KEEP is set).
+}
+
+/// One check of a step.
+struct Check {
+    what: String,
+    ok: bool,
+}
+
+/// One step's record, for the summary.
+struct StepRecord {
+    n: usize,
+    title: String,
+    ms: u128,
+    checks: Vec<Check>,
+    figures: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Prints the story as it happens (or one JSON object per step).
+struct Narrator {
+    json: bool,
+    steps: Vec<StepRecord>,
+    events: Vec<String>,
+    started: Instant,
+}
+
+impl Narrator {
+    fn new(json: bool) -> Self {
+        Narrator {
+            json,
+            steps: Vec::new(),
+            events: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn begin(&mut self, title: &str) {
+        let n = self.steps.len() + 1;
+        if !self.json {
+            println!("\n== {n}. {title} ==");
+        }
+        self.steps.push(StepRecord {
+            n,
+            title: title.to_string(),
+            ms: 0,
+            checks: Vec::new(),
+            figures: serde_json::Map::new(),
+        });
+        self.events.clear();
+        self.started = Instant::now();
+    }
+
+    fn say(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        if !self.json {
+            println!("  {line}");
+        }
+        self.events.push(line);
+    }
+
+    fn check(&mut self, ok: bool, what: impl Into<String>) -> bool {
+        let what = what.into();
+        if !self.json {
+            println!("  [{}] {what}", if ok { "ok" } else { "FAILED" });
+        }
+        if let Some(s) = self.steps.last_mut() {
+            s.checks.push(Check { what, ok });
+        }
+        ok
+    }
+
+    fn figure(&mut self, name: &str, v: impl Into<serde_json::Value>) {
+        if let Some(s) = self.steps.last_mut() {
+            s.figures.insert(name.to_string(), v.into());
+        }
+    }
+
+    fn end(&mut self, table: &[Row]) {
+        let ms = self.started.elapsed().as_millis();
+        let Some(step) = self.steps.last_mut() else {
+            return;
+        };
+        step.ms = ms;
+        if self.json {
+            let obj = json!({
+                "step": step.n,
+                "title": step.title,
+                "ms": ms,
+                "ok": step.checks.iter().all(|c| c.ok),
+                "events": self.events,
+                "checks": step.checks.iter().map(|c| json!({"check": c.what, "ok": c.ok})).collect::<Vec<_>>(),
+                "figures": step.figures,
+                "sites": table.iter().map(Row::to_json).collect::<Vec<_>>(),
+            });
+            println!("{obj}");
+        } else {
+            print_table(table);
+        }
+    }
+
+    fn all_ok(&self) -> bool {
+        self.steps.iter().all(|s| s.checks.iter().all(|c| c.ok))
+    }
+
+    fn summary(&self) {
+        let total: usize = self.steps.iter().map(|s| s.checks.len()).sum();
+        let held: usize = self
+            .steps
+            .iter()
+            .map(|s| s.checks.iter().filter(|c| c.ok).count())
+            .sum();
+        if self.json {
+            println!(
+                "{}",
+                json!({
+                    "summary": true,
+                    "ok": self.all_ok(),
+                    "checks": total,
+                    "held": held,
+                    "steps": self.steps.iter().map(|s| json!({
+                        "step": s.n, "title": s.title, "ms": s.ms,
+                        "checks": s.checks.len(),
+                        "held": s.checks.iter().filter(|c| c.ok).count(),
+                    })).collect::<Vec<_>>(),
+                })
+            );
+            return;
+        }
+        println!("\n== summary ==");
+        let w = self
+            .steps
+            .iter()
+            .map(|s| s.title.len())
+            .max()
+            .unwrap_or(10)
+            .min(72);
+        println!("  {:>2}  {:<w$}  {:>8}  checks", "#", "step", "time");
+        for s in &self.steps {
+            let held = s.checks.iter().filter(|c| c.ok).count();
+            let mark = if held == s.checks.len() {
+                "ok"
+            } else {
+                "FAILED"
+            };
+            let title: String = s.title.chars().take(w).collect();
+            println!(
+                "  {:>2}  {:<w$}  {:>6} ms  {held}/{} {mark}",
+                s.n,
+                title,
+                thousands(s.ms as u64),
+                s.checks.len()
+            );
+        }
+        if held == total {
+            println!("\nevery check held ({held}/{total})");
+        } else {
+            println!("\n{} of {total} checks FAILED:", total - held);
+            for s in &self.steps {
+                for c in s.checks.iter().filter(|c| !c.ok) {
+                    println!("  step {}: {}", s.n, c.what);
+                }
+            }
+        }
+    }
+}
+
+/// One line of the status table.
+struct Row {
+    site: String,
+    id: Option<u32>,
+    role: String,
+    generation: Option<u32>,
+    last_lsn: String,
+    keys: Option<u64>,
+    digest: String,
+    peers: Vec<String>,
+}
+
+impl Row {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "site": self.site, "id": self.id, "role": self.role,
+            "generation": self.generation, "last_lsn": self.last_lsn,
+            "keys": self.keys, "digest": self.digest, "peers": self.peers,
+        })
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "  {:<4} {:>2}  {:<7} {:>3}  {:<16} {:>6}  {:<8}  peers",
+        "site", "id", "role", "gen", "last LSN", "keys", "digest"
+    );
+    for r in rows {
+        println!(
+            "  {:<4} {:>2}  {:<7} {:>3}  {:<16} {:>6}  {:<8}  {}",
+            r.site,
+            r.id.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+            r.role,
+            r.generation
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.last_lsn,
+            r.keys.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+            r.digest,
+            r.peers.join(" ")
+        );
+    }
+}
+
+struct Demo {
+    cluster: Cluster,
+    out: Narrator,
+    /// Every write answered ok and permanent, in order.
+    acked: Vec<(String, String)>,
+}
+
+impl Demo {
+    fn name(&self, i: usize) -> String {
+        self.cluster.nodes[i].name.clone()
+    }
+
+    fn names(&self, idxs: &[usize]) -> String {
+        let v: Vec<String> = idxs.iter().map(|&i| self.name(i)).collect();
+        match v.len() {
+            0 => String::new(),
+            1 => v[0].clone(),
+            _ => format!("{} and {}", v[..v.len() - 1].join(", "), v[v.len() - 1]),
+        }
+    }
+
+    async fn table(&mut self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for i in 0..self.cluster.len() {
+            let site = self.name(i);
+            let id = self.cluster.nodes[i].site_id;
+            if !self.cluster.is_running(i) {
+                rows.push(Row {
+                    site,
+                    id,
+                    role: "down".into(),
+                    generation: None,
+                    last_lsn: "-".into(),
+                    keys: None,
+                    digest: "-".into(),
+                    peers: Vec::new(),
+                });
+                continue;
+            }
+            match crate::api::call(
+                &self.cluster.nodes[i].api,
+                &Request::Status,
+                Duration::from_secs(2),
+            )
+            .await
+            {
+                Ok(crate::api::Response {
+                    status: Some(s), ..
+                }) => {
+                    self.cluster.nodes[i].site_id = Some(s.id);
+                    let peers = s
+                        .sites
+                        .iter()
+                        .filter(|x| x.id != s.id && x.connected && !x.blocked)
+                        .map(|x| {
+                            self.cluster
+                                .index_of(x.id)
+                                .map(letter)
+                                .unwrap_or_else(|| format!("#{}", x.id))
+                        })
+                        .collect();
+                    let role = if s.synchronizing {
+                        format!("{}*", s.role)
+                    } else {
+                        s.role.clone()
+                    };
+                    rows.push(Row {
+                        site,
+                        id: Some(s.id),
+                        role,
+                        generation: Some(s.generation),
+                        last_lsn: s.last_lsn.clone(),
+                        keys: Some(s.keys),
+                        digest: s.digest.chars().take(8).collect(),
+                        peers,
+                    });
+                }
+                Ok(r) => rows.push(Row {
+                    site,
+                    id,
+                    role: "error".into(),
+                    generation: None,
+                    last_lsn: r.error.unwrap_or_default(),
+                    keys: None,
+                    digest: "-".into(),
+                    peers: Vec::new(),
+                }),
+                Err(_) => rows.push(Row {
+                    site,
+                    id,
+                    role: "no-api".into(),
+                    generation: None,
+                    last_lsn: "-".into(),
+                    keys: None,
+                    digest: "-".into(),
+                    peers: Vec::new(),
+                }),
+            }
+        }
+        rows
+    }
+
+    async fn end_step(&mut self) {
+        let t = self.table().await;
+        self.out.end(&t);
+    }
+
+    /// A step could not go on: record why and end it.
+    async fn abort(&mut self, why: String) -> bool {
+        self.out.check(false, why);
+        self.end_step().await;
+        false
+    }
+
+    async fn story(&mut self) -> Result<bool, String> {
+        let n = self.cluster.len();
+        if !self.out.json {
+            println!(
+                "shoal demo: {n} sites (A-{}) as separate `shoal node` processes on loopback ports",
+                letter(n - 1)
+            );
+            println!("  homes and logs in {}", self.cluster.dir().display());
+            println!("  node settings: {}", NODE_ARGS.join(" "));
+        }
+        let mut p = Partition::default();
+        let finished = self.form_group().await
+            && self.first_writes().await
+            && self.kill_and_catch_up().await
+            && self.failover().await
+            && self.old_master_returns().await
+            && self.partition_with(&mut p).await
+            && self.heal_with(&p).await;
+        if !finished && !self.out.json {
+            println!("\nthe story stops here: the next steps need this one");
+        }
+        self.out.summary();
+        Ok(self.out.all_ok())
+    }
+
+    async fn form_group(&mut self) -> bool {
+        let n = self.cluster.len();
+        self.out.begin(&format!(
+            "{} creates the group; {} join",
+            letter(0),
+            self.names(&(1..n).collect::<Vec<_>>())
+        ));
+        let t = Instant::now();
+        let st = match self.cluster.create(WAIT).await {
+            Ok(s) => s,
+            Err(e) => {
+                return self
+                    .abort(format!("A could not create the group: {e}"))
+                    .await
+            }
+        };
+        self.out.say(format!(
+            "A created the group and is master (site {}, generation {}) after {} ms",
+            st.id,
+            st.generation,
+            t.elapsed().as_millis()
+        ));
+        for i in 1..n {
+            let t = Instant::now();
+            match self.cluster.join(i, 0, WAIT).await {
+                Ok(s) => {
+                    let ms = t.elapsed().as_millis();
+                    self.out.say(format!(
+                        "{} joined through A as site {} and is a synchronised client after {ms} ms",
+                        self.name(i),
+                        s.id
+                    ));
+                }
+                Err(e) => {
+                    return self
+                        .abort(format!("{} could not join: {e}", self.name(i)))
+                        .await
+                }
+            }
+        }
+        let all: Vec<usize> = (0..n).collect();
+        let ok = match procs::converge(&mut self.cluster, &all, WAIT).await {
+            Ok(sts) => {
+                let ids: Vec<u32> = sts.iter().map(|s| s.id).collect();
+                let distinct = {
+                    let mut v = ids.clone();
+                    v.sort();
+                    v.dedup();
+                    v.len() == n
+                };
+                let master = &sts[0];
+                let connected = master
+                    .sites
+                    .iter()
+                    .filter(|x| x.id != master.id && x.connected)
+                    .count();
+                self.out.check(
+                    sts[0].role == "master" && distinct,
+                    format!("A is master; {} sites with distinct ids {ids:?}", n),
+                ) && self.out.check(
+                    connected == n - 1 && master.nsites as usize == n,
+                    format!(
+                        "the master sees {connected}/{} clients connected; nsites = {}",
+                        n - 1,
+                        master.nsites
+                    ),
+                )
+            }
+            Err(e) => self.out.check(false, e),
+        };
+        self.end_step().await;
+        ok
+    }
+
+    /// The index of the running master, by asking the running nodes.
+    async fn master(&mut self) -> Option<usize> {
+        for i in self.cluster.running() {
+            if let Ok(s) = self.cluster.status(i).await {
+                if s.role == "master" {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    async fn write_keys(
+        &mut self,
+        master: usize,
+        from: usize,
+        count: usize,
+        label: &str,
+    ) -> procs::Writes {
+        let items: Vec<(String, String)> = (from..from + count)
+            .map(|k| (format!("key-{k:05}"), format!("value-{k:05}")))
+            .collect();
+        let api = self.cluster.nodes[master].api.clone();
+        let label = if self.out.json { None } else { Some(label) };
+        let w = procs::write_many(&api, items, CONNS, None, label).await;
+        self.acked.extend(w.permanent.iter().cloned());
+        w
+    }
+
+    fn report_writes(&mut self, w: &procs::Writes, count: usize, on: &str) -> bool {
+        let secs = w.elapsed.as_secs_f64().max(1e-9);
+        self.out.say(format!(
+            "{} writes on {on} over {CONNS} connections in {} ms ({} commits/s)",
+            thousands(count as u64),
+            w.elapsed.as_millis(),
+            thousands((count as f64 / secs) as u64)
+        ));
+        let mut l = w.latencies_us.clone();
+        l.sort_unstable();
+        self.out.say(format!(
+            "commit latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            procs::quantile(&l, 0.5) as f64 / 1000.0,
+            procs::quantile(&l, 0.99) as f64 / 1000.0,
+            l.last().copied().unwrap_or(0) as f64 / 1000.0
+        ));
+        if let Some((k, _, e)) = w.failed.first() {
+            self.out.say(format!("first refused write: {k}: {e}"));
+        }
+        self.out.check(
+            w.permanent.len() == count,
+            format!(
+                "{}/{} writes acknowledged as permanent under QUORUM ({} not permanent, {} refused)",
+                thousands(w.permanent.len() as u64),
+                thousands(count as u64),
+                w.not_permanent.len(),
+                w.failed.len()
+            ),
+        )
+    }
+
+    async fn first_writes(&mut self) -> bool {
+        self.out.begin(&format!(
+            "{} writes with QUORUM acks",
+            thousands(FIRST_WRITES as u64)
+        ));
+        let master = 0;
+        let w = self.write_keys(master, 0, FIRST_WRITES, "writing").await;
+        let mut ok = self.report_writes(&w, FIRST_WRITES, "A");
+        let all: Vec<usize> = (0..self.cluster.len()).collect();
+        let t = Instant::now();
+        match procs::converge(&mut self.cluster, &all, WAIT).await {
+            Ok(sts) => {
+                ok &= self.out.check(
+                    true,
+                    format!(
+                        "all {} sites at LSN {} with the same digest {} ({} ms after the last write)",
+                        all.len(),
+                        sts[0].last_lsn,
+                        short(&sts[0].digest),
+                        t.elapsed().as_millis()
+                    ),
+                );
+                ok &= self.out.check(
+                    sts.iter().all(|s| s.keys as usize == FIRST_WRITES),
+                    format!("every site holds {} keys", thousands(FIRST_WRITES as u64)),
+                );
+            }
+            Err(e) => ok &= self.out.check(false, e),
+        }
+        self.end_step().await;
+        ok
+    }
+
+    async fn kill_and_catch_up(&mut self) -> bool {
+        let n = self.cluster.len();
+        let e = n - 1;
+        let en = self.name(e);
+        self.out.begin(&format!(
+            "{en} is killed; the group writes {} more; {en} restarts and catches up",
+            thousands(MORE_WRITES as u64)
+        ));
+        let Some(master) = self.master().await else {
+            return self.abort("no master".into()).await;
+        };
+        self.cluster.kill(e);
+        self.out.say(format!("{en} killed with SIGKILL"));
+        let w = self
+            .write_keys(master, FIRST_WRITES, MORE_WRITES, "writing")
+            .await;
+        let mn = self.name(master);
+        let mut ok = self.report_writes(&w, MORE_WRITES, &format!("{mn} while {en} is down"));
+        let behind = match self.cluster.status(master).await {
+            Ok(s) => s.last_lsn,
+            Err(err) => return self.abort(err).await,
+        };
+        let t = Instant::now();
+        if let Err(err) = self.cluster.start(e, Start::Restart) {
+            return self.abort(err).await;
+        }
+        self.out.say(format!(
+            "{en} restarted on its home (master at LSN {behind})"
+        ));
+        match procs::converge(&mut self.cluster, &[master, e], WAIT).await {
+            Ok(sts) => {
+                let ms = t.elapsed().as_millis();
+                self.out.figure("catch_up_ms", ms as u64);
+                ok &= self.out.check(
+                    sts[1].digest == sts[0].digest && sts[1].last_lsn == sts[0].last_lsn,
+                    format!(
+                        "{en} caught up {} ms after restart: last LSN {} and digest {} equal the master's; {} keys",
+                        ms,
+                        sts[1].last_lsn,
+                        short(&sts[1].digest),
+                        thousands(sts[1].keys)
+                    ),
+                );
+            }
+            Err(err) => {
+                ok &= self
+                    .out
+                    .check(false, format!("{en} did not catch up: {err}"))
+            }
+        }
+        self.end_step().await;
+        ok
+    }
+
+    async fn failover(&mut self) -> bool {
+        let Some(old) = self.master().await else {
+            self.out
+                .begin("the master is killed with SIGKILL; a new master is elected");
+            return self.abort("no master".into()).await;
+        };
+        let on = self.name(old);
+        self.out.begin(&format!(
+            "the master {on} is killed with SIGKILL; a new master is elected"
+        ));
+        let old_gen = self
+            .cluster
+            .status(old)
+            .await
+            .map(|s| s.generation)
+            .unwrap_or(0);
+        let live: Vec<usize> = (0..self.cluster.len()).filter(|&i| i != old).collect();
+        let t0 = Instant::now();
+        self.cluster.kill(old);
+        self.out.say(format!("{on} killed with SIGKILL"));
+        let (newm, at, resp) = match procs::first_write(
+            &self.cluster,
+            &live,
+            "failover-probe",
+            "written by the new master",
+            WAIT,
+        )
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => return self.abort(e).await,
+        };
+        let ms = at.duration_since(t0).as_secs_f64() * 1000.0;
+        self.acked
+            .push(("failover-probe".into(), "written by the new master".into()));
+        self.out.figure("failover_ms", (ms * 10.0).round() / 10.0);
+        let nn = self.name(newm);
+        let generation = resp.commit.as_ref().map(|c| c.generation).unwrap_or(0);
+        let mut ok = self.out.check(
+            generation > old_gen,
+            format!("new master {nn} elected and its first write acknowledged {ms:.1} ms after {on} was killed (generation {old_gen} -> {generation})"),
+        );
+        match procs::converge(&mut self.cluster, &live, WAIT).await {
+            Ok(sts) => {
+                ok &= self.out.check(
+                    true,
+                    format!(
+                        "the {} live sites converged: LSN {}, digest {}",
+                        live.len(),
+                        sts[0].last_lsn,
+                        short(&sts[0].digest)
+                    ),
+                );
+            }
+            Err(e) => ok &= self.out.check(false, e),
+        }
+        ok &= self.verify(&live).await;
+        self.end_step().await;
+        ok
+    }
+
+    /// Read every acknowledged write back on each site of `idxs`.
+    async fn verify(&mut self, idxs: &[usize]) -> bool {
+        let expected = Arc::new(self.acked.clone());
+        let mut missing = Vec::new();
+        let t = Instant::now();
+        for &i in idxs {
+            let api = self.cluster.nodes[i].api.clone();
+            let label = format!("reading back on {}:", self.name(i));
+            let label = if self.out.json {
+                None
+            } else {
+                Some(label.as_str())
+            };
+            let (present, bad) = procs::count_present(&api, expected.clone(), CONNS, label).await;
+            if present != expected.len() {
+                missing.push(format!(
+                    "{}: {}/{} present (e.g. {})",
+                    self.name(i),
+                    present,
+                    expected.len(),
+                    bad.join("; ")
+                ));
+            }
+        }
+        let total = thousands(expected.len() as u64);
+        let ok = missing.is_empty();
+        self.out.check(
+            ok,
+            if ok {
+                format!(
+                    "{total}/{total} acknowledged writes present on all {} live sites ({} reads in {} ms)",
+                    idxs.len(),
+                    thousands((expected.len() * idxs.len()) as u64),
+                    t.elapsed().as_millis()
+                )
+            } else {
+                format!("acknowledged writes missing: {}", missing.join(" | "))
+            },
+        )
+    }
+
+    async fn old_master_returns(&mut self) -> bool {
+        let down: Vec<usize> = (0..self.cluster.len())
+            .filter(|&i| !self.cluster.is_running(i))
+            .collect();
+        let Some(&old) = down.first() else {
+            return true;
+        };
+        let on = self.name(old);
+        self.out
+            .begin(&format!("{on} restarts and rejoins as a client"));
+        let t = Instant::now();
+        if let Err(e) = self.cluster.start(old, Start::Restart) {
+            return self.abort(e).await;
+        }
+        let all: Vec<usize> = (0..self.cluster.len()).collect();
+        let ok = match procs::converge(&mut self.cluster, &all, WAIT).await {
+            Ok(sts) => {
+                let role = sts[old].role.clone();
+                self.out.check(
+                    role == "client",
+                    format!(
+                        "{on} is a client of the new master and caught up after {} ms; all {} sites at LSN {}, digest {}",
+                        t.elapsed().as_millis(),
+                        all.len(),
+                        sts[0].last_lsn,
+                        short(&sts[0].digest)
+                    ),
+                )
+            }
+            Err(e) => self.out.check(false, e),
+        };
+        self.end_step().await;
+        ok
+    }
+
+    async fn partition_with(&mut self, p: &mut Partition) -> bool {
+        let n = self.cluster.len();
+        let Some(m) = self.master().await else {
+            self.out.begin("a partition isolates the master");
+            return self.abort("no master".into()).await;
+        };
+        let majority = n / 2 + 1;
+        let minority = n - majority;
+        let mut small = vec![m];
+        let mut k = 1;
+        while small.len() < minority {
+            small.push((m + k) % n);
+            k += 1;
+        }
+        let big: Vec<usize> = (0..n).filter(|i| !small.contains(i)).collect();
+        let mn = self.name(m);
+        let title = if small.len() > 1 {
+            format!(
+                "a partition isolates the master {mn} with {}",
+                self.names(&small[1..])
+            )
+        } else {
+            format!("a partition isolates the master {mn}")
+        };
+        self.out.begin(&title);
+        let old_gen = self
+            .cluster
+            .status(m)
+            .await
+            .map(|s| s.generation)
+            .unwrap_or(0);
+        let t0 = Instant::now();
+        if let Err(e) = self.cluster.partition(&small, &big, true).await {
+            return self.abort(format!("cannot cut the links: {e}")).await;
+        }
+        self.out.say(format!(
+            "links cut between {{{}}} and {{{}}} (each side drops the other's traffic) in {} ms",
+            self.names(&small),
+            self.names(&big),
+            t0.elapsed().as_millis()
+        ));
+        p.small = small.clone();
+        p.big = big.clone();
+        // A write on the isolated master cannot reach a quorum.
+        // Three things at once: a write on the isolated master (it cannot
+        // reach a quorum), watching it step down, and probing the majority
+        // until its new master takes a write.
+        let api_m = self.cluster.nodes[m].api.clone();
+        let isolated_req = procs::put_req("isolated-write", "taken without a quorum");
+        let isolated = crate::api::call(&api_m, &isolated_req, Duration::from_secs(10));
+        let watch = async {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                match procs::status_at(&api_m).await {
+                    Ok(s) if s.role != "master" => break Some((t0.elapsed(), s.role)),
+                    _ => {}
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let probe = procs::first_write(
+            &self.cluster,
+            &big,
+            "partition-probe",
+            "written by the majority",
+            WAIT,
+        );
+        let (r, step_down, probed) = tokio::join!(isolated, watch, probe);
+        let mut ok = true;
+        match r {
+            Ok(r) if r.ok => {
+                let c = r.commit.clone().unwrap_or_else(|| crate::api::CommitInfo {
+                    lsn: String::new(),
+                    file: 0,
+                    offset: 0,
+                    generation: 0,
+                    permanent: false,
+                    acks: 0,
+                    needed: 0,
+                    flushed: false,
+                });
+                p.isolated_write = !c.permanent;
+                ok &= self.out.check(
+                    !c.permanent,
+                    format!(
+                        "a write on the isolated master {mn} was not acknowledged as permanent ({} of {} acks)",
+                        c.acks, c.needed
+                    ),
+                );
+            }
+            Ok(r) => self.out.say(format!(
+                "the isolated master {mn} refused a write: {}",
+                r.error.unwrap_or_default()
+            )),
+            Err(e) => self.out.say(format!(
+                "a write on the isolated master {mn} got no answer: {e}"
+            )),
+        }
+        match step_down {
+            Some((d, role)) => {
+                self.out.figure("step_down_ms", d.as_millis() as u64);
+                ok &= self.out.check(
+                    true,
+                    format!(
+                        "the isolated master {mn} stepped down (now {role}) {} ms after the cut: it could not reach a majority",
+                        d.as_millis()
+                    ),
+                );
+            }
+            None => {
+                ok &= self.out.check(
+                    false,
+                    format!("{mn} still claims to be master {WAIT:?} after the cut"),
+                )
+            }
+        }
+        match probed {
+            Ok((newm, at, resp)) => {
+                self.acked
+                    .push(("partition-probe".into(), "written by the majority".into()));
+                let ms = at.duration_since(t0).as_millis();
+                self.out.figure("majority_master_ms", ms as u64);
+                let generation = resp.commit.as_ref().map(|c| c.generation).unwrap_or(0);
+                p.master = Some(newm);
+                ok &= self.out.check(
+                    generation > old_gen,
+                    format!(
+                        "the majority {{{}}} elected {} (generation {generation}); its first write acknowledged {ms} ms after the cut",
+                        self.names(&big),
+                        self.name(newm)
+                    ),
+                );
+            }
+            Err(e) => {
+                return self
+                    .abort(format!("the majority did not elect a master: {e}"))
+                    .await;
+            }
+        }
+        let newm = p.master.expect("set above");
+        let w = self
+            .write_keys(newm, FIRST_WRITES + MORE_WRITES, MORE_WRITES, "writing")
+            .await;
+        let nn = self.name(newm);
+        ok &= self.report_writes(&w, MORE_WRITES, &format!("{nn} during the partition"));
+        // The minority has no master.
+        let mut masters = Vec::new();
+        for &i in &small {
+            if let Ok(s) = self.cluster.status(i).await {
+                if s.role == "master" {
+                    masters.push(self.name(i));
+                }
+            }
+        }
+        ok &= self.out.check(
+            masters.is_empty(),
+            if masters.is_empty() {
+                format!("no master on the minority side {{{}}}", self.names(&small))
+            } else {
+                format!("the minority has a master: {}", masters.join(", "))
+            },
+        );
+        self.end_step().await;
+        ok
+    }
+
+    async fn heal_with(&mut self, p: &Partition) -> bool {
+        self.out.begin("the partition heals; every site converges");
+        let t0 = Instant::now();
+        if let Err(e) = self.cluster.partition(&p.small, &p.big, false).await {
+            return self.abort(format!("cannot heal the links: {e}")).await;
+        }
+        self.out.say(format!(
+            "links between {{{}}} and {{{}}} restored",
+            self.names(&p.small),
+            self.names(&p.big)
+        ));
+        let all: Vec<usize> = (0..self.cluster.len()).collect();
+        let mut ok = match procs::converge(&mut self.cluster, &all, WAIT).await {
+            Ok(sts) => {
+                let m = sts.iter().position(|s| s.role == "master").unwrap_or(0);
+                self.out
+                    .figure("converge_ms", t0.elapsed().as_millis() as u64);
+                self.out.check(
+                    Some(m) == p.master,
+                    format!(
+                        "all {} sites converged {} ms after the heal: master {}, LSN {}, digest {}, {} keys",
+                        all.len(),
+                        t0.elapsed().as_millis(),
+                        self.name(m),
+                        sts[0].last_lsn,
+                        short(&sts[0].digest),
+                        thousands(sts[0].keys)
+                    ),
+                )
+            }
+            Err(e) => self.out.check(false, e),
+        };
+        let t = Instant::now();
+        ok &= match procs::wait_connected(&mut self.cluster, &all, Duration::from_secs(10)).await {
+            Ok(()) => self.out.check(
+                true,
+                format!(
+                    "every site is connected to every other again ({} ms later)",
+                    t.elapsed().as_millis()
+                ),
+            ),
+            Err(e) => self
+                .out
+                .check(false, format!("connections not restored: {e}")),
+        };
+        ok &= self.verify(&all).await;
+        if p.isolated_write {
+            let mut found = Vec::new();
+            for &i in &all {
+                match self.cluster.get(i, "isolated-write").await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => found.push(self.name(i)),
+                    Err(e) => found.push(format!("{} ({e})", self.name(i))),
+                }
+            }
+            ok &= self.out.check(
+                found.is_empty(),
+                if found.is_empty() {
+                    format!(
+                        "the write the isolated master took without a quorum was rolled back: absent on all {} sites",
+                        all.len()
+                    )
+                } else {
+                    format!("the unacknowledged isolated write is still present on {}", found.join(", "))
+                },
+            );
+        }
+        self.end_step().await;
+        ok
+    }
+}
+
+#[derive(Default)]
+struct Partition {
+    small: Vec<usize>,
+    big: Vec<usize>,
+    master: Option<usize>,
+    isolated_write: bool,
+}
+
+fn short(digest: &str) -> String {
+    digest.chars().take(8).collect()
+}
