@@ -1031,11 +1031,9 @@ fn r2_verify_answers_name_the_probe_they_answer() {
 /// one: the log has a hole at the segment switch (and a site positioned
 /// after it re-requests the missing records from the wrong place for
 /// ever; release seed 4524 of the first 10,000 random runs did that with
-/// an empty new segment). Syncing the old segment before the first record
-/// of a new one, or refusing a segment whose predecessor does not end
-/// where a switch could have happened, would close it.
+/// an empty new segment). The log writer now syncs the old segment before
+/// the first byte of a new one, which closes it.
 #[test]
-#[ignore = "engine: log recovery accepts a segment after a lost tail of the previous one"]
 fn r4_a_reordered_crash_leaves_no_hole_at_a_segment_switch() {
     let mut cfg = operator_mode(Config::default());
     cfg.limits = small_segments();

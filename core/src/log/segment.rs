@@ -131,6 +131,14 @@ impl LogWriter {
             .and_then(|n| lsn.offset.checked_add(n))
             .ok_or(LogError::Record(RecordError::BadLsn))?;
         if lsn.file != self.next.file || !self.open {
+            if self.open {
+                // Make the previous segment durable before the first byte
+                // of the next one is written: a crash can then never keep
+                // the start of segment n+1 and lose the tail of segment n,
+                // whatever order the file system writes files back in
+                // (recovery could not see such a hole). Once per segment.
+                s.sync().map_err(LogError::Storage)?;
+            }
             s.create_segment(lsn.file).map_err(LogError::Storage)?;
             let h = SegmentHeader { number: lsn.file }.encode();
             s.append(lsn.file, &h).map_err(LogError::Storage)?;
