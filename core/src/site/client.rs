@@ -444,8 +444,13 @@ impl<S: Storage> Site<S> {
             }
         }
         if self.monitor_deadline().is_some_and(|d| d <= now) {
-            // R9: the master went quiet: elect (E1).
+            // R9: the master went quiet: elect (E1). Until it is heard from
+            // again, count it as unreachable, so the election does not wait
+            // for its vote.
             self.monitor_fired = true;
+            if let Some(m) = self.master.and_then(|m| self.members.get_mut(m)) {
+                m.connected = false;
+            }
             self.master_lost();
         }
         if self.find_master_at.is_some_and(|t| t <= now) {

@@ -1130,18 +1130,29 @@ impl<S: Storage> Site<S> {
     }
 
     /// Whether the commit is applied here (Some(Ok)), gone (Some(Err)), or
-    /// not yet known (None).
+    /// not yet known (None). "Gone" is only said when this site's log is
+    /// authoritative for the token's generation: it is master, or a client
+    /// verified against a master at least that new. A site whose own log
+    /// has diverged may hold another record at that LSN today and the
+    /// commit tomorrow, once it has synchronised.
     fn token_state(&self, token: CommitToken) -> Option<Result<(), WaitError>> {
-        match self.index_of(token.lsn) {
-            Some(i) if self.index[i].generation == token.generation => Some(Ok(())),
-            Some(_) => Some(Err(WaitError::RolledBack)),
-            None if token.lsn <= self.writer.last_lsn()
-                && self.index.first().is_some_and(|e| e.lsn <= token.lsn) =>
-            {
-                Some(Err(WaitError::RolledBack))
-            }
-            None => None,
+        let here = self.index_of(token.lsn);
+        if here.is_some_and(|i| self.index[i].generation == token.generation) {
+            return Some(Ok(()));
         }
+        let authoritative = self.meta.generation >= token.generation
+            && match self.role {
+                Role::Master => true,
+                Role::Client => matches!(self.sync, SyncState::Ready | SyncState::CatchUp { .. }),
+                Role::Idle => false,
+            };
+        if !authoritative {
+            return None;
+        }
+        let covered = here.is_some()
+            || (token.lsn <= self.writer.last_lsn()
+                && self.index.first().is_some_and(|e| e.lsn <= token.lsn));
+        covered.then_some(Err(WaitError::RolledBack))
     }
 
     fn check_waiters(&mut self) {
@@ -1180,9 +1191,24 @@ impl<S: Storage> Site<S> {
         if env.from == self.meta.site && env.from.0 != 0 {
             return Ok(());
         }
-        let known = self.members.get(env.from).is_some();
+        // A site whose log (and so membership) is stale may not know the
+        // current master: accept a master of a newer generation, and the
+        // master it follows, until the log brings the membership up to date.
+        let newer_master = env.generation > self.meta.generation
+            && matches!(
+                msg,
+                Message::NewMaster | Message::Heartbeat | Message::Log(_) | Message::BulkLog(_)
+            );
+        let known =
+            self.members.get(env.from).is_some() || self.master == Some(env.from) || newer_master;
         if let Some(m) = self.members.get_mut(env.from) {
             m.last_heard = now;
+        }
+        if self.monitor_fired && self.master.is_none() {
+            // A site presumed silent that speaks again is reachable.
+            if let Some(m) = self.members.get_mut(env.from) {
+                m.connected = true;
+            }
         }
         let r = match &msg {
             Message::JoinReq(j) => {
