@@ -361,6 +361,48 @@ impl Sim {
         }
     }
 
+    /// R3: a `txn_applied` answer agrees with the site's log: applied means
+    /// the commit is there; rolled back means it is not, and was not
+    /// permanent.
+    pub(crate) fn check_txn_answer(
+        &mut self,
+        i: usize,
+        token: shoal_core::CommitToken,
+        result: Result<(), shoal_core::site::WaitError>,
+    ) {
+        let Some(site) = self.slots[i].site.as_ref() else {
+            return;
+        };
+        let held = has_record(site.log_index(), token.lsn, token.generation);
+        let archived = site.log_index().first().is_some_and(|f| token.lsn < f.lsn);
+        match result {
+            Ok(()) if !held => self.fail(&format!(
+                "s{i} answered txn_applied for {:?} of generation {} but its log lacks it",
+                token.lsn, token.generation.0
+            )),
+            Err(shoal_core::site::WaitError::RolledBack) => {
+                if self.check.promises
+                    && self
+                        .check
+                        .permanent
+                        .contains_key(&(token.lsn, token.generation))
+                {
+                    self.fail(&format!(
+                        "s{i} answered txn_applied for permanent commit {:?} of generation {}: rolled back",
+                        token.lsn, token.generation.0
+                    ));
+                }
+                if held && !archived {
+                    self.fail(&format!(
+                        "s{i} said {:?} of generation {} was rolled back but holds it",
+                        token.lsn, token.generation.0
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Register a commit answered permanent.
     pub(crate) fn check_commit_answer(&mut self, i: usize, o: &CommitOutcome) {
         if self.check.track && o.permanent && self.check.promises {

@@ -283,9 +283,7 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                     .collect();
                 if let (Some(&c), Some(&t)) = (r.pick(&clients), r.pick(&tokens)) {
                     let timeout = ms(r.range(10, 300));
-                    sim.act(c, "txn_applied (random)", |s, now| {
-                        s.txn_applied(now, t, timeout)
-                    });
+                    sim.start_txn_applied(c, t, timeout);
                 }
             }
             65..=74 => {

@@ -155,6 +155,9 @@ pub struct Sim {
     rng: Rng,
     pub(crate) trace: Trace,
     pub(crate) check: Checker,
+    /// txn_applied calls waiting for their answer: (site, incarnation,
+    /// request) -> token.
+    waits: BTreeMap<(usize, u32, RequestId), CommitToken>,
     conn_dirty: bool,
     conn_epoch: u64,
     in_conn_sync: bool,
@@ -213,6 +216,7 @@ impl Sim {
             slots,
             trace,
             check,
+            waits: BTreeMap::new(),
             conn_dirty: true,
             conn_epoch: 0,
             in_conn_sync: false,
@@ -277,6 +281,12 @@ impl Sim {
             self.fail(&format!("site s{i} is down"));
         }
         self.slots[i].site.as_mut().expect("up")
+    }
+
+    /// The disk of site `i` while it is down (a scenario may shape what a
+    /// crash left on it).
+    pub fn disk_mut(&mut self, i: usize) -> Option<&mut SimDisk> {
+        self.slots[i].disk.as_mut()
     }
 
     /// Is site `i` running?
@@ -492,6 +502,12 @@ impl Sim {
                 Output::Answer(a) => {
                     if let Answer::Commit { result: Ok(o), .. } = &a {
                         self.check_commit_answer(i, o);
+                    }
+                    if let Answer::TxnApplied { id, result } = &a {
+                        let key = (i, self.slots[i].inc, *id);
+                        if let Some(token) = self.waits.remove(&key) {
+                            self.check_txn_answer(i, token, *result);
+                        }
                     }
                     let inc = self.slots[i].inc;
                     self.slots[i].answers.push((self.now, inc, a.clone()));
@@ -804,11 +820,7 @@ impl Sim {
         token: CommitToken,
         timeout: Duration,
     ) -> Result<(), WaitError> {
-        let what = format!(
-            "txn_applied {:?} g{} within {timeout:?}",
-            token.lsn, token.generation.0
-        );
-        let id = self.act(i, &what, |s, now| s.txn_applied(now, token, timeout));
+        let id = self.start_txn_applied(i, token, timeout);
         let inc = self.slots[i].inc;
         let find = |sim: &Sim| {
             sim.slots[i].answers.iter().find_map(|(_, n, a)| match a {
@@ -820,6 +832,33 @@ impl Sim {
             find(sim).is_some()
         });
         find(self).expect("answered")
+    }
+
+    /// Call `txn_applied` on site `i` without waiting; its answer, whenever
+    /// it comes, is checked against the site's log.
+    pub fn start_txn_applied(
+        &mut self,
+        i: usize,
+        token: CommitToken,
+        timeout: Duration,
+    ) -> RequestId {
+        let what = format!(
+            "txn_applied {:?} g{} within {timeout:?}",
+            token.lsn, token.generation.0
+        );
+        let id = self.act(i, &what, |s, now| s.txn_applied(now, token, timeout));
+        let inc = self.slots[i].inc;
+        let early = self.slots[i].answers.iter().find_map(|(_, n, a)| match a {
+            Answer::TxnApplied { id: x, result } if *x == id && *n == inc => Some(*result),
+            _ => None,
+        });
+        match early {
+            Some(result) => self.check_txn_answer(i, token, result),
+            None => {
+                self.waits.insert((i, inc, id), token);
+            }
+        }
+        id
     }
 
     /// The machine of site `i` loses power: the site is dropped and its

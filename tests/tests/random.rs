@@ -84,7 +84,9 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
     if !failed.is_empty() {
         let mut msg = format!("{} of {} seeds failed:\n", failed.len(), seeds.len());
         for (seed, text) in failed.iter().take(5) {
-            msg.push_str(&format!("--- seed {seed}:\n{text}\n"));
+            msg.push_str(&format!(
+                "--- seed {seed} (replay: SHOAL_SEED={seed} cargo test -p shoal-tests --test random {name} -- --nocapture):\n{text}\n"
+            ));
         }
         let list: Vec<String> = failed.iter().map(|f| f.0.to_string()).collect();
         msg.push_str(&format!("failing seeds: {}\n", list.join(" ")));
@@ -134,9 +136,10 @@ fn random_seeds_with_elections() {
 /// One seed run twice gives byte-identical traces (B3).
 #[test]
 fn a_seed_replays_byte_for_byte() {
-    for seed in [3u64, 77] {
+    for (seed, elections) in [(3u64, false), (77, false), (5, true)] {
         let opts = RandomOpts {
             trace_tail: None,
+            elections,
             ..RandomOpts::default()
         };
         let (a, _) = run_seed(seed, "random", "a_seed_replays_byte_for_byte", opts);

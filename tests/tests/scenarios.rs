@@ -1154,3 +1154,40 @@ fn r5_all_needs_the_masters_copy_durable_too() {
     assert_eq!(sim.site(0).store().get("db", b"c"), Some(&b"1"[..]));
     sim.converge(ms(20_000));
 }
+
+/// Regression (R1/R7): a site whose disk kept only the start of the group's
+/// log knows only the members written there. After the master changed to
+/// a site it does not know, it used to drop everything the new master
+/// sent (unknown site) and ask only the members it knew, none of them
+/// master: it never found the master again. A site now accepts the traffic
+/// of a master of a newer generation, and catches up the membership with
+/// the log.
+#[test]
+fn r1_a_site_with_a_stale_membership_finds_a_new_master() {
+    let name = "r1_a_site_with_a_stale_membership_finds_a_new_master";
+    let mut sim = sim(name, 3, Config::default());
+    sim.start_group();
+    sim.write(0, "a", "1");
+    sim.crash(2, CrashMode::Clean);
+    // What reached s2's disk: the first two records (the new generation and
+    // site 1's membership).
+    let second = sim.site(0).log_index()[1];
+    assert_eq!(second.kind, shoal_core::log::RecordKind::Membership);
+    {
+        use shoal_core::traits::Storage;
+        let disk = sim.disk_mut(2).unwrap();
+        disk.truncate(second.lsn.file, second.end().offset as u64)
+            .unwrap();
+        disk.sync().unwrap();
+    }
+    sim.crash(0, CrashMode::Clean);
+    let m = sim.promote_best();
+    assert_eq!(m, 1);
+    sim.write(1, "b", "2");
+    sim.restart(2, Start::Rejoin);
+    assert_eq!(sim.site(2).members().len(), 1, "s2 knows only site 1");
+    sim.restart(0, Start::Rejoin);
+    sim.run_until_true(ms(10_000), "s2 follows the new master", |s| s.converged());
+    assert_eq!(sim.site(2).members().len(), 3);
+    assert_eq!(sim.site(2).store().get("db", b"b"), Some(&b"2"[..]));
+}
