@@ -280,3 +280,38 @@ fn p3_minority_master_steps_down() {
         assert_eq!(net.site(i).store().digest(), digest, "site {i} converged");
     }
 }
+
+/// A rollback rebuilds the membership from the log; what the site knows of
+/// its links must survive it (a healed partition's sites stay connected).
+#[test]
+fn p2_rollback_keeps_connection_state() {
+    let mut c = cfgs(2);
+    for x in c.iter_mut() {
+        x.two_site_strict = false;
+    }
+    let mut net = Net::group(c);
+    net.commit(0, "base", "1");
+    net.partition(&[0]);
+    net.advance(Duration::from_secs(3));
+    net.try_commit(0, "zero", "y", Duration::from_millis(1500));
+    net.try_commit(1, "one", "x", Duration::from_millis(1500));
+    net.heal();
+    net.advance(Duration::from_secs(5));
+    let loser = if net.site(0).role() == Role::Master {
+        1
+    } else {
+        0
+    };
+    assert!(net
+        .events_of(loser)
+        .iter()
+        .any(|e| matches!(e, Event::Rollback(_))));
+    let other = net.site(1 - loser).id();
+    assert!(
+        net.site(loser)
+            .members()
+            .get(other)
+            .is_some_and(|m| m.connected),
+        "the site that rolled back still knows its link to the master is up"
+    );
+}

@@ -365,6 +365,16 @@ impl<S: Storage> Site<S> {
         if !site.index.is_empty() && !site.has_full_history() && site.snapshot_lsn.is_zero() {
             return Err(OpenError::NoBase);
         }
+        // A crash just after a new segment was started can leave it with no
+        // record: the log ends in the previous segment, and continues right
+        // after its last record (where the master's next one may fit).
+        if let Some(e) = site.index.last().copied() {
+            if site.writer.next_lsn().file > e.lsn.file {
+                site.writer
+                    .truncate(&mut site.storage, e.end(), e.lsn, e.generation)
+                    .map_err(OpenError::Log)?;
+            }
+        }
         Ok(site)
     }
 
@@ -901,7 +911,21 @@ impl<S: Storage> Site<S> {
             None
         };
         let had_full_history = self.has_full_history();
+        // The rebuild recreates the membership from the log; what this site
+        // observed of each member (connection, last heard, acks) carries on.
+        let observed: Vec<(SiteId, bool, Instant, Lsn)> = self
+            .members
+            .iter()
+            .map(|m| (m.id, m.connected, m.last_heard, m.acked))
+            .collect();
         let _ = self.rebuild(keep_first, base);
+        for (id, connected, last_heard, acked) in observed {
+            if let Some(m) = self.members.get_mut(id) {
+                m.connected = connected;
+                m.last_heard = last_heard;
+                m.acked = acked.min(prev);
+            }
+        }
         if self.snapshot_lsn.is_zero() && !had_full_history {
             // The rollback went below the snapshot and the log before it
             // is gone: nothing to rebuild the store from.
