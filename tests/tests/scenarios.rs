@@ -1191,3 +1191,54 @@ fn r1_a_site_with_a_stale_membership_finds_a_new_master() {
     assert_eq!(sim.site(2).members().len(), 3);
     assert_eq!(sim.site(2).store().get("db", b"b"), Some(&b"2"[..]));
 }
+
+/// Regression (R2/R4): a crash right after the log opened a new segment can
+/// leave that segment with its header and no record. The restarted site's
+/// log ends in the previous segment, but it used to continue (and ask the
+/// master for records) from the start of the empty one; the new master's
+/// next record lay in the previous segment, so it could neither fetch nor
+/// append it and never caught up.
+#[test]
+fn r2_a_restart_after_an_empty_new_segment_continues_after_the_last_record() {
+    let cfg = Config {
+        limits: small_segments(),
+        ..Config::default()
+    };
+    let name = "r2_a_restart_after_an_empty_new_segment_continues_after_the_last_record";
+    let mut sim = sim(name, 3, cfg);
+    sim.start_group();
+    let end = |sim: &Sim| sim.site(0).log_index().last().unwrap().end();
+    let before = end(&sim);
+    sim.write(0, "fill", "");
+    let overhead = end(&sim).offset - before.offset;
+    loop {
+        let left = 2048 - end(&sim).offset;
+        if (150..=250).contains(&left) {
+            break;
+        }
+        assert!(left > 250, "overshot: {left} left");
+        let v = (left - 200).saturating_sub(overhead).min(400) as usize;
+        assert!(sim.write(0, "fill", &"f".repeat(v)).permanent);
+    }
+    sim.run_for(ms(50));
+    sim.crash(0, CrashMode::Clean);
+    // What the crash left: segment 2 created, its header written, no record.
+    {
+        use shoal_core::traits::Storage;
+        let disk = sim.disk_mut(0).unwrap();
+        disk.create_segment(2).unwrap();
+        disk.append(2, &shoal_core::log::SegmentHeader { number: 2 }.encode())
+            .unwrap();
+        disk.sync().unwrap();
+    }
+    let m = sim.promote_best();
+    sim.write(m, "new", "1");
+    assert_eq!(
+        sim.site(m).last_lsn().file,
+        1,
+        "the new master's records fit"
+    );
+    sim.restart(0, Start::Rejoin);
+    sim.run_until_true(ms(5000), "the old master catches up", |s| s.converged());
+    assert_eq!(sim.site(0).store().get("db", b"new"), Some(&b"1"[..]));
+}
