@@ -1242,3 +1242,43 @@ fn r2_a_restart_after_an_empty_new_segment_continues_after_the_last_record() {
     sim.run_until_true(ms(5000), "the old master catches up", |s| s.converged());
     assert_eq!(sim.site(0).store().get("db", b"new"), Some(&b"1"[..]));
 }
+
+/// Regression (R7/E1): a member that lost its whole log (it knows its id,
+/// from its metadata, but no member) restarts by joining through a helper.
+/// When no master exists the helper can only say "not master"; the site
+/// used to wait for a master for ever, and in a 2-site group (whose
+/// election needs both votes) none could ever be elected. A known member
+/// now takes the membership from the helper's answer and starts as a
+/// client, so it can vote.
+#[test]
+fn r7_a_member_that_lost_its_log_rejoins_without_a_master() {
+    let mut cfg = Config::default();
+    cfg.timeouts.heartbeat_send = ms(50);
+    cfg.timeouts.heartbeat_monitor = ms(200);
+    cfg.timeouts.election = ms(300);
+    let mut c = SimConfig::new(
+        "scenarios",
+        "r7_a_member_that_lost_its_log_rejoins_without_a_master",
+        2,
+    );
+    c.site = cfg; // elections on
+    let mut sim = Sim::new(c);
+    sim.start_group();
+    sim.write(0, "a", "1");
+    sim.crash(0, CrashMode::Clean);
+    {
+        use shoal_core::traits::Storage;
+        let disk = sim.disk_mut(0).unwrap();
+        for seg in disk.segments().unwrap() {
+            disk.remove_segment(seg).unwrap();
+        }
+        disk.sync().unwrap();
+    }
+    sim.restart(0, Start::Rejoin);
+    assert_eq!(sim.site(0).id(), SiteId(1));
+    sim.run_until_true(ms(10_000), "s1 is elected with s0's vote", |s| {
+        s.master() == Some(1)
+    });
+    sim.converge(ms(20_000));
+    assert_eq!(sim.site(0).store().get("db", b"a"), Some(&b"1"[..]));
+}

@@ -1432,6 +1432,31 @@ impl<S: Storage> Site<S> {
                     self.send_join();
                 }
             }
+            // No master anywhere. A member that lost its log (it knows its
+            // id but no member) takes the membership from the answer and
+            // starts as a client, so it can vote in the election that
+            // brings a master back (in a 2-site group, none can win
+            // without it).
+            crate::wire::JoinResult::NotMaster(None)
+                if self.meta.site.0 != 0
+                    && self.members.is_empty()
+                    && a.members.iter().any(|m| m.site == self.meta.site) =>
+            {
+                self.joining = None;
+                for m in &a.members {
+                    self.members.apply(&Membership {
+                        action: crate::log::MemberAction::Add,
+                        site: m.site,
+                        address: m.address,
+                        flags: m.flags,
+                    });
+                }
+                self.answer(Answer::Join {
+                    result: Ok(self.meta.site),
+                });
+                let now = self.now;
+                self.rep_start_client(now);
+            }
             crate::wire::JoinResult::NotMaster(None) | crate::wire::JoinResult::Unavailable => {}
             crate::wire::JoinResult::GroupFull => {
                 self.joining = None;
