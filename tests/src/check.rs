@@ -161,8 +161,20 @@ impl Checker {
     }
 
     fn holds_all(&self, site: &Site<crate::disk::SimDisk>) -> Option<(Lsn, Generation)> {
+        self.holds_all_up_to(site, Generation(u32::MAX))
+    }
+
+    /// The first permanent commit of a generation up to `upto` the site
+    /// lacks. (A master of an older generation, cut off before it learned
+    /// of a newer one, cannot hold that one's commits.)
+    fn holds_all_up_to(
+        &self,
+        site: &Site<crate::disk::SimDisk>,
+        upto: Generation,
+    ) -> Option<(Lsn, Generation)> {
         self.permanent
             .keys()
+            .filter(|(_, g)| *g <= upto)
             .find(|(lsn, g)| !has_record(site.log_index(), *lsn, *g))
             .copied()
     }
@@ -320,7 +332,7 @@ impl Sim {
         }
         // (c) A master holds every permanent commit.
         if role == Role::Master && (!was_master || !append_only) && self.check.promises {
-            if let Some((lsn, g)) = self.check.holds_all(self.site(i)) {
+            if let Some((lsn, g)) = self.check.holds_all_up_to(self.site(i), generation) {
                 self.fail(&format!(
                     "master s{i} (generation {}) lacks permanent commit {lsn:?} of generation {}",
                     generation.0, g.0

@@ -401,7 +401,7 @@ impl Sim {
         for (i, slot) in self.slots.iter().enumerate() {
             match &slot.site {
                 Some(site) => s.push_str(&format!(
-                    "  s{i} id {} {:?} master {:?} gen {} last {:?} flushed {:?} records {} digest {:08x}{}\n",
+                    "  s{i} id {} {:?} master {:?} gen {} last {:?} flushed {:?} records {} members {} digest {:08x}{}\n",
                     site.id().0,
                     site.role(),
                     site.master().map(|m| m.0),
@@ -409,6 +409,7 @@ impl Sim {
                     site.last_lsn(),
                     site.flushed_lsn(),
                     site.log_index().len(),
+                    site.members().len(),
                     site.store().digest(),
                     if site.is_synchronizing() { " (synchronizing)" } else { "" }
                 )),

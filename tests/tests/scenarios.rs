@@ -1024,11 +1024,11 @@ fn r2_verify_answers_name_the_probe_they_answer() {
     assert_eq!(sim.site(0).store().get("db", b"after"), Some(&b"1"[..]));
 }
 
-/// Known engine limitation (log recovery, outside core/src/site): on a file
-/// system that orders nothing across files, a crash can keep the start of
-/// a new segment while the unsynced tail of the previous one is lost.
-/// Recovery then accepts the new segment's records after the shortened
-/// one: the log has a hole at the segment switch (and a site positioned
+/// Regression (R4, log writer; fixed in 634790b): on a file system that
+/// orders nothing across files, a crash could keep the start of a new
+/// segment while the unsynced tail of the previous one was lost. Recovery
+/// then accepted the new segment's records after the shortened one: the
+/// log had a hole at the segment switch (and a site positioned
 /// after it re-requests the missing records from the wrong place for
 /// ever; release seed 4524 of the first 10,000 random runs did that with
 /// an empty new segment). The log writer now syncs the old segment before
