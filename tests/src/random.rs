@@ -318,11 +318,15 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                     .filter(|&i| sim.site(i).role() != Role::Master)
                     .collect();
                 if let Some(&c) = r.pick(&clients) {
-                    let mode = if r.chance(500_000) {
-                        CrashMode::Torn
-                    } else {
-                        CrashMode::Clean
-                    };
+                    let mode = *r
+                        .pick(&[
+                            CrashMode::Clean,
+                            CrashMode::Clean,
+                            CrashMode::Torn,
+                            CrashMode::Torn,
+                            CrashMode::Reordered,
+                        ])
+                        .expect("nonempty");
                     sim.crash(c, mode);
                     sum.crashes += 1;
                     let at = sim.now() + ms(r.range(50, 1000));
@@ -334,11 +338,15 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                     continue;
                 }
                 let Some(m) = sim.master() else { continue };
-                let mode = if r.chance(500_000) {
-                    CrashMode::Torn
-                } else {
-                    CrashMode::Clean
-                };
+                let mode = *r
+                    .pick(&[
+                        CrashMode::Clean,
+                        CrashMode::Clean,
+                        CrashMode::Torn,
+                        CrashMode::Torn,
+                        CrashMode::Reordered,
+                    ])
+                    .expect("nonempty");
                 sim.crash(m, mode);
                 sum.crashes += 1;
                 sum.master_crashes += 1;
