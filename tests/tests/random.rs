@@ -130,7 +130,7 @@ fn random_seeds_with_elections() {
         elections: true,
         ..RandomOpts::default()
     };
-    run_many("random_seeds_with_elections", seeds(200), opts);
+    run_many("random_seeds_with_elections", seeds(500), opts);
 }
 
 /// One seed run twice gives byte-identical traces (B3).
