@@ -11,7 +11,25 @@ use shoal_core::SiteId;
 use shoal_tests::*;
 use std::time::Duration;
 
+/// Every failing scenario, whether an invariant or a plain assertion of
+/// its own, names the seed and how to replay it.
+fn replay_hint_on_panic() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let seed = shoal_tests::sim::seed_from_env(1);
+            let test = std::thread::current().name().unwrap_or("<test>").to_string();
+            eprintln!(
+                "scenario seed {seed}; replay: SHOAL_SEED={seed} cargo test -p shoal-tests --test scenarios {test} -- --exact --nocapture"
+            );
+        }));
+    });
+}
+
 fn sim(name: &str, sites: usize, cfg: Config) -> Sim {
+    replay_hint_on_panic();
     let mut c = SimConfig::new("scenarios", name, sites);
     c.site = operator_mode(cfg);
     Sim::new(c)
@@ -223,6 +241,7 @@ fn r1_a_client_finds_the_master_by_asking() {
 fn r2_gaps_are_filled_and_duplicates_ignored() {
     let mut c = SimConfig::new("scenarios", "r2_gaps_are_filled_and_duplicates_ignored", 3);
     c.site = operator_mode(Config::default());
+    replay_hint_on_panic();
     let mut sim = Sim::new(c);
     sim.start_group();
     sim.net().set_default(LinkConfig {
@@ -370,6 +389,7 @@ fn r4_concurrent_commits_share_a_flush() {
     c.site = operator_mode(Config::default());
     c.fsync_min = ms(5);
     c.fsync_max = ms(5);
+    replay_hint_on_panic();
     let mut sim = Sim::new(c);
     sim.start_group();
     let syncs = |sim: &mut Sim| sim.site_mut(0).storage_mut().stats().syncs;
@@ -1091,6 +1111,7 @@ fn r5_quorum_counts_the_master_only_once_its_copy_is_durable() {
     c.site = cfg; // elections on: the sites elect the next master
     c.fsync_min = ms(20);
     c.fsync_max = ms(20);
+    replay_hint_on_panic();
     let mut sim = Sim::new(c);
     sim.start_group();
     // s1 does not get the commit; s2 does and acks it.
@@ -1135,6 +1156,7 @@ fn r5_all_needs_the_masters_copy_durable_too() {
     c.site = cfg; // elections on
     c.fsync_min = ms(20);
     c.fsync_max = ms(20);
+    replay_hint_on_panic();
     let mut sim = Sim::new(c);
     sim.set_site_config(2, Config { priority: 0, ..cfg });
     sim.start_group();
@@ -1262,6 +1284,7 @@ fn r7_a_member_that_lost_its_log_rejoins_without_a_master() {
         2,
     );
     c.site = cfg; // elections on
+    replay_hint_on_panic();
     let mut sim = Sim::new(c);
     sim.start_group();
     sim.write(0, "a", "1");
@@ -1306,6 +1329,7 @@ fn e1_a_site_with_a_stale_membership_does_not_elect_itself() {
         5,
     );
     c.site = cfg; // elections on
+    replay_hint_on_panic();
     let mut sim = Sim::new(c);
     sim.start_group();
     sim.write(0, "a", "1");
