@@ -1306,8 +1306,7 @@ fn r7_a_member_that_lost_its_log_rejoins_without_a_master() {
     assert_eq!(sim.site(0).store().get("db", b"a"), Some(&b"1"[..]));
 }
 
-/// Known engine bug (elections, core/src/site/election.rs — not fixed
-/// here): a site whose disk kept only the start of the group's log knows
+/// Fixed in core/src/site/election.rs: a site whose disk kept only the start of the group's log knows
 /// only the members written there, not even itself. Cut off from the
 /// group, it counts nsites from that membership, needs no vote but its
 /// own, and elects itself: a second master, of a newer generation than the
@@ -1317,7 +1316,6 @@ fn r7_a_member_that_lost_its_log_rejoins_without_a_master() {
 /// A site that is not in its own membership should not stand (or count
 /// votes) until its log has caught up with the group.
 #[test]
-#[ignore = "engine: a site with a stale membership elects itself alone"]
 fn e1_a_site_with_a_stale_membership_does_not_elect_itself() {
     let mut cfg = Config::default();
     cfg.timeouts.heartbeat_send = ms(50);

@@ -102,6 +102,14 @@ impl<S: Storage> Site<S> {
         if self.cfg.view || !self.cfg.elections || self.meta.site.0 == 0 {
             return;
         }
+        if self.members.get(self.meta.site).is_none() {
+            // This site's log does not (yet) hold its own membership: it
+            // lost the part of the log that added it, so its idea of the
+            // group is too small to count votes by. It neither stands nor
+            // votes until it has caught up; it looks for a master instead.
+            self.find_master_at = Some(self.now);
+            return;
+        }
         if self.role == Role::Master {
             return;
         }
