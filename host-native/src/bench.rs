@@ -68,15 +68,17 @@ impl Default for BenchArgs {
     }
 }
 
-/// Node settings for the bench (besides `--ack`): heartbeats and quick
-/// timeouts as in the demo.
+/// Node settings for the bench (besides `--ack`): quick election and
+/// connection timeouts; heartbeats with a monitor loose enough that a
+/// flooded master or client on a small machine is not taken for dead (a
+/// SIGKILLed master is noticed by its broken connections, not by them).
 pub const NODE_ARGS: &[&str] = &[
     "--group",
     "shoal-bench",
     "--heartbeat-send-ms",
-    "100",
-    "--heartbeat-monitor-ms",
     "500",
+    "--heartbeat-monitor-ms",
+    "3000",
     "--election-timeout-ms",
     "1000",
     "--election-retry-ms",
@@ -216,8 +218,16 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
         let rate = args.count as f64 / w.elapsed.as_secs_f64().max(1e-9);
         let p50 = quantile(&w.latencies_us, 0.5) as f64;
         let p99 = quantile(&w.latencies_us, 0.99) as f64;
+        let missed = if w.not_permanent.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} answered not permanent: acks missing at the ack timeout)",
+                thousands(w.not_permanent.len() as u64)
+            )
+        };
         say.line(format!(
-            "  rep {}: {} commits/s, p50 {}, p99 {}",
+            "  rep {}: {} commits/s, p50 {}, p99 {}{missed}",
             r + 1,
             thousands(rate as u64),
             fmt_us(p50),
@@ -281,6 +291,10 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
                 .ok_or_else(|| format!("cannot read the master's LSN {target}"))?;
             let t0 = Instant::now();
             cluster.start(c, Start::Restart)?;
+            cluster
+                .wait_status(c, WAIT, "its API answers", |_| true)
+                .await?;
+            let api_up = t0.elapsed();
             let st = cluster
                 .wait_status(c, WAIT, "it has the master's last LSN", |s| {
                     !s.synchronizing && parse_lsn(&s.last_lsn).is_some_and(|l| l >= goal)
@@ -289,10 +303,13 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
             let secs = t0.elapsed().as_secs_f64();
             let rate = args.catchup as f64 / secs.max(1e-9);
             say.line(format!(
-                "  catch-up {}: {} restarted {} records behind, at {} after {:.0} ms: {} records/s",
+                "  catch-up {}: {} records written in {} ms ({} not permanent) while {} was down; it restarted (API up after {} ms) and reached {} {:.0} ms after its restart: {} records/s",
                 r + 1,
-                cluster.nodes[c].name,
                 thousands(args.catchup as u64),
+                w.elapsed.as_millis(),
+                thousands(w.not_permanent.len() as u64),
+                cluster.nodes[c].name,
+                api_up.as_millis(),
                 st.last_lsn,
                 secs * 1000.0,
                 thousands(rate as u64)

@@ -96,13 +96,9 @@ pub async fn run_with_binary(args: DemoArgs, binary: impl Into<PathBuf>) -> Resu
             Err("interrupted".into())
         }
     };
-    if std::env::var_os("SHOAL_DEMO_KEEP").is_some() {
-        let dir = demo.cluster.keep_dir();
-        eprintln!("SHOAL_DEMO_KEEP: homes and logs kept in {}", dir.display());
-    }
     r
     // `demo` (and its Cluster) is dropped here: every node is killed and
-    // the temporary directory removed (unless SHOAL_DEMO_KEEP is set).
+    // the temporary directory removed (unless SHOAL_KEEP is set).
 }
 
 /// One check of a step.

@@ -12,7 +12,8 @@
 //! `--join`: the home holds its identity and the group.
 //!
 //! Every child is killed when the `Cluster` is dropped (also when a panic
-//! unwinds through it), and on Linux each child also gets SIGKILL from the
+//! unwinds through it; the directory is removed then too, unless
+//! `SHOAL_KEEP` is set in the environment), and on Linux each child also gets SIGKILL from the
 //! kernel if the thread that started it dies (`PR_SET_PDEATHSIG`), so a
 //! demo or test that is itself killed leaves no orphan node behind.
 
@@ -514,12 +515,18 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// Kill every node; remove the directory unless `SHOAL_KEEP` is set in
+    /// the environment (then say where it is, for reading the logs).
     fn drop(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        if std::env::var_os("SHOAL_KEEP").is_some() {
+            let dir = self.keep_dir();
+            eprintln!("SHOAL_KEEP: homes and logs kept in {}", dir.display());
         }
     }
 }
