@@ -1351,3 +1351,41 @@ fn e1_a_site_with_a_stale_membership_does_not_elect_itself() {
         "a cut-off site that does not know the group elected itself"
     );
 }
+
+/// Regression (R7/E1): in a 2-site group, a site whose disk kept only the
+/// start of the log (it knows site 1, not itself) may not vote until it has
+/// caught up, and the other site cannot win without its vote: nobody could
+/// ever be master. Joining through the other site, it now takes the
+/// membership from the "not master" answer (which lists it), so it votes.
+#[test]
+fn r7_a_member_missing_from_its_own_membership_rejoins_without_a_master() {
+    let mut cfg = Config::default();
+    cfg.timeouts.heartbeat_send = ms(50);
+    cfg.timeouts.heartbeat_monitor = ms(200);
+    cfg.timeouts.election = ms(300);
+    let mut c = SimConfig::new(
+        "scenarios",
+        "r7_a_member_missing_from_its_own_membership_rejoins_without_a_master",
+        2,
+    );
+    c.site = cfg; // elections on
+    replay_hint_on_panic();
+    let mut sim = Sim::new(c);
+    sim.start_group();
+    sim.write(0, "a", "1");
+    sim.crash(1, CrashMode::Clean);
+    let second = sim.site(0).log_index()[1];
+    {
+        use shoal_core::traits::Storage;
+        let disk = sim.disk_mut(1).unwrap();
+        disk.truncate(second.lsn.file, second.end().offset as u64)
+            .unwrap();
+        disk.sync().unwrap();
+    }
+    sim.crash(0, CrashMode::Clean);
+    sim.restart(0, Start::Client);
+    sim.restart(1, Start::Join("s0".into()));
+    sim.run_until_true(ms(10_000), "a master is elected", |s| s.master().is_some());
+    sim.converge(ms(20_000));
+    assert_eq!(sim.site(1).store().get("db", b"a"), Some(&b"1"[..]));
+}

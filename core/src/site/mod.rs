@@ -1002,7 +1002,7 @@ impl<S: Storage> Site<S> {
     /// answer arrives as [`Answer::Join`]; the site then starts as client.
     pub fn join(&mut self, now: Instant, helper: &str) {
         self.now = now;
-        if self.meta.site.0 != 0 && !self.members.is_empty() {
+        if self.meta.site.0 != 0 && self.members.get(self.meta.site).is_some() {
             // Already a member: restart as client.
             self.rep_start_client(now);
             self.answer(Answer::Join {
@@ -1433,13 +1433,13 @@ impl<S: Storage> Site<S> {
                 }
             }
             // No master anywhere. A member that lost its log (it knows its
-            // id but no member) takes the membership from the answer and
-            // starts as a client, so it can vote in the election that
-            // brings a master back (in a 2-site group, none can win
-            // without it).
+            // id but is not in its own membership) takes the membership from
+            // the answer and starts as a client, so it can vote in the
+            // election that brings a master back (in a 2-site group, none
+            // can win without it).
             crate::wire::JoinResult::NotMaster(None)
                 if self.meta.site.0 != 0
-                    && self.members.is_empty()
+                    && self.members.get(self.meta.site).is_none()
                     && a.members.iter().any(|m| m.site == self.meta.site) =>
             {
                 self.joining = None;
