@@ -315,3 +315,15 @@ fn p2_rollback_keeps_connection_state() {
         "the site that rolled back still knows its link to the master is up"
     );
 }
+
+/// A site alone in its group becomes master again at once after a restart
+/// (there is no master to wait for and no vote but its own).
+#[test]
+fn e4_a_lone_site_restarts_as_master_at_once() {
+    let mut net = Net::group(cfgs(1));
+    net.commit(0, "a", "1");
+    net.crash(0);
+    net.restart(0);
+    net.advance(Duration::from_millis(1));
+    assert_eq!(net.masters(), vec![0]);
+}

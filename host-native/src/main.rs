@@ -39,6 +39,10 @@ enum Command {
     Transfer(SiteArgs),
     /// Remove a site from the group (run against the master).
     Remove(SiteArgs),
+    /// Start a local 5-site group and play failures, narrated (the main demo).
+    Demo(shoal_native::demo::DemoArgs),
+    /// Measure a real local group: commits/s, latency, failover, catch-up.
+    Bench(shoal_native::bench::BenchArgs),
     /// Show what a site of this build runs with by default.
     Config,
 }
@@ -234,6 +238,15 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             call(&a.api, Request::Remove { site: a.site }).await?;
             println!("site {} removed", a.site);
         }
+        Command::Demo(a) => {
+            let ok = shoal_native::demo::run(a).await?;
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Bench(a) => shoal_native::bench::run(a).await?,
         Command::Config => {
             let config = shoal_core::Config::default();
             println!(

@@ -1101,9 +1101,18 @@ impl<S: Storage> Site<S> {
         self.broadcast(Flags::NONE, &Message::NewClient);
         self.broadcast(Flags::NONE, &Message::MasterReq);
         self.find_master_at = Some(now + self.cfg.timeouts.election);
-        // E4: no master answers within an election timeout: elect.
+        // E4: no master answers within an election timeout: elect. A site
+        // alone in its group has nobody to wait for.
         if self.cfg.elections && !self.cfg.view && self.election.is_none() {
-            self.elect_at = Some(now + self.cfg.timeouts.election);
+            let me = self.meta.site;
+            let alone = self.cfg.nsites.unwrap_or(0) <= 1
+                && self.members.iter().all(|m| m.id == me || m.is_view());
+            let wait = if alone {
+                Duration::ZERO
+            } else {
+                self.cfg.timeouts.election
+            };
+            self.elect_at = Some(now + wait);
         }
     }
 
