@@ -1389,3 +1389,46 @@ fn r7_a_member_missing_from_its_own_membership_rejoins_without_a_master() {
     sim.converge(ms(20_000));
     assert_eq!(sim.site(1).store().get("db", b"a"), Some(&b"1"[..]));
 }
+
+/// Regression (host contract): a site that is joining (idle) and hears a
+/// VOTE1 may not stand (it is missing from its own membership), and asks
+/// to look for a master; the deadline for that is only served to clients,
+/// so an idle site reported it from poll_timeout for ever and a host
+/// calling handle_timeout at each deadline spun without time advancing.
+#[test]
+fn r7_an_idle_site_reports_no_deadline_it_does_not_serve() {
+    let mut cfg = Config::default();
+    cfg.timeouts.heartbeat_send = ms(50);
+    cfg.timeouts.heartbeat_monitor = ms(200);
+    cfg.timeouts.election = ms(300);
+    let mut c = SimConfig::new(
+        "scenarios",
+        "r7_an_idle_site_reports_no_deadline_it_does_not_serve",
+        2,
+    );
+    c.site = cfg; // elections on
+    replay_hint_on_panic();
+    let mut sim = Sim::new(c);
+    sim.start_group();
+    sim.write(0, "a", "1");
+    sim.crash(1, CrashMode::Clean);
+    let second = sim.site(0).log_index()[1];
+    {
+        use shoal_core::traits::Storage;
+        let disk = sim.disk_mut(1).unwrap();
+        disk.truncate(second.lsn.file, second.end().offset as u64)
+            .unwrap();
+        disk.sync().unwrap();
+    }
+    sim.crash(0, CrashMode::Clean);
+    // s1's join requests are lost for a while; s0's votes reach it.
+    let mut lossy = sim.net_ref().default_link();
+    lossy.loss_ppm = 1_000_000;
+    sim.net().set_link(1, 0, lossy);
+    sim.restart(0, Start::Client);
+    sim.restart(1, Start::Join("s0".into()));
+    sim.run_for(ms(1500));
+    sim.net().reset_links();
+    sim.run_until_true(ms(10_000), "a master is elected", |s| s.master().is_some());
+    sim.converge(ms(20_000));
+}

@@ -599,7 +599,10 @@ impl<S: Storage> Site<S> {
         at(self.heartbeat_at);
         at(self.checkpoint_at);
         at(self.joining.as_ref().map(|j| j.next_at));
-        at(self.find_master_at);
+        // Served only to clients (an idle site may have one pending).
+        if self.role == Role::Client {
+            at(self.find_master_at);
+        }
         if let SyncState::Verify { resend_at, .. } = self.sync {
             at(Some(resend_at));
         }
