@@ -18,6 +18,10 @@ pub struct MsgSum {
     pub from: SiteId,
     /// The sender's generation.
     pub generation: Generation,
+    /// The sender's election generation.
+    pub egen: u32,
+    /// The site a VOTE2 is for (zero otherwise).
+    pub candidate: SiteId,
     /// The sender's last LSN.
     pub lsn: Lsn,
     /// Envelope flags.
@@ -45,10 +49,16 @@ impl MsgSum {
                     | Message::StartSync { lsn } => (*lsn, Lsn::ZERO),
                     _ => (Lsn::ZERO, Lsn::ZERO),
                 };
+                let candidate = match &msg {
+                    Message::Vote2 { candidate } => *candidate,
+                    _ => SiteId(0),
+                };
                 MsgSum {
                     kind: Some(msg.kind()),
                     from: env.from,
                     generation: env.generation,
+                    egen: env.egen.0,
+                    candidate,
                     lsn: env.lsn,
                     flags: env.flags.0,
                     a,
@@ -59,6 +69,8 @@ impl MsgSum {
                 kind: None,
                 from: SiteId(0),
                 generation: Generation(0),
+                egen: 0,
+                candidate: SiteId(0),
                 lsn: Lsn::ZERO,
                 flags: 0,
                 a: Lsn::ZERO,
@@ -89,6 +101,15 @@ impl fmt::Display for MsgSum {
             }
         }
         write!(f, " g{} at {:?}", self.generation.0, self.lsn)?;
+        if matches!(
+            kind,
+            MessageKind::Vote1 | MessageKind::Vote2 | MessageKind::Alive
+        ) {
+            write!(f, " egen {}", self.egen)?;
+        }
+        if self.candidate.0 != 0 {
+            write!(f, " for site {}", self.candidate.0)?;
+        }
         if !self.a.is_zero() || !self.b.is_zero() {
             write!(f, " ({:?}, {:?})", self.a, self.b)?;
         }
