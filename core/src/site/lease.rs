@@ -113,8 +113,15 @@ impl<S: Storage> Site<S> {
     /// refused unless the lease holds; on a synchronising client with
     /// NOWAIT it is refused with LOCKOUT.
     pub fn read(&self, now: Instant, db: &str, key: &[u8]) -> Result<Option<&[u8]>, ReadError> {
-        if self.cfg.leases && self.role == Role::Master && !self.lease_valid(now) {
-            return Err(ReadError::LeaseExpired);
+        if self.cfg.leases && self.role == Role::Master {
+            if !self.lease_valid(now) {
+                return Err(ReadError::LeaseExpired);
+            }
+            // A value written by a commit that is not yet permanent could
+            // still be rolled back: answer with the last permanent one.
+            if let Some(u) = self.unsettled.get(&(String::from(db), key.to_vec())) {
+                return Ok(u.base.as_deref());
+            }
         }
         self.get(db, key)
     }

@@ -70,6 +70,25 @@ impl<S: Storage> Site<S> {
         if self.commits.len() >= self.cfg.limits.max_pending_commits as usize {
             return Err(CommitError::Busy);
         }
+        // Remember the permanent values of the keys this commit changes, so
+        // lease-protected reads keep answering with them until it is
+        // permanent (R10).
+        let before: Vec<((String, Vec<u8>), Option<Vec<u8>>, Option<Vec<u8>>)> = if self.cfg.leases
+        {
+            ops.iter()
+                .map(|op| {
+                    let k = (String::from(op.db()), op.key().to_vec());
+                    let v = self.store.get(op.db(), op.key()).map(|v| v.to_vec());
+                    let after = match op {
+                        Op::Put { value, .. } => Some(value.to_vec()),
+                        Op::Delete { .. } => None,
+                    };
+                    (k, v, after)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let txn_id = self.next_txn;
         let body = RecordBody::Commit {
             txn_id,
@@ -83,6 +102,16 @@ impl<S: Storage> Site<S> {
         };
         self.next_txn += 1;
         self.writes_since_checkpoint = true;
+        for (k, base, after) in before {
+            self.unsettled
+                .entry(k)
+                .or_insert(Unsettled {
+                    base,
+                    writes: VecDeque::new(),
+                })
+                .writes
+                .push_back((entry.lsn, after));
+        }
         let id = self.new_request();
         let token = CommitToken {
             lsn: entry.lsn,
@@ -184,6 +213,27 @@ impl<S: Storage> Site<S> {
                 c.permanent = true;
             } else {
                 break;
+            }
+        }
+        // Acks are cumulative: every commit up to the last permanent one is
+        // permanent too; its keys' values are settled.
+        if let Some(p) = self
+            .commits
+            .iter()
+            .filter(|c| c.permanent)
+            .map(|c| c.token.lsn)
+            .max()
+        {
+            if p > self.permanent_lsn {
+                self.permanent_lsn = p;
+                self.unsettled.retain(|_, u| {
+                    while u.writes.front().is_some_and(|(lsn, _)| *lsn <= p) {
+                        if let Some((_, v)) = u.writes.pop_front() {
+                            u.base = v;
+                        }
+                    }
+                    !u.writes.is_empty()
+                });
             }
         }
         // Answer from the front, so answers come in commit order.

@@ -164,6 +164,13 @@ struct PendingCommit {
     timed_out: bool,
 }
 
+/// A key's last permanent value and the not-yet-permanent writes after it.
+#[derive(Clone, Debug)]
+struct Unsettled {
+    base: Option<Vec<u8>>,
+    writes: VecDeque<(Lsn, Option<Vec<u8>>)>,
+}
+
 /// A waiting `txn_applied`.
 #[derive(Clone, Copy, Debug)]
 struct Waiter {
@@ -271,6 +278,12 @@ pub struct Site<S: Storage> {
     transfer_at: Option<Lsn>,
     boost: bool,
     rollback_epoch: u64,
+    /// On a master with leases: for each key written by commits that are
+    /// not yet permanent, the key's last permanent value and those writes
+    /// in LSN order (R10: reads answer with permanent data only).
+    unsettled: BTreeMap<(String, Vec<u8>), Unsettled>,
+    /// The highest LSN whose commit met its ack policy.
+    permanent_lsn: Lsn,
     /// The record the stored snapshot reflects (zero: no snapshot).
     snapshot_lsn: Lsn,
     /// A snapshot taken at a checkpoint record, written once that record
@@ -347,6 +360,8 @@ impl<S: Storage> Site<S> {
             transfer_at: None,
             boost: false,
             rollback_epoch: 0,
+            unsettled: BTreeMap::new(),
+            permanent_lsn: Lsn::ZERO,
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
             stats: Stats::default(),
@@ -1052,6 +1067,7 @@ impl<S: Storage> Site<S> {
         self.had_master = true;
         self.master_since = now;
         self.lease_grants.clear();
+        self.unsettled.clear();
         self.transfer = None;
         self.transfer_at = None;
         self.boost = false;
