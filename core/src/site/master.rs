@@ -23,8 +23,8 @@ fn needs_master_copy(policy: crate::config::AckPolicy) -> bool {
     )
 }
 
-/// A database name and key.
-type KeyRef = (String, Vec<u8>);
+/// A key a commit changes: (database, key), its value before, its value after.
+type KeyChange = ((String, Vec<u8>), Option<Vec<u8>>, Option<Vec<u8>>);
 
 impl<S: Storage> Site<S> {
     pub(super) fn group_shape(&self) -> GroupShape {
@@ -76,7 +76,7 @@ impl<S: Storage> Site<S> {
         // Remember the permanent values of the keys this commit changes, so
         // lease-protected reads keep answering with them until it is
         // permanent (R10).
-        let before: Vec<(KeyRef, Option<Vec<u8>>, Option<Vec<u8>>)> = if self.cfg.leases {
+        let before: Vec<KeyChange> = if self.cfg.leases {
             ops.iter()
                 .map(|op| {
                     let k = (String::from(op.db()), op.key().to_vec());
