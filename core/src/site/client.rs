@@ -19,6 +19,14 @@ impl<S: Storage> Site<S> {
         if env.generation < self.meta.generation {
             return Err(Drop::Stale);
         }
+        if self.meta.voted_for.is_some() && env.generation.0 < self.meta.egen.0 {
+            // This site cast its vote in election `egen`, whose winner will
+            // take a generation of at least `egen`. Following an older
+            // master now would let that winner count this site's vote while
+            // this site acknowledges commits the winner never sees: they
+            // would be rolled back although they were permanent.
+            return Err(Drop::Stale);
+        }
         match self.role {
             Role::Idle => return Err(Drop::WrongRole),
             Role::Master if env.generation > self.meta.generation => {
