@@ -19,7 +19,7 @@ impl<S: Storage> Site<S> {
         if env.generation < self.meta.generation {
             return Err(Drop::Stale);
         }
-        if self.meta.voted_for.is_some() && env.generation.0 < self.meta.egen.0 {
+        if self.vote_binds() && env.generation.0 < self.meta.egen.0 {
             // This site cast its vote in election `egen`, whose winner will
             // take a generation of at least `egen`. Following an older
             // master now would let that winner count this site's vote while

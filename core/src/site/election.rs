@@ -53,6 +53,19 @@ fn rank(a: (&SiteId, &Vote1)) -> (bool, Generation, Lsn, u32, u32, SiteId) {
 }
 
 impl<S: Storage> Site<S> {
+    /// This site's VOTE2 in the current egen may still elect its candidate:
+    /// a candidate counts votes for at most two election timeouts after it
+    /// joined the election, which was before this site voted, so three
+    /// election timeouts after voting (or after a restart, when the time of
+    /// a durable vote is unknown) the vote can elect no one.
+    pub(super) fn vote_binds(&self) -> bool {
+        if self.meta.voted_for.is_none() {
+            return false;
+        }
+        let since = self.voted_at.unwrap_or(self.opened_at);
+        self.now < since + self.cfg.timeouts.election * 3
+    }
+
     /// nsites and nvotes for an election now (E3, E6).
     pub(super) fn election_sizes(&self) -> (u32, u32) {
         let members = self.members.iter().filter(|m| !m.is_view()).count() as u32;
@@ -264,6 +277,7 @@ impl<S: Storage> Site<S> {
         // The vote is durable before it is sent (E1).
         self.meta.voted_for = Some(candidate);
         self.save_meta();
+        self.voted_at = Some(self.now);
         if let Some(e) = self.election.as_mut() {
             e.voted = true;
         }
@@ -282,8 +296,14 @@ impl<S: Storage> Site<S> {
             return Ok(());
         }
         if self.election.is_none() {
+            if env.egen == self.meta.egen {
+                // An election this site has given up: a late vote must not
+                // make it master (voters only hold back for a bounded time,
+                // see `vote_binds`).
+                return Err(Drop::Stale);
+            }
             // A VOTE2 can overtake the VOTE1 that would have started our
-            // part in this election.
+            // part in a newer election.
             self.start_election(Some(env.egen));
         }
         self.on_vote2_for_me(env.from);

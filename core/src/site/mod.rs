@@ -267,6 +267,9 @@ pub struct Site<S: Storage> {
     // Elections.
     election: Option<election::Election>,
     elect_at: Option<Instant>,
+    /// When this site cast its VOTE2 in the current egen (None: not since
+    /// it opened).
+    voted_at: Option<Instant>,
     had_master: bool,
     opened_at: Instant,
     master_since: Instant,
@@ -350,6 +353,7 @@ impl<S: Storage> Site<S> {
             joining: None,
             election: None,
             elect_at: None,
+            voted_at: None,
             had_master: false,
             opened_at: now,
             master_since: now,
