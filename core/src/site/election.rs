@@ -402,12 +402,29 @@ impl<S: Storage> Site<S> {
         }
     }
 
+    /// How long a master may go without hearing a majority (P3). Clients
+    /// answer every heartbeat, so a healthy master hears each of them once
+    /// per `heartbeat_send` (plus a round trip); and no client can call an
+    /// election sooner than `monitor - send` after a partition. Half the
+    /// monitor (at least one and a half heartbeat intervals) lies between
+    /// the two for any monitor of more than three intervals: the minority
+    /// master steps down first, and a healthy one never does.
+    pub(super) fn majority_window(&self) -> Duration {
+        let t = &self.cfg.timeouts;
+        (t.heartbeat_monitor / 2)
+            .max(t.heartbeat_send * 3 / 2)
+            .min(t.heartbeat_monitor)
+    }
+
     /// P3: a master that has not heard from a majority of nsites (itself
-    /// included) for a heartbeat-monitor period steps down and elects, so
-    /// it stops taking writes before the majority side elects a new one.
+    /// included) for its majority window steps down and elects, so it stops
+    /// taking writes before the majority side elects a new one.
     pub(super) fn check_majority(&mut self) {
-        let d = self.cfg.timeouts.heartbeat_monitor;
-        if self.role != Role::Master || d.is_zero() || !self.cfg.step_down_without_majority {
+        let d = self.majority_window();
+        if self.role != Role::Master
+            || self.cfg.timeouts.heartbeat_monitor.is_zero()
+            || !self.cfg.step_down_without_majority
+        {
             return;
         }
         if self.now < self.master_since + d {
@@ -429,8 +446,11 @@ impl<S: Storage> Site<S> {
 
     /// When P3 is due to be checked next.
     pub(super) fn majority_deadline(&self) -> Option<Instant> {
-        let d = self.cfg.timeouts.heartbeat_monitor;
-        if self.role != Role::Master || d.is_zero() || !self.cfg.step_down_without_majority {
+        let d = self.majority_window();
+        if self.role != Role::Master
+            || self.cfg.timeouts.heartbeat_monitor.is_zero()
+            || !self.cfg.step_down_without_majority
+        {
             return None;
         }
         let me = self.meta.site;
