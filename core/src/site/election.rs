@@ -444,6 +444,29 @@ impl<S: Storage> Site<S> {
         }
     }
 
+    /// P3 on a broken connection: step down at once when the connections
+    /// still up cannot make a majority (only when P3 is on, which needs the
+    /// heartbeat monitor).
+    pub(super) fn check_connected_majority(&mut self) {
+        if self.role != Role::Master
+            || self.cfg.timeouts.heartbeat_monitor.is_zero()
+            || !self.cfg.step_down_without_majority
+        {
+            return;
+        }
+        let me = self.meta.site;
+        let up = self
+            .members
+            .iter()
+            .filter(|m| m.id != me && !m.is_view() && m.connected)
+            .count() as u32;
+        let (_, nvotes) = self.election_sizes();
+        if up + 1 < nvotes {
+            self.stats.step_downs += 1;
+            self.step_down_and_elect(false);
+        }
+    }
+
     /// When P3 is due to be checked next.
     pub(super) fn majority_deadline(&self) -> Option<Instant> {
         let d = self.majority_window();

@@ -1417,6 +1417,10 @@ impl<S: Storage> Site<S> {
             } else if self.role == Role::Master {
                 // ALL_AVAILABLE may be met now that a client is gone.
                 self.progress_commits();
+                // P3: clients see broken connections too and fail over at
+                // once; a master left without a majority of connections
+                // steps down at once as well, so it goes first.
+                self.check_connected_majority();
             }
         }
     }
