@@ -391,7 +391,7 @@ impl<S: Storage> Site<S> {
         Ok(())
     }
 
-    fn step_down_and_elect(&mut self, dup: bool) {
+    pub(super) fn step_down_and_elect(&mut self, dup: bool) {
         if dup {
             self.event(Event::DupMaster);
         }

@@ -1285,6 +1285,21 @@ impl<S: Storage> Site<S> {
     }
 
     fn dispatch(&mut self, env: &Envelope, msg: &Message<'_>) -> Result<(), Drop> {
+        if self.role == Role::Master
+            && env.generation > self.meta.generation
+            && !matches!(
+                msg,
+                Message::NewMaster | Message::Heartbeat | Message::Log(_)
+            )
+        {
+            // Some site has seen a newer generation than this master's: a
+            // newer master existed, and sites that know it drop this one's
+            // messages as stale. Adopt the generation and elect, so the
+            // group can settle on one master again.
+            self.meta.generation = env.generation;
+            self.save_meta();
+            self.step_down_and_elect(true);
+        }
         match msg {
             Message::MasterReq | Message::NewClient | Message::NewSite => {
                 if self.role == Role::Master {
