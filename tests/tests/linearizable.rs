@@ -4,14 +4,16 @@
 //! sites crash and restart. Every answered operation is recorded with its
 //! simulated call and answer times, and the whole history must be
 //! linearizable: no read returns a value older than an acknowledged write,
-//! and no two masters take writes over the same stretch of time.
+//! and no two masters take writes over the same stretch of time. Now and
+//! then the whole group loses power at once and restarts.
 //!
 //! A write answered as permanent took effect; a write answered as not
 //! permanent, or never answered (its site crashed), may or may not have.
 //! Reads are served only by a master holding its lease (`Site::read`).
 //!
-//! `cargo test -p shoal-tests --test linearizable` runs 100 seeds;
-//! `SHOAL_SEEDS=n` runs more, `SHOAL_SEED=n` replays one.
+//! `cargo test -p shoal-tests --test linearizable` runs 500 seeds;
+//! `SHOAL_SEEDS=100000 cargo test -p shoal-tests --release --test
+//! linearizable` is the long mode; `SHOAL_SEED=n` replays one.
 
 use shoal_core::config::{Config, Durability};
 use shoal_core::log::Op;
@@ -19,6 +21,10 @@ use shoal_core::site::{Answer, Role};
 use shoal_tests::disk::CrashMode;
 use shoal_tests::linearizability::{check, Op as HOp, OpKind};
 use shoal_tests::sim::{ms, Sim, SimConfig, Start};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Whole-group restarts over all runs (the test checks they happen).
+static GROUP_RESTARTS: AtomicU64 = AtomicU64::new(0);
 
 fn lease_config() -> Config {
     let mut c = Config {
@@ -88,6 +94,20 @@ fn run(seed: u64) -> usize {
                 let i = up[sim.rng().below(up.len() as u64) as usize];
                 sim.crash(i, CrashMode::Clean);
                 incs[i] += 1;
+            }
+            10 if down.is_empty() && sim.rng().below(4) == 0 => {
+                // The whole group restarts (seed 004's case): every site
+                // loses power at once, then all come back.
+                for i in 0..sim.len() {
+                    sim.crash(i, CrashMode::Torn);
+                    incs[i] += 1;
+                }
+                GROUP_RESTARTS.fetch_add(1, Ordering::Relaxed);
+                let pause = sim.rng().range(1, 200);
+                sim.run_for(ms(pause));
+                for i in 0..sim.len() {
+                    sim.restart(i, Start::Rejoin);
+                }
             }
             7..=9 if !down.is_empty() => {
                 let i = down[sim.rng().below(down.len() as u64) as usize];
@@ -227,13 +247,20 @@ fn leases_keep_histories_linearizable() {
             let n: u64 = std::env::var("SHOAL_SEEDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(100);
+                .unwrap_or(500);
             (1..=n).collect()
         }
     };
+    let many = seeds.len() >= 100;
     let mut ops = 0;
     for seed in seeds {
         ops += run(seed);
     }
     assert!(ops > 0, "no operation was checked");
+    if many {
+        assert!(
+            GROUP_RESTARTS.load(Ordering::Relaxed) > 0,
+            "no whole-group restart happened"
+        );
+    }
 }
