@@ -98,9 +98,9 @@ fn run(seed: u64) -> usize {
             10 if down.is_empty() && sim.rng().below(4) == 0 => {
                 // The whole group restarts (seed 004's case): every site
                 // loses power at once, then all come back.
-                for i in 0..sim.len() {
+                for (i, inc) in incs.iter_mut().enumerate() {
                     sim.crash(i, CrashMode::Torn);
-                    incs[i] += 1;
+                    *inc += 1;
                 }
                 GROUP_RESTARTS.fetch_add(1, Ordering::Relaxed);
                 let pause = sim.rng().range(1, 200);
