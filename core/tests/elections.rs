@@ -327,3 +327,61 @@ fn e4_a_lone_site_restarts_as_master_at_once() {
     net.advance(Duration::from_millis(1));
     assert_eq!(net.masters(), vec![0]);
 }
+
+/// E1: a site that crashed after casting its VOTE2 cannot vote again in
+/// the same election generation: its vote is durable, and after a restart a
+/// VOTE1 of that egen (even from a better candidate) gets no VOTE2.
+#[test]
+fn e1_a_site_that_voted_cannot_vote_twice_in_one_egen() {
+    use shoal_core::wire::{encode_frame, Envelope, Flags, Message, Vote1};
+    let mut net = Net::group(cfgs(3));
+    net.commit(0, "a", "1");
+    net.crash(0);
+    net.advance(Duration::from_secs(3));
+    let m = net.masters()[0];
+    let voter = 3 - m;
+    let egen = net.site(voter).egen();
+    // The voter crashes and restarts: its vote in `egen` is on disk.
+    net.crash(voter);
+    let disk = net.disks[voter].take().unwrap();
+    let mut site =
+        shoal_core::site::Site::open(net.cfgs[voter], &format!("s{voter}"), disk, net.now).unwrap();
+    while site.poll_output().is_some() {}
+    // A better candidate (higher LSN, top priority) asks for votes in the
+    // same egen.
+    let env = Envelope {
+        from: shoal_core::SiteId(1),
+        generation: site.generation(),
+        egen,
+        lsn: shoal_core::Lsn::new(9, 9999),
+        flags: Flags::NONE,
+    };
+    let v = Vote1 {
+        data_generation: site.generation(),
+        last_lsn: shoal_core::Lsn::new(9, 9999),
+        priority: u32::MAX,
+        tiebreaker: u32::MAX,
+        nsites: 3,
+        nvotes: 2,
+    };
+    let mut frame = Vec::new();
+    encode_frame(
+        &env,
+        &Message::Vote1(v),
+        &mut frame,
+        &net.cfgs[voter].limits,
+    )
+    .unwrap();
+    let now = net.now;
+    let _ = site.handle_frame(now, &frame);
+    site.handle_timeout(now + Duration::from_secs(5));
+    while let Some(o) = site.poll_output() {
+        if let shoal_core::site::Output::Send { frame, .. } = o {
+            let (e, msg) = shoal_core::wire::decode_frame(&frame, &net.cfgs[voter].limits).unwrap();
+            assert!(
+                !(matches!(msg, Message::Vote2 { .. }) && e.egen == egen),
+                "a second VOTE2 in egen {egen:?}"
+            );
+        }
+    }
+}

@@ -369,3 +369,23 @@ fn priority_zero_never_wins_and_ties_are_deterministic() {
             || has_event(&sim, 2, |e| *e == Event::ElectionFailed)
     );
 }
+
+/// Seed 003: 20 sites with nsites 30 — a site must reach 16 to win. Split
+/// 15 / 5 with the master on the small side, then lose the master: 15 and 4
+/// live sites, no master; healed, 19 elect.
+#[test]
+fn seed003_twenty_sites_with_nsites_30_need_16() {
+    let mut cfg = fast();
+    cfg.nsites = Some(30);
+    let mut sim = new_sim("seed003_twenty_sites_with_nsites_30_need_16", 20, cfg);
+    sim.start_group();
+    sim.write(0, "a", "1");
+    let big: Vec<usize> = (1..16).collect();
+    let small: Vec<usize> = std::iter::once(0).chain(16..20).collect();
+    sim.partition(&big, &small);
+    sim.crash(0, CrashMode::Clean);
+    sim.run_for(ms(15_000));
+    assert!(masters(&sim).is_empty(), "15 of 30 cannot elect, nor can 4");
+    sim.heal();
+    sim.run_until_true(ms(30_000), "19 of 30 elect", |s| masters(s).len() == 1);
+}
