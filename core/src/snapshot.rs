@@ -157,7 +157,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_round_trips_and_detects_corruption() {
+    fn snapshot_round_trips_and_detects_corruption() -> Result<(), SnapshotError> {
         let mut store = Store::new();
         store.apply_op(&crate::log::Op::Put {
             db: "a",
@@ -177,7 +177,7 @@ mod tests {
             flags: 0,
         });
         let bytes = encode(Lsn::new(3, 20), Generation(2), &store, &members);
-        let snap = decode(&bytes).unwrap();
+        let snap = decode(&bytes)?;
         assert_eq!(snap.store, store);
         assert_eq!(snap.lsn, Lsn::new(3, 20));
         assert_eq!(snap.members.len(), 1);
@@ -186,5 +186,6 @@ mod tests {
         bad[n] ^= 0x40;
         assert_eq!(decode(&bad).unwrap_err(), SnapshotError::BadChecksum);
         assert_eq!(decode(&bytes[..3]).unwrap_err(), SnapshotError::Malformed);
+        Ok(())
     }
 }

@@ -990,3 +990,34 @@ fn segments_longer_than_the_local_segment_size_recover_whole() {
     assert_eq!(r.last, recs[249].0);
     assert_eq!(r.records, 250);
 }
+
+/// `LogWriter::last_appended` gives exactly the bytes on storage for the
+/// record just appended, and nothing once the log moved on otherwise.
+#[test]
+fn last_appended_is_the_stored_record() {
+    let l = limits();
+    let mut s = MemStorage::new(1 << 20);
+    let mut w = LogWriter::new(&shoal_core::log::Recovered::empty(), l);
+    let ops = [shoal_core::log::Op::Put {
+        db: "d",
+        key: b"k",
+        value: b"v",
+    }];
+    let body = RecordBody::Commit {
+        txn_id: 1,
+        timestamp: Instant(5),
+        ops: &ops,
+    };
+    let lsn = w.append(&mut s, Generation(2), &body).unwrap();
+    let mut r = LogReader::new(l);
+    let (view, _) = r.read(&mut s, lsn).unwrap();
+    assert_eq!(w.last_appended(lsn), Some(view.bytes));
+    assert_eq!(w.last_appended(Lsn::new(lsn.file, lsn.offset + 1)), None);
+    // A replicated record written after it: no longer the last append.
+    let next = w.next_lsn();
+    let mut other = Vec::new();
+    encode_record(next, Generation(2), &body, &mut other, &l).unwrap();
+    w.append_raw(&mut s, next, &other).unwrap();
+    assert_eq!(w.last_appended(next), None);
+    assert_eq!(w.last_appended(lsn), None);
+}

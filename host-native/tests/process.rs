@@ -18,26 +18,12 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The demo's node settings: fast heartbeats, elections and reconnects.
 fn fast_args() -> Vec<String> {
-    [
-        "--group",
-        "shoal-test",
-        "--ack",
-        "quorum",
-        "--heartbeat-send-ms",
-        "100",
-        "--heartbeat-monitor-ms",
-        "500",
-        "--election-timeout-ms",
-        "1000",
-        "--election-retry-ms",
-        "1000",
-        "--connection-retry-ms",
-        "200",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    shoal_native::demo::NODE_ARGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// A small xorshift generator (seed printed for reproduction).

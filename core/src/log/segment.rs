@@ -80,6 +80,9 @@ pub struct LogWriter {
     open: bool,
     limits: Limits,
     scratch: Vec<u8>,
+    /// `scratch` holds the encoded record at `last` (the last write was an
+    /// `append` of this site's own record).
+    scratch_is_last: bool,
 }
 
 impl LogWriter {
@@ -92,6 +95,7 @@ impl LogWriter {
             open: recovered.segment_open,
             limits,
             scratch: Vec::new(),
+            scratch_is_last: false,
         }
     }
 
@@ -126,6 +130,7 @@ impl LogWriter {
         record: &[u8],
         generation: Generation,
     ) -> Result<(), LogError<S::Error>> {
+        self.scratch_is_last = false;
         let end = u32::try_from(record.len())
             .ok()
             .and_then(|n| lsn.offset.checked_add(n))
@@ -170,7 +175,15 @@ impl LogWriter {
                 self.write_at(s, lsn, &buf, generation).map(|_| lsn)
             });
         self.scratch = buf;
+        self.scratch_is_last = res.is_ok();
         res
+    }
+
+    /// The encoded bytes of the record at `lsn`, if it is the one the last
+    /// [`LogWriter::append`] wrote: the master ships it without reading it
+    /// back from storage.
+    pub fn last_appended(&self, lsn: Lsn) -> Option<&[u8]> {
+        (self.scratch_is_last && lsn == self.last).then_some(self.scratch.as_slice())
     }
 
     /// Append a record received from the master at `lsn`. It must be the
@@ -231,6 +244,7 @@ impl LogWriter {
         self.open = self.open || at.file < self.next.file;
         self.next = at;
         self.last = prev;
+        self.scratch_is_last = false;
         self.last_generation = prev_generation;
         Ok(())
     }
@@ -274,6 +288,7 @@ impl LogWriter {
         s.sync().map_err(LogError::Storage)?;
         self.next = start;
         self.last = Lsn::ZERO;
+        self.scratch_is_last = false;
         self.last_generation = Generation(0);
         self.open = false;
         Ok(())

@@ -159,8 +159,14 @@ impl<S: Storage> Site<S> {
             .len()
             .checked_sub(2)
             .map_or(Lsn::ZERO, |p| self.index[p].lsn);
-        let Some(record) = self.read_record(entry.lsn) else {
-            return;
+        // The writer still holds the bytes it just appended; read back
+        // from storage only if it does not.
+        let record = match self.writer.last_appended(entry.lsn) {
+            Some(r) => r.to_vec(),
+            None => match self.read_record(entry.lsn) {
+                Some(r) => r,
+                None => return,
+            },
         };
         let flags = if permanent {
             Flags::PERMANENT
