@@ -68,7 +68,8 @@
 //!   drains the site's pending outputs, feeds connection changes, the
 //!   INQUEUE_FULL notice and the frames queued when the step began (a flood
 //!   cannot starve the rest), fires deadlines, and drains outputs after
-//!   every input: `Send` to the transport (a failed send is dropped and
+//!   every input (after every 64 frames, for frames, so a client sends one
+//!   ack for a batch of records): `Send` to the transport (a failed send is dropped and
 //!   counted; the protocol re-requests what is lost), `Event` to the event
 //!   queue, `Answer` to its slot, `Flush` only noted.
 //! - **Group commit.** Flush requests are merged (the highest LSN wins) and
@@ -142,6 +143,9 @@ pub const FLUSH_RETRY: Duration = Duration::from_millis(100);
 
 /// When a deadline is still due right after the site handled it, the
 /// driver sleeps this long instead of spinning.
+/// Frames the driver hands the site between two drains of its outputs.
+const DRAIN_EVERY: usize = 64;
+
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 
 /// Tasks that may wait on one multi-waiter condition before they are all
@@ -610,6 +614,7 @@ where
         if !paused {
             paused = self.drain(core, &mut st);
         }
+        let mut handled = 0usize;
         for _ in 0..frames {
             if paused {
                 break;
@@ -624,6 +629,15 @@ where
             let Some(frame) = frame else { break };
             // A frame the site cannot use is counted by the site; never fatal.
             let _ = core.site.handle_frame(now, &frame);
+            // Outputs are taken every few frames rather than after each, so
+            // what the site coalesces (a client's acks) goes out once per
+            // batch; the site's output queue stays bounded by the batch.
+            handled += 1;
+            if handled % DRAIN_EVERY == 0 {
+                paused = self.drain(core, &mut st);
+            }
+        }
+        if !paused {
             paused = self.drain(core, &mut st);
         }
         if !paused && core.site.poll_timeout().is_some_and(|t| t <= now) {

@@ -36,6 +36,15 @@ pub trait Storage {
     fn remove_segment(&mut self, segment: u32) -> Result<(), Self::Error>;
     /// Make every appended byte, truncation and removal durable.
     fn sync(&mut self) -> Result<(), Self::Error>;
+    /// Hand every appended byte to the operating system, so that it
+    /// survives a crash of this process (not a power loss). Cheap: no disk
+    /// wait. A client calls it before acknowledging a commit that did not
+    /// ask for a sync (R4, R5). Storage whose appends reach the operating
+    /// system (or the only memory there is) when `append` returns keeps
+    /// this default.
+    fn write_out(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// Read the metadata record, if one was ever written.
     fn read_meta(&mut self) -> Result<Option<Vec<u8>>, Self::Error>;
     /// Replace the metadata record atomically and durably: after a crash

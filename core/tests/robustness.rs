@@ -714,7 +714,7 @@ mod properties {
                 prop_assert_eq!(m2, msg);
             }
             // Unknown flags are refused both ways.
-            let bad = wire::Envelope { flags: wire::Flags(flags | 0x10), ..env };
+            let bad = wire::Envelope { flags: wire::Flags(flags | (wire::Flags::KNOWN + 1)), ..env };
             let mut out = Vec::new();
             prop_assert!(wire::encode_frame(&bad, &wire::Message::Heartbeat, &mut out, &l).is_err());
         }

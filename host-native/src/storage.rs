@@ -420,6 +420,9 @@ impl FileStorage {
     /// [`Storage::sync`]. On a write error (a full disk) the unwritten
     /// bytes stay buffered and a later call retries them.
     pub fn write_out(&mut self) -> Result<(), StorageError> {
+        if self.buffered == 0 {
+            return Ok(());
+        }
         let numbers: Vec<u32> = self
             .segments
             .iter()
@@ -649,8 +652,12 @@ impl Storage for FileStorage {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
-        self.write_out()?;
+        FileStorage::write_out(self)?;
         self.shared.sync()
+    }
+
+    fn write_out(&mut self) -> Result<(), StorageError> {
+        FileStorage::write_out(self)
     }
 
     fn read_meta(&mut self) -> Result<Option<Vec<u8>>, StorageError> {

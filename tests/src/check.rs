@@ -19,7 +19,11 @@
 //!     restart), and the operator promotes the most up-to-date running
 //!     site. Under QUORUM, ALL and ALL_PEERS a commit answered `permanent`
 //!     must never be rolled back on any site, must be in the log of every
-//!     later master, and must be on every site once they converge.
+//!     later master, and must be on every site once they converge. A commit
+//!     made without sync (R4) is held to this only until a site loses power
+//!     (a Clean, Torn or Reordered crash): such a commit was acknowledged
+//!     from the operating system's memory, not from disk. Process crashes
+//!     ([`CrashMode::Process`]) keep it.
 //! (d) **Convergence**: after faults stop every site reaches the same last
 //!     LSN, the same store digest and the same log, and what each site's
 //!     disk holds reopens to the same state ([`Sim::check_final`]).
@@ -57,7 +61,9 @@ pub struct Checker {
     /// Every record seen: its bytes, and the record before it in the log
     /// of the master that wrote it.
     records: BTreeMap<(Lsn, Generation), (Vec<u8>, Lsn)>,
-    permanent: BTreeMap<(Lsn, Generation), (usize, Instant)>,
+    /// Permanent commits: (LSN, generation) -> (site that answered, when,
+    /// made without sync).
+    permanent: BTreeMap<(Lsn, Generation), (usize, Instant, bool)>,
     masters: BTreeMap<Generation, SiteId>,
     track: bool,
     promises: bool,
@@ -126,7 +132,12 @@ impl Checker {
         }
     }
 
-    pub(crate) fn on_crash(&mut self, i: usize, now: Instant) {
+    pub(crate) fn on_crash(&mut self, i: usize, now: Instant, mode: CrashMode) {
+        if mode != CrashMode::Process {
+            // Commits made without sync were promised to survive process
+            // crashes only: a power loss releases them.
+            self.permanent.retain(|_, (_, _, volatile)| !*volatile);
+        }
         self.failed.insert(i);
         if self.failed.len() > self.tolerated {
             let why = format!(
@@ -362,7 +373,7 @@ impl Sim {
             return;
         }
         for t in &rb.commits {
-            if let Some((site, at)) = self.check.permanent.get(&(t.lsn, t.generation)) {
+            if let Some((site, at, _)) = self.check.permanent.get(&(t.lsn, t.generation)) {
                 self.fail(&format!(
                     "s{i} rolled back commit {:?} of generation {}, answered permanent by s{site} at {}",
                     t.lsn,
@@ -416,12 +427,18 @@ impl Sim {
     }
 
     /// Register a commit answered permanent.
-    pub(crate) fn check_commit_answer(&mut self, i: usize, o: &CommitOutcome) {
+    pub(crate) fn check_commit_answer(
+        &mut self,
+        i: usize,
+        o: &CommitOutcome,
+        durability: shoal_core::config::Durability,
+    ) {
         if self.check.track && o.permanent && self.check.promises {
             self.check.stats.permanent += 1;
+            let volatile = durability != shoal_core::config::Durability::Sync;
             self.check
                 .permanent
-                .insert((o.token.lsn, o.token.generation), (i, self.now));
+                .insert((o.token.lsn, o.token.generation), (i, self.now, volatile));
         }
     }
 

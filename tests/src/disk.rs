@@ -7,6 +7,9 @@
 //! [`Storage::sync`] makes the whole current view durable. A crash
 //! ([`SimDisk::crash`]) throws the volatile part away:
 //!
+//! - [`CrashMode::Process`]: only the process died; the operating system
+//!   kept every change made before the last [`Storage::write_out`] (and,
+//!   harsher than a real one, loses every change after it).
 //! - [`CrashMode::Clean`]: every unsynced change is lost.
 //! - [`CrashMode::Torn`]: the unsynced changes reached the disk in the order
 //!   they were made, up to a random point; the last append that made it is
@@ -44,6 +47,9 @@ impl fmt::Display for SimDiskError {
 /// How a crash treats the changes that were not synced.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum CrashMode {
+    /// The process died, not the machine: changes made before the last
+    /// `write_out` survive, later ones are lost.
+    Process,
     /// Everything not synced is lost.
     Clean,
     /// Unsynced changes survive in order up to a random point, the last
@@ -92,6 +98,8 @@ pub struct SimDisk {
     current: BTreeMap<u32, Vec<u8>>,
     dirty: BTreeMap<u32, Dirt>,
     journal: Vec<Change>,
+    /// Journal entries handed to the operating system by `write_out`.
+    written: usize,
     meta: Option<Vec<u8>>,
     /// The store snapshot (R8): replaced atomically and durably, like meta.
     snapshot: Option<Vec<u8>>,
@@ -144,6 +152,7 @@ impl SimDisk {
     pub fn crash(&mut self, mode: CrashMode, rng: &mut Rng) {
         self.stats.crashes += 1;
         let journal = std::mem::take(&mut self.journal);
+        let written = std::mem::take(&mut self.written);
         let dirty = std::mem::take(&mut self.dirty);
         let unsynced: u64 = journal
             .iter()
@@ -156,6 +165,29 @@ impl SimDisk {
         let mut kept = 0u64;
         match mode {
             CrashMode::Clean => {}
+            CrashMode::Process => {
+                for c in journal.iter().take(written) {
+                    match c {
+                        Change::Create(seg) => {
+                            state.insert(*seg, Vec::new());
+                        }
+                        Change::Append(seg, b) => {
+                            if let Some(v) = state.get_mut(seg) {
+                                v.extend_from_slice(b);
+                                kept += b.len() as u64;
+                            }
+                        }
+                        Change::Truncate(seg, len) => {
+                            if let Some(v) = state.get_mut(seg) {
+                                v.truncate(*len);
+                            }
+                        }
+                        Change::Remove(seg) => {
+                            state.remove(seg);
+                        }
+                    }
+                }
+            }
             CrashMode::Torn => {
                 let cut = rng.below(journal.len() as u64 + 1) as usize;
                 for (k, c) in journal.iter().enumerate().take(cut + 1) {
@@ -317,6 +349,7 @@ impl Storage for SimDisk {
     fn sync(&mut self) -> Result<(), SimDiskError> {
         self.stats.syncs += 1;
         self.journal.clear();
+        self.written = 0;
         let dirty = std::mem::take(&mut self.dirty);
         for (seg, d) in dirty {
             match (d, self.current.get(&seg)) {
@@ -333,6 +366,11 @@ impl Storage for SimDisk {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> Result<(), SimDiskError> {
+        self.written = self.journal.len();
         Ok(())
     }
 
@@ -370,6 +408,21 @@ mod tests {
         d.sync().unwrap();
         d.append(seg, unsynced).unwrap();
         d
+    }
+
+    #[test]
+    fn a_process_crash_keeps_what_was_written_out() {
+        let mut d = disk_with(1, b"durable", b"written");
+        d.write_out().unwrap();
+        d.append(1, b"buffered").unwrap();
+        d.crash(CrashMode::Process, &mut Rng::new(1));
+        assert_eq!(d.segment(1), Some(&b"durablewritten"[..]));
+        assert!(d.is_synced());
+        // A power loss after a write-out keeps only what was synced.
+        let mut d = disk_with(1, b"durable", b"written");
+        d.write_out().unwrap();
+        d.crash(CrashMode::Clean, &mut Rng::new(1));
+        assert_eq!(d.segment(1), Some(&b"durable"[..]));
     }
 
     #[test]

@@ -320,7 +320,8 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                 if let Some(&c) = r.pick(&clients) {
                     let mode = *r
                         .pick(&[
-                            CrashMode::Clean,
+                            CrashMode::Process,
+                            CrashMode::Process,
                             CrashMode::Clean,
                             CrashMode::Torn,
                             CrashMode::Torn,
@@ -340,7 +341,8 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                 let Some(m) = sim.master() else { continue };
                 let mode = *r
                     .pick(&[
-                        CrashMode::Clean,
+                        CrashMode::Process,
+                        CrashMode::Process,
                         CrashMode::Clean,
                         CrashMode::Torn,
                         CrashMode::Torn,

@@ -158,6 +158,12 @@ pub struct Sim {
     /// txn_applied calls waiting for their answer: (site, incarnation,
     /// request) -> token.
     waits: BTreeMap<(usize, u32, RequestId), CommitToken>,
+    /// Commits not yet answered: (site, incarnation, request) -> the
+    /// durability asked, which decides what the checker holds them to.
+    durabilities: BTreeMap<(usize, u32, RequestId), Durability>,
+    /// The durability of the commit being made right now (its answer can
+    /// come before its request id is known).
+    committing: Option<Durability>,
     conn_dirty: bool,
     conn_epoch: u64,
     in_conn_sync: bool,
@@ -217,6 +223,8 @@ impl Sim {
             trace,
             check,
             waits: BTreeMap::new(),
+            durabilities: BTreeMap::new(),
+            committing: None,
             conn_dirty: true,
             conn_epoch: 0,
             in_conn_sync: false,
@@ -501,8 +509,14 @@ impl Sim {
                     outs.push(Out::Event(e));
                 }
                 Output::Answer(a) => {
-                    if let Answer::Commit { result: Ok(o), .. } = &a {
-                        self.check_commit_answer(i, o);
+                    if let Answer::Commit { id, result } = &a {
+                        let d = self
+                            .durabilities
+                            .remove(&(i, self.slots[i].inc, *id))
+                            .or(self.committing);
+                        if let Ok(o) = result {
+                            self.check_commit_answer(i, o, d.unwrap_or(Durability::Sync));
+                        }
                     }
                     if let Answer::TxnApplied { id, result } = &a {
                         let key = (i, self.slots[i].inc, *id);
@@ -767,7 +781,21 @@ impl Sim {
         durability: Durability,
     ) -> Result<RequestId, CommitError> {
         let what = format!("commit {} ({durability:?})", describe_ops(ops));
-        self.act(i, &what, |s, now| s.commit(now, ops, durability))
+        let before = self.is_up(i).then(|| self.slots[i].answers.len());
+        self.committing = Some(durability);
+        let r = self.act(i, &what, |s, now| s.commit(now, ops, durability));
+        self.committing = None;
+        if let (Ok(id), Some(before)) = (r, before) {
+            // The answer may have come within the call (nothing to wait for).
+            let answered = self.slots[i].answers[before..]
+                .iter()
+                .any(|(_, _, a)| matches!(a, Answer::Commit { id: x, .. } if *x == id));
+            if !answered {
+                self.durabilities
+                    .insert((i, self.slots[i].inc, id), durability);
+            }
+        }
+        r
     }
 
     /// Put `key` = `value` in database "db" on site `i` with sync
@@ -883,7 +911,8 @@ impl Sim {
         slot.was_master = false;
         slot.members_len = 0;
         self.conn_dirty = true;
-        self.check.on_crash(i, self.now);
+        self.check.on_crash(i, self.now, mode);
+        self.durabilities.retain(|k, _| k.0 != i);
         self.trace.push(Step {
             time: self.now,
             site: i,

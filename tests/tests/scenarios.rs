@@ -1091,23 +1091,27 @@ fn r4_a_reordered_crash_leaves_no_hole_at_a_segment_switch() {
     }
 }
 
-/// Regression (R4/R5): a QUORUM commit written without sync is not
-/// permanent while the master's copy is only in memory: a master crash
-/// loses that copy, and a majority without the one client that acked (here
-/// cut off) elects a winner without the commit. The master used to count
-/// itself among the holders at once, so such a commit was reported
-/// permanent and then lost.
+/// Regression (R4/R5): a QUORUM commit is not permanent while the master's
+/// copy is only in memory: a master crash loses that copy, and a majority
+/// without the one client that acked (here cut off) elects a winner
+/// without the commit. The master used to count itself among the holders
+/// at once, so such a commit was reported permanent and then lost. The
+/// master's copy now counts once it is as durable as the commit asked: on
+/// disk for a sync commit (a power loss keeps it), written out to the
+/// operating system for a commit without sync (a process crash keeps it).
 #[test]
 fn r5_quorum_counts_the_master_only_once_its_copy_is_durable() {
+    quorum_counts_the_master("sync", Durability::Sync, CrashMode::Clean);
+    quorum_counts_the_master("no_sync", Durability::NoSync, CrashMode::Process);
+}
+
+fn quorum_counts_the_master(label: &str, durability: Durability, crash: CrashMode) {
     let mut cfg = Config::default();
     cfg.timeouts.heartbeat_send = ms(50);
     cfg.timeouts.heartbeat_monitor = ms(200);
     cfg.timeouts.election = ms(300);
-    let mut c = SimConfig::new(
-        "scenarios",
-        "r5_quorum_counts_the_master_only_once_its_copy_is_durable",
-        3,
-    );
+    let name = format!("r5_quorum_counts_the_master_only_once_its_copy_is_durable_{label}");
+    let mut c = SimConfig::new("scenarios", &name, 3);
     c.site = cfg; // elections on: the sites elect the next master
     c.fsync_min = ms(20);
     c.fsync_max = ms(20);
@@ -1118,13 +1122,15 @@ fn r5_quorum_counts_the_master_only_once_its_copy_is_durable() {
     let mut lossy = sim.net_ref().default_link();
     lossy.loss_ppm = 1_000_000;
     sim.net().set_link(0, 1, lossy);
-    let o = sim.write_with(0, "c", "1", Durability::NoSync);
+    let o = sim.write_with(0, "c", "1", durability);
     assert!(o.permanent);
-    assert!(
-        o.flushed,
-        "permanent with one ack only once durable on the master"
-    );
-    sim.crash(0, CrashMode::Clean);
+    if durability == Durability::Sync {
+        assert!(
+            o.flushed,
+            "permanent with one ack only once durable on the master"
+        );
+    }
+    sim.crash(0, crash);
     sim.isolate(2);
     sim.net().reset_links();
     sim.restart(0, Start::Rejoin);
@@ -1142,9 +1148,19 @@ fn r5_quorum_counts_the_master_only_once_its_copy_is_durable() {
 /// the master crashed, the one electable client was cut off, and the
 /// restarted master won with the vote of the priority-0 client (which
 /// holds the commit but may not win): the commit was rolled back. A commit
-/// is now permanent under ALL only once it is durable on the master too.
+/// is now permanent under ALL only once the master's copy is as durable as
+/// the commit asked: on disk for a sync commit, written out to the
+/// operating system for one without sync.
 #[test]
 fn r5_all_needs_the_masters_copy_durable_too() {
+    // A sync commit: its master's copy must be on disk (a power loss keeps it).
+    all_needs_the_masters_copy("sync", Durability::Sync, CrashMode::Clean);
+    // A commit without sync (R4): its master's copy must be written out to
+    // the operating system (a crash of the process keeps it).
+    all_needs_the_masters_copy("no_sync", Durability::NoSync, CrashMode::Process);
+}
+
+fn all_needs_the_masters_copy(label: &str, durability: Durability, crash: CrashMode) {
     let mut cfg = Config {
         ack_policy: AckPolicy::All,
         ..Config::default()
@@ -1152,7 +1168,8 @@ fn r5_all_needs_the_masters_copy_durable_too() {
     cfg.timeouts.heartbeat_send = ms(50);
     cfg.timeouts.heartbeat_monitor = ms(200);
     cfg.timeouts.election = ms(300);
-    let mut c = SimConfig::new("scenarios", "r5_all_needs_the_masters_copy_durable_too", 3);
+    let name = format!("r5_all_needs_the_masters_copy_durable_too_{label}");
+    let mut c = SimConfig::new("scenarios", &name, 3);
     c.site = cfg; // elections on
     c.fsync_min = ms(20);
     c.fsync_max = ms(20);
@@ -1160,13 +1177,15 @@ fn r5_all_needs_the_masters_copy_durable_too() {
     let mut sim = Sim::new(c);
     sim.set_site_config(2, Config { priority: 0, ..cfg });
     sim.start_group();
-    let o = sim.write_with(0, "c", "1", Durability::NoSync);
+    let o = sim.write_with(0, "c", "1", durability);
     assert!(o.permanent);
-    assert!(
-        o.flushed,
-        "permanent under ALL only once durable on the master"
-    );
-    sim.crash(0, CrashMode::Clean);
+    if durability == Durability::Sync {
+        assert!(
+            o.flushed,
+            "permanent under ALL only once durable on the master"
+        );
+    }
+    sim.crash(0, crash);
     sim.isolate(1);
     sim.restart(0, Start::Rejoin);
     sim.run_until_true(ms(10_000), "s0 is elected with s2's vote", |s| {
@@ -1431,4 +1450,55 @@ fn r7_an_idle_site_reports_no_deadline_it_does_not_serve() {
     sim.net().reset_links();
     sim.run_until_true(ms(10_000), "a master is elected", |s| s.master().is_some());
     sim.converge(ms(20_000));
+}
+
+/// R4/R5: a commit without sync is acknowledged by clients once written to
+/// their operating system, so under QUORUM it becomes permanent without
+/// waiting for any disk; a sync commit waits for the client's flush. Every
+/// site's process then crashes (the operating system keeps what was
+/// written out) and the no-sync commit is still there.
+#[test]
+fn r4_no_sync_commit_is_acked_without_waiting_for_a_disk() {
+    let mut c = SimConfig::new(
+        "scenarios",
+        "r4_no_sync_commit_is_acked_without_waiting_for_a_disk",
+        3,
+    );
+    c.site = operator_mode(Config::default());
+    c.fsync_min = ms(20);
+    c.fsync_max = ms(20);
+    replay_hint_on_panic();
+    let mut sim = Sim::new(c);
+    sim.start_group();
+    // Let the flushes of the joins finish.
+    sim.run_for(ms(100));
+    let t0 = sim.now();
+    let o = sim.write_with(0, "fast", "1", Durability::NoSync);
+    let no_sync_took = sim.now().0 - t0.0;
+    assert!(o.permanent, "{o:?}");
+    assert!(
+        no_sync_took < 20_000,
+        "a no-sync commit waited {no_sync_took} us: as long as a disk flush"
+    );
+    let t1 = sim.now();
+    let o = sim.write_with(0, "slow", "1", Durability::Sync);
+    let sync_took = sim.now().0 - t1.0;
+    assert!(o.permanent && o.flushed, "{o:?}");
+    assert!(
+        sync_took >= 20_000,
+        "a sync commit was answered after {sync_took} us, before any flush could end"
+    );
+    let o = sim.write_with(0, "after", "2", Durability::NoSync);
+    assert!(o.permanent, "{o:?}");
+    for i in 0..3 {
+        sim.crash(i, CrashMode::Process);
+    }
+    for i in 0..3 {
+        sim.restart(i, Start::Client);
+    }
+    sim.converge(ms(20_000));
+    for i in 0..3 {
+        assert_eq!(sim.site(i).store().get("db", b"after"), Some(&b"2"[..]), "s{i}");
+        assert_eq!(sim.site(i).store().get("db", b"fast"), Some(&b"1"[..]), "s{i}");
+    }
 }

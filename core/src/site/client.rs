@@ -293,16 +293,21 @@ impl<S: Storage> Site<S> {
         let last = self.writer.last_lsn();
         if e.lsn <= last {
             self.stats.duplicates += 1;
-            if env.flags.contains(Flags::PERMANENT) && self.flushed >= e.lsn {
+            let held = if env.flags.contains(Flags::NO_SYNC) {
+                self.written
+            } else {
+                self.flushed
+            };
+            if env.flags.contains(Flags::PERMANENT) && held >= e.lsn {
                 // The first ack may have been lost: say it again.
                 self.acked_sent = Lsn::ZERO;
                 self.maybe_ack();
             }
             return Err(Drop::Duplicate);
         }
-        let permanent = env.flags.contains(Flags::PERMANENT);
+        let flags = env.flags;
         if e.prev == last {
-            self.apply_entry(e.lsn, e.record, permanent)?;
+            self.apply_entry(e.lsn, e.record, flags)?;
             self.drain_pending();
             self.after_progress();
             return Ok(());
@@ -314,7 +319,7 @@ impl<S: Storage> Site<S> {
             }
             self.pending_bytes += e.record.len();
             self.pending
-                .insert(e.lsn, (e.prev, e.record.to_vec(), permanent));
+                .insert(e.lsn, (e.prev, e.record.to_vec(), flags));
         }
         if self.want.is_none() {
             self.want_log(e.lsn, e.prev);
@@ -322,7 +327,7 @@ impl<S: Storage> Site<S> {
         Ok(())
     }
 
-    fn apply_entry(&mut self, lsn: Lsn, record: &[u8], permanent: bool) -> Result<(), Drop> {
+    fn apply_entry(&mut self, lsn: Lsn, record: &[u8], flags: Flags) -> Result<(), Drop> {
         if self.index.is_empty() && lsn != self.writer.next_lsn() {
             // The master's log starts later than this empty log's default.
             if self.writer.restart_at(&mut self.storage, lsn).is_err() {
@@ -332,7 +337,13 @@ impl<S: Storage> Site<S> {
         let entry = self
             .append_replicated(lsn, record)
             .map_err(|_| Drop::Duplicate)?;
-        if permanent || matches!(entry.kind, RecordKind::Commit | RecordKind::Membership) {
+        let permanent = flags.contains(Flags::PERMANENT);
+        if permanent && flags.contains(Flags::NO_SYNC) {
+            // A commit without sync: acknowledged once written out, with
+            // the rest of the batch (see `poll_output`).
+            self.perm_lsn = entry.lsn;
+            self.ack_due = true;
+        } else if permanent || matches!(entry.kind, RecordKind::Commit | RecordKind::Membership) {
             self.perm_lsn = entry.lsn;
             self.ask_flush(entry.lsn);
         }
@@ -342,7 +353,7 @@ impl<S: Storage> Site<S> {
     fn drain_pending(&mut self) {
         while let Some((&lsn, _)) = self.pending.iter().next() {
             let last = self.writer.last_lsn();
-            let Some((prev, record, permanent)) = self.pending.get(&lsn).cloned() else {
+            let Some((prev, record, flags)) = self.pending.get(&lsn).cloned() else {
                 break;
             };
             if lsn <= last {
@@ -355,7 +366,7 @@ impl<S: Storage> Site<S> {
             }
             self.pending.remove(&lsn);
             self.pending_bytes -= record.len();
-            if self.apply_entry(lsn, &record, permanent).is_err() {
+            if self.apply_entry(lsn, &record, flags).is_err() {
                 break;
             }
         }
@@ -408,6 +419,13 @@ impl<S: Storage> Site<S> {
 
     /// Acknowledge what is durable, if it covers a permanent record not yet
     /// acknowledged (R5). Views never ack (R12).
+    ///
+    /// An ack covers every record up to its LSN, so it may only name an LSN
+    /// up to which each record is as durable as its commit asked: flushed,
+    /// or written out for a NO_SYNC commit. Past the flushed LSN that holds
+    /// only while no record waits for a flush (a conservative bound: the
+    /// first record waiting for one is not tracked), and then the log is
+    /// written out first.
     pub(super) fn maybe_ack(&mut self) {
         if self.cfg.view || !matches!(self.sync, SyncState::Ready | SyncState::CatchUp { .. }) {
             return;
@@ -415,7 +433,13 @@ impl<S: Storage> Site<S> {
         let Some(master) = self.master else {
             return;
         };
-        let durable = self.flushed.min(self.writer.last_lsn());
+        let last = self.writer.last_lsn();
+        let flushed = self.flushed.min(last);
+        let durable = if self.flush_want > self.flushed || self.perm_lsn <= flushed {
+            flushed
+        } else {
+            self.write_out().min(last)
+        };
         if self.perm_lsn > self.acked_sent && durable > self.acked_sent {
             self.acked_sent = durable;
             self.send(master, Flags::NONE, &Message::Ack { lsn: durable });

@@ -119,21 +119,29 @@ impl<S: Storage> Site<S> {
             lsn: entry.lsn,
             generation: entry.generation,
         };
-        self.ship(entry, true);
+        let sync = durability == Durability::Sync;
+        // A commit without sync travels as NO_SYNC: clients acknowledge it
+        // once written to their operating system, not their disk (R4).
+        let flags = if sync {
+            Flags::PERMANENT
+        } else {
+            Flags::PERMANENT.with(Flags::NO_SYNC)
+        };
+        self.ship(entry, flags);
         let shape = self.group_shape();
         let need = acks::need(self.cfg.ack_policy, &shape);
-        let sync = durability == Durability::Sync;
         // QUORUM counts the master among the holders, which it is only once
-        // the record is durable here: flush it even without sync (R5).
+        // its copy is as durable as the commit asked: flushed for a sync
+        // commit, written out otherwise (see `progress_commits`) (R5).
         let counts_master = counts_master(self.cfg.ack_policy, &shape);
         let needs_master_copy = needs_master_copy(self.cfg.ack_policy);
-        if sync || counts_master || needs_master_copy {
+        if sync {
             self.ask_flush(entry.lsn);
         }
         self.commits.push_back(PendingCommit {
             id,
             token,
-            sync,
+            durability,
             deadline: self.now + self.cfg.timeouts.ack,
             acks: 0,
             needed: need.acks,
@@ -153,7 +161,7 @@ impl<S: Storage> Site<S> {
     }
 
     /// Send a record just appended to every other member.
-    pub(super) fn ship(&mut self, entry: IndexEntry, permanent: bool) {
+    pub(super) fn ship(&mut self, entry: IndexEntry, flags: Flags) {
         let prev = self
             .index
             .len()
@@ -167,11 +175,6 @@ impl<S: Storage> Site<S> {
                 Some(r) => r,
                 None => return,
             },
-        };
-        let flags = if permanent {
-            Flags::PERMANENT
-        } else {
-            Flags::NONE
         };
         let msg = Message::Log(LogEntry {
             lsn: entry.lsn,
@@ -192,6 +195,17 @@ impl<S: Storage> Site<S> {
         let all_available = self.cfg.ack_policy == crate::config::AckPolicy::AllAvailable;
         let counts_master = counts_master(self.cfg.ack_policy, &shape);
         let needs_master_copy = needs_master_copy(self.cfg.ack_policy);
+        // A commit without sync is held here once written out: one write
+        // for every such commit so far, before counting.
+        if self
+            .commits
+            .iter()
+            .rev()
+            .find(|c| c.durability != Durability::Sync)
+            .is_some_and(|c| c.token.lsn > self.written)
+        {
+            self.write_out();
+        }
         // Acks cover every LSN up to the acked one, so once a commit falls
         // short, every later commit does too: stop there.
         for i in 0..self.commits.len() {
@@ -212,10 +226,15 @@ impl<S: Storage> Site<S> {
             let c = &mut self.commits[i];
             c.acks = acks;
             c.needed = need.acks;
-            // Until the record is durable here, the master is no holder: a
-            // crash would lose its copy. Under QUORUM one more ack stands in
-            // for it; under ALL / ALL_PEERS nothing does.
-            let volatile = self.flushed < c.token.lsn;
+            // Until the record is as durable here as the commit asked, the
+            // master is no holder: a crash would lose its copy. Under QUORUM
+            // one more ack stands in for it; under ALL / ALL_PEERS nothing
+            // does.
+            let held = match c.durability {
+                Durability::Sync => self.flushed,
+                _ => self.written,
+            };
+            let volatile = held < c.token.lsn;
             let extra = u32::from(counts_master && volatile);
             if acks >= need.acks + extra && !(needs_master_copy && volatile) && !need.impossible {
                 c.permanent = true;
@@ -247,7 +266,11 @@ impl<S: Storage> Site<S> {
         // Answer from the front, so answers come in commit order.
         while let Some(c) = self.commits.front().copied() {
             let flushed = self.flushed >= c.token.lsn;
-            let local_ok = !c.sync || flushed;
+            let local_ok = match c.durability {
+                Durability::Sync => flushed,
+                Durability::WriteNoSync => self.written >= c.token.lsn,
+                Durability::NoSync => true,
+            };
             let done = (c.permanent && local_ok) || (c.timed_out && flushed);
             if !done {
                 break;
@@ -340,7 +363,7 @@ impl<S: Storage> Site<S> {
                     timestamp: now,
                 };
                 if let Ok(e) = self.append_own(&RecordBody::Checkpoint(ck)) {
-                    self.ship(e, false);
+                    self.ship(e, Flags::NONE);
                 }
             }
         }
@@ -481,7 +504,7 @@ impl<S: Storage> Site<S> {
                 };
                 match self.append_own(&RecordBody::Membership(m)) {
                     Ok(e) => {
-                        self.ship(e, true);
+                        self.ship(e, Flags::PERMANENT);
                         self.ask_flush(e.lsn);
                     }
                     Err(_) => {
@@ -552,7 +575,7 @@ impl<S: Storage> Site<S> {
             .map_err(|_| CommitError::Storage)?;
         // The removed site gets the record too, so it learns it is out.
         self.send_removed(site, e);
-        self.ship(e, true);
+        self.ship(e, Flags::PERMANENT);
         self.ask_flush(e.lsn);
         if let Some(id) = id {
             self.answer(Answer::Remove { id, result: Ok(()) });

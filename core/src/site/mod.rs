@@ -156,7 +156,7 @@ pub struct Stats {
 struct PendingCommit {
     id: RequestId,
     token: CommitToken,
-    sync: bool,
+    durability: crate::config::Durability,
     deadline: Instant,
     acks: u32,
     needed: u32,
@@ -242,8 +242,15 @@ pub struct Site<S: Storage> {
     next_request: RequestId,
     next_txn: u64,
     flushed: Lsn,
+    /// Highest LSN handed to the operating system ([`Storage::write_out`]
+    /// or a sync): survives a crash of this process.
+    written: Lsn,
     flush_asked: Lsn,
     flush_want: Lsn,
+    /// A client applied a NO_SYNC permanent record: its ack goes out once
+    /// the outputs queued so far are taken, so a batch of records gets one
+    /// ack and one `write_out`.
+    ack_due: bool,
     // Master.
     commits: VecDeque<PendingCommit>,
     heartbeat_at: Option<Instant>,
@@ -251,7 +258,8 @@ pub struct Site<S: Storage> {
     writes_since_checkpoint: bool,
     // Client.
     sync: SyncState,
-    pending: BTreeMap<Lsn, (Lsn, Vec<u8>, bool)>,
+    /// Early records: LSN -> (previous LSN, record, envelope flags).
+    pending: BTreeMap<Lsn, (Lsn, Vec<u8>, Flags)>,
     pending_bytes: usize,
     want: Option<Want>,
     master_heard: Instant,
@@ -332,8 +340,10 @@ impl<S: Storage> Site<S> {
             next_request: 1,
             next_txn: 1,
             flushed: recovered.last,
+            written: recovered.last,
             flush_asked: recovered.last,
             flush_want: recovered.last,
+            ack_due: false,
             commits: VecDeque::new(),
             heartbeat_at: None,
             checkpoint_at: None,
@@ -594,6 +604,12 @@ impl<S: Storage> Site<S> {
 
     /// The next thing the host must do, if any. Wakes: after every input.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.out.is_empty() && self.ack_due {
+            self.ack_due = false;
+            if self.role == Role::Client {
+                self.maybe_ack();
+            }
+        }
         self.out.pop_front()
     }
 
@@ -702,6 +718,17 @@ impl<S: Storage> Site<S> {
         if self.flush_asked <= self.flushed {
             self.issue_flush();
         }
+    }
+
+    /// Hand the log to the operating system (a crash of this process no
+    /// longer loses it). Returns the highest LSN written; on a storage
+    /// error nothing more is, and the caller waits for a later call.
+    fn write_out(&mut self) -> Lsn {
+        let last = self.writer.last_lsn();
+        if self.written < last && self.storage.write_out().is_ok() {
+            self.written = last;
+        }
+        self.written
     }
 
     fn issue_flush(&mut self) {
@@ -917,6 +944,7 @@ impl<S: Storage> Site<S> {
             return false;
         }
         self.flushed = self.flushed.min(prev);
+        self.written = self.written.min(prev);
         self.flush_asked = self.flush_asked.min(prev);
         self.flush_want = self.flush_want.min(prev);
         self.acked_sent = self.acked_sent.min(prev);
@@ -1390,6 +1418,7 @@ impl<S: Storage> Site<S> {
             return;
         }
         self.flushed = lsn;
+        self.written = self.written.max(lsn);
         if self.flush_want > self.flushed && self.flush_asked <= self.flushed {
             self.issue_flush();
         }

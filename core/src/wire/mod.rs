@@ -48,8 +48,12 @@ impl Flags {
     pub const PERMANENT: Flags = Flags(4);
     /// The master asks the receiver for a lease grant (R10).
     pub const LEASE_REQ: Flags = Flags(8);
+    /// The commit a PERMANENT record carries did not ask for a sync (R4):
+    /// the receiver acknowledges it once the record is handed to its
+    /// operating system, without waiting for its disk.
+    pub const NO_SYNC: Flags = Flags(16);
     /// Every flag this version defines.
-    pub const KNOWN: u8 = 0x0f;
+    pub const KNOWN: u8 = 0x1f;
 
     /// True if every flag of `other` is set.
     pub const fn contains(self, other: Flags) -> bool {
@@ -69,6 +73,7 @@ impl fmt::Debug for Flags {
             (Flags::REREQUEST, "REREQUEST"),
             (Flags::PERMANENT, "PERMANENT"),
             (Flags::LEASE_REQ, "LEASE_REQ"),
+            (Flags::NO_SYNC, "NO_SYNC"),
         ];
         let mut first = true;
         write!(f, "Flags(")?;
