@@ -78,6 +78,29 @@ pub enum Request {
         /// The site to remove.
         site: u32,
     },
+    /// Run writers inside this node (on the master), as an application
+    /// linked with shoal would: `count` puts of `value_bytes`-byte values
+    /// under keys `key_prefix` + a 15-digit number from `first`, spread
+    /// over `writers` concurrent tasks. For `shoal bench`: the answer's
+    /// `load` has the rate and latencies without the API's round trips.
+    Load {
+        /// Database name.
+        db: String,
+        /// Concurrent writers (1 to [`MAX_LOAD_WRITERS`]).
+        writers: u32,
+        /// Commits in all (1 to [`MAX_LOAD_COUNT`]).
+        count: u64,
+        /// Number of the first key.
+        #[serde(default)]
+        first: u64,
+        /// Key prefix (the key is the prefix and a 15-digit number).
+        key_prefix: String,
+        /// Value size in bytes (at most [`MAX_LOAD_VALUE`]).
+        value_bytes: u32,
+        /// "sync" (default), "write-no-sync" or "no-sync".
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sync: Option<String>,
+    },
     /// Drop all traffic with a peer, as if the network between them were
     /// cut (the demo's partitions); `block: false` heals it.
     Link {
@@ -86,6 +109,33 @@ pub enum Request {
         /// Cut (true) or heal (false).
         block: bool,
     },
+}
+
+/// Most writers one `load` request runs.
+pub const MAX_LOAD_WRITERS: u32 = 1024;
+/// Most commits one `load` request makes.
+pub const MAX_LOAD_COUNT: u64 = 10_000_000;
+/// Largest value a `load` request writes.
+pub const MAX_LOAD_VALUE: u32 = 64 << 10;
+
+/// What a `load` request measured inside the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Commits answered.
+    pub commits: u64,
+    /// Commits refused or failed (the first error is in `error`).
+    pub failed: u64,
+    /// Commits answered without meeting the ack policy.
+    pub not_permanent: u64,
+    /// First failure, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// From the first commit's start to the last answer (µs).
+    pub elapsed_us: u64,
+    /// Commit latency quantiles (µs).
+    pub p50_us: u64,
+    /// See `p50_us`.
+    pub p99_us: u64,
 }
 
 /// What a commit achieved.
@@ -192,6 +242,9 @@ pub struct Response {
     /// The status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// A `load` request's measurements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadReport>,
 }
 
 impl Response {
@@ -262,6 +315,11 @@ impl Client {
             writer: w,
             timeout,
         })
+    }
+
+    /// How long [`Client::call`] waits for an answer from now on.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// Send one request and wait for its answer.

@@ -2,15 +2,21 @@
 //! loopback TCP with file storage, through the client API.
 //!
 //! Figures, each the median of `--reps` repetitions:
-//! - commits/s and latency p50/p99: `--writers` connections to the master
-//!   put `--count` records per repetition (16-byte keys, 100-byte values)
-//!   with the `--sync` durability under the `--ack` policy;
+//! - commits/s and latency p50/p99 in the master's process: `--writers`
+//!   tasks inside the master node (an application linked with shoal, as
+//!   the reference system's figures are taken; started with the API's
+//!   `load` request) put `--count` records per repetition (16-byte keys,
+//!   100-byte values) with the `--sync` durability under the `--ack`
+//!   policy;
+//! - the same through the client API: `--writers` connections to the
+//!   master, one JSON request per commit, timed in the bench process;
 //! - failover: the master is SIGKILLed; time until a new master answers a
 //!   write as permanent (the old master then restarts and catches up);
 //! - catch-up: a client is stopped (SIGTERM), `--catchup` records are
 //!   written, the client restarts; records/s from its restart until its
 //!   last LSN reaches the master's.
 
+use crate::api::{Client, Request};
 use crate::procs::{self, parse_lsn, quantile, thousands, Cluster, Start};
 use serde_json::json;
 use std::path::PathBuf;
@@ -123,6 +129,15 @@ fn median_f(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// `n` items (16-byte keys, 100-byte values) numbered from `*seq` on.
+fn batch(seq: &mut usize, n: usize) -> Vec<(String, String)> {
+    let v = (*seq..*seq + n)
+        .map(|i| (format!("k{i:015}"), format!("{i:0100}")))
+        .collect();
+    *seq += n;
+    v
+}
+
 fn fmt_us(us: f64) -> String {
     if us >= 10_000.0 {
         format!("{:.1} ms", us / 1000.0)
@@ -169,19 +184,12 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
     let mut master = 0usize;
     let sync = Some(args.sync.clone());
     let mut seq = 0usize;
-    let mut batch = |n: usize| -> Vec<(String, String)> {
-        let v = (seq..seq + n)
-            .map(|i| (format!("k{i:015}"), format!("{i:0100}")))
-            .collect();
-        seq += n;
-        v
-    };
 
     // Warm-up (not measured).
     let api = cluster.nodes[master].api.clone();
     let w = procs::write_many(
         &api,
-        batch(args.count.min(2_000)),
+        batch(&mut seq, args.count.min(2_000)),
         args.writers,
         sync.clone(),
         None,
@@ -191,7 +199,59 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
         return Err(format!("warm-up writes failed: {}", w.failed[0].2));
     }
 
-    // Throughput and latency.
+    // Throughput and latency, writers inside the master node.
+    let mut not_perm_in = 0usize;
+    let mut in_rates = Vec::new();
+    let mut in_p50s = Vec::new();
+    let mut in_p99s = Vec::new();
+    for r in 0..args.reps {
+        let first = seq as u64;
+        seq += args.count;
+        let req = Request::Load {
+            db: procs::DB.into(),
+            writers: args.writers as u32,
+            count: args.count as u64,
+            first,
+            key_prefix: "k".into(),
+            value_bytes: 100,
+            sync: sync.clone(),
+        };
+        let mut client = Client::connect(&api, Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        client.set_timeout(Duration::from_secs(600));
+        let resp = client.call(&req).await.map_err(|e| e.to_string())?;
+        let Some(l) = resp.load.filter(|_| resp.ok) else {
+            return Err(format!(
+                "the load request failed: {}",
+                resp.error.unwrap_or_default()
+            ));
+        };
+        if l.failed > 0 {
+            return Err(format!(
+                "{} commits failed in the master node, e.g. {}",
+                l.failed,
+                l.error.unwrap_or_default()
+            ));
+        }
+        not_perm_in += l.not_permanent as usize;
+        let rate = l.commits as f64 / (l.elapsed_us as f64 / 1e6).max(1e-9);
+        say.line(format!(
+            "  rep {} (writers in the master node): {} commits/s, p50 {}, p99 {}",
+            r + 1,
+            thousands(rate as u64),
+            fmt_us(l.p50_us as f64),
+            fmt_us(l.p99_us as f64)
+        ));
+        in_rates.push(rate);
+        in_p50s.push(l.p50_us as f64);
+        in_p99s.push(l.p99_us as f64);
+    }
+    let in_rate = median_f(&mut in_rates);
+    let in_p50 = median_f(&mut in_p50s);
+    let in_p99 = median_f(&mut in_p99s);
+
+    // Throughput and latency through the client API.
     let mut rates = Vec::new();
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
@@ -204,7 +264,7 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
             Some(label.as_str())
         };
         let mut w =
-            procs::write_many(&api, batch(args.count), args.writers, sync.clone(), label).await;
+            procs::write_many(&api, batch(&mut seq, args.count), args.writers, sync.clone(), label).await;
         if !w.failed.is_empty() {
             return Err(format!(
                 "{} writes failed, e.g. {}: {}",
@@ -227,7 +287,7 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
             )
         };
         say.line(format!(
-            "  rep {}: {} commits/s, p50 {}, p99 {}{missed}",
+            "  rep {} (writers over the client API): {} commits/s, p50 {}, p99 {}{missed}",
             r + 1,
             thousands(rate as u64),
             fmt_us(p50),
@@ -281,7 +341,7 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
             } else {
                 Some(label.as_str())
             };
-            let w = procs::write_many(&api, batch(args.catchup), 64, Some("no-sync".into()), label)
+            let w = procs::write_many(&api, batch(&mut seq, args.catchup), 64, Some("no-sync".into()), label)
                 .await;
             if !w.failed.is_empty() {
                 return Err(format!("catch-up writes failed: {}", w.failed[0].2));
@@ -327,8 +387,10 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
                 "sites": args.sites, "writers": args.writers, "count": args.count,
                 "ack": args.ack, "sync": args.sync, "reps": args.reps, "build": build, "cores": cores,
                 "key_bytes": 16, "value_bytes": 100,
-                "commits_per_s": rate.round(), "p50_us": p50, "p99_us": p99,
-                "not_permanent": not_perm,
+                "commits_per_s": in_rate.round(), "p50_us": in_p50, "p99_us": in_p99,
+                "not_permanent": not_perm_in,
+                "api_commits_per_s": rate.round(), "api_p50_us": p50, "api_p99_us": p99,
+                "api_not_permanent": not_perm,
                 "failover_ms": if failovers.is_empty() { serde_json::Value::Null } else { json!(failover) },
                 "catchup_records": args.catchup,
                 "catchup_records_per_s": if catchups.is_empty() { serde_json::Value::Null } else { json!(catchup.round()) },
@@ -336,11 +398,26 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
         );
     } else {
         println!("results (median of {}):", args.reps);
-        println!("  commits/s      {}", thousands(rate as u64));
-        println!("  latency p50    {}", fmt_us(p50));
-        println!("  latency p99    {}", fmt_us(p99));
-        if not_perm > 0 {
-            println!("  not permanent  {not_perm} commits missed the ack policy");
+        println!(
+            "  commits/s      {} writers in the master node, {} over the client API",
+            thousands(in_rate as u64),
+            thousands(rate as u64)
+        );
+        println!(
+            "  latency p50    {} in the node, {} over the API",
+            fmt_us(in_p50),
+            fmt_us(p50)
+        );
+        println!(
+            "  latency p99    {} in the node, {} over the API",
+            fmt_us(in_p99),
+            fmt_us(p99)
+        );
+        if not_perm + not_perm_in > 0 {
+            println!(
+                "  not permanent  {} commits missed the ack policy",
+                not_perm + not_perm_in
+            );
         }
         if !failovers.is_empty() {
             println!("  failover       {failover:.1} ms (master SIGKILLed -> new master answers a write)");

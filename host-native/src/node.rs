@@ -146,7 +146,11 @@ pub async fn start(s: Settings) -> Result<Running, String> {
         sent: Arc::new(KindCounters::new()),
         received: Arc::new(KindCounters::new()),
     };
-    let node = Arc::new(SiteNode::new(site, gate.clone(), clock));
+    let limits = shoal_core::node::NodeLimits {
+        events: 256,
+        waiters: 256,
+    };
+    let node = Arc::new(SiteNode::with_limits(site, gate.clone(), clock, limits));
     let timer = TokioTimer(tokio::time::Instant::from_std(origin));
     let mut tasks = Vec::new();
     let n = node.clone();
@@ -442,6 +446,53 @@ async fn handle(node: &SiteNode, gate: &Gate, durability: Durability, req: Reque
                 Err(_) => Response::error("timed out"),
             }
         }
+        Request::Load {
+            db,
+            writers,
+            count,
+            first,
+            key_prefix,
+            value_bytes,
+            sync,
+        } => {
+            let d = match sync.as_deref().map(parse_durability) {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Response::error(e),
+                None => durability,
+            };
+            if writers == 0 || writers > api::MAX_LOAD_WRITERS {
+                return Response::error(format!(
+                    "load: writers must be 1 to {}",
+                    api::MAX_LOAD_WRITERS
+                ));
+            }
+            if count == 0 || count > api::MAX_LOAD_COUNT {
+                return Response::error(format!(
+                    "load: count must be 1 to {}",
+                    api::MAX_LOAD_COUNT
+                ));
+            }
+            if value_bytes > api::MAX_LOAD_VALUE || key_prefix.len() > 256 {
+                return Response::error(format!(
+                    "load: values are at most {} bytes and key prefixes 256",
+                    api::MAX_LOAD_VALUE
+                ));
+            }
+            let spec = LoadSpec {
+                db,
+                writers,
+                count,
+                first,
+                key_prefix,
+                value_bytes,
+                durability: d,
+            };
+            Response {
+                ok: true,
+                load: Some(load(node, spec).await),
+                ..Default::default()
+            }
+        }
         Request::Link { site, block } => {
             let s = SiteId(site);
             if let Ok(mut b) = gate.blocked.lock() {
@@ -461,6 +512,88 @@ async fn handle(node: &SiteNode, gate: &Gate, durability: Durability, req: Reque
             Response::ok()
         }
     }
+}
+
+/// A `load` request, checked.
+struct LoadSpec {
+    db: String,
+    writers: u32,
+    count: u64,
+    first: u64,
+    key_prefix: String,
+    value_bytes: u32,
+    durability: Durability,
+}
+
+/// Run a `load` request's writers on this node's driver, as an embedding
+/// application would, and measure them.
+async fn load(node: &SiteNode, spec: LoadSpec) -> api::LoadReport {
+    use std::sync::atomic::AtomicU64;
+    let next = AtomicU64::new(0);
+    let started = std::time::Instant::now();
+    let value = vec![b'v'; spec.value_bytes as usize];
+    let one = |_: u32| async {
+        let mut lat = Vec::new();
+        let (mut failed, mut not_perm, mut error) = (0u64, 0u64, None::<String>);
+        let mut key = String::with_capacity(spec.key_prefix.len() + 15);
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= spec.count {
+                break;
+            }
+            key.clear();
+            key.push_str(&spec.key_prefix);
+            key.push_str(&format!("{:015}", spec.first + i));
+            let ops = [Op::Put {
+                db: &spec.db,
+                key: key.as_bytes(),
+                value: &value,
+            }];
+            let t = std::time::Instant::now();
+            match tokio::time::timeout(CALL_TIMEOUT, node.commit(&ops, spec.durability)).await {
+                Ok(Ok(o)) => {
+                    lat.push(t.elapsed().as_micros() as u64);
+                    not_perm += u64::from(!o.permanent);
+                }
+                Ok(Err(e)) => {
+                    failed += 1;
+                    error.get_or_insert_with(|| commit_error(e));
+                }
+                Err(_) => {
+                    failed += 1;
+                    error.get_or_insert_with(|| "timed out waiting for a commit".into());
+                }
+            }
+        }
+        (lat, failed, not_perm, error)
+    };
+    let results = futures::future::join_all((0..spec.writers).map(one)).await;
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    let mut r = api::LoadReport {
+        elapsed_us,
+        ..Default::default()
+    };
+    let mut lat = Vec::with_capacity(spec.count as usize);
+    for (l, failed, not_perm, error) in results {
+        r.commits += l.len() as u64;
+        lat.extend(l);
+        r.failed += failed;
+        r.not_permanent += not_perm;
+        if r.error.is_none() {
+            r.error = error;
+        }
+    }
+    lat.sort_unstable();
+    let q = |f: f64| -> u64 {
+        if lat.is_empty() {
+            0
+        } else {
+            lat[((lat.len() - 1) as f64 * f).round() as usize]
+        }
+    };
+    r.p50_us = q(0.5);
+    r.p99_us = q(0.99);
+    r
 }
 
 async fn commit(node: &SiteNode, ops: &[Op<'_>], d: Durability) -> Response {
