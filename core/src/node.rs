@@ -53,7 +53,10 @@
 //! - **Application calls run on the caller's task.** `commit`, `join`,
 //!   `txn_applied`, … take the core lock, call the site directly (so a
 //!   refusal such as NotMaster is returned at once), register interest in
-//!   the answer by request id, signal the driver, and wait. Answers are
+//!   the answer by request id, signal the driver, and wait. `commit` also
+//!   drains the site's outputs itself (its records go to the transport at
+//!   once) and signals the driver only when a flush or a parked event needs
+//!   it. Answers are
 //!   routed to a bounded table of slots ([`NodeLimits::waiters`]), each with
 //!   its own waker: no polling. When every slot is taken the call fails at
 //!   once with `Busy`. A call's slot is reserved *before* the site is asked
@@ -266,6 +269,9 @@ struct Shared {
     /// Bumped after each step that ends with the site not synchronising.
     progress: u64,
     readers: MultiWakerRegistration<WAKERS>,
+    /// The deadline the driver waits for after its last step (None: only a
+    /// signal wakes it).
+    driver_wake: Option<Instant>,
     stop: bool,
     stats: NodeStats,
 }
@@ -414,6 +420,7 @@ where
             },
             progress: 0,
             readers: MultiWakerRegistration::new(),
+            driver_wake: None,
             stop: false,
             stats: NodeStats::default(),
         };
@@ -674,22 +681,25 @@ where
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         }
+        let next = if paused {
+            None
+        } else {
+            next.map(|t| if t <= now { now + MIN_SLEEP } else { t })
+        };
         // Still the shared lock inside the core lock: readers that checked
         // the site before this point see the bump.
         self.with_shared(|s| {
             s.stats.send_failures += st.send_failures;
             s.stats.flushes += st.flushes;
             s.stats.flush_failures += st.flush_failures;
+            s.driver_wake = next;
             if !synchronizing {
                 s.progress += 1;
                 s.readers.wake();
             }
         });
         drop(guard);
-        if paused {
-            return None;
-        }
-        next.map(|t| if t <= now { now + MIN_SLEEP } else { t })
+        next
     }
 
     /// Hand the site's outputs to their destinations. Returns true when an
@@ -782,12 +792,28 @@ where
         durability: Durability,
     ) -> Result<CommitOutcome, CommitError> {
         let slot = self.reserve().ok_or(CommitError::Busy)?;
-        {
-            let mut core = self.core.lock().await;
+        let wake_driver = {
+            let mut guard = self.core.lock().await;
+            let core = &mut *guard;
             let id = core.site.commit(self.clock.now(), ops, durability)?;
             slot.arm(id);
+            // Hand the record to the transport now, on the caller's task,
+            // rather than after the driver's next wake-up: one task switch
+            // less per commit. The driver is still needed for a flush or a
+            // parked event.
+            let mut st = StepStats::default();
+            let paused = self.drain(core, &mut st);
+            self.with_shared(|s| s.stats.send_failures += st.send_failures);
+            // A deadline the commit added (its ack timeout) before the one
+            // the driver sleeps until needs the driver to look again.
+            let due = core.site.poll_timeout();
+            let sleeps_until = self.with_shared(|s| s.driver_wake);
+            let earlier = due.is_some_and(|d| sleeps_until.is_none_or(|w| d < w));
+            paused || core.flush.is_some() || earlier
+        };
+        if wake_driver {
+            self.kick.signal(());
         }
-        self.kick.signal(());
         match slot.wait().await {
             Answer::Commit { result, .. } => result,
             // Ids are unique across kinds; not reached.

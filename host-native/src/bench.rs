@@ -263,8 +263,14 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
         } else {
             Some(label.as_str())
         };
-        let mut w =
-            procs::write_many(&api, batch(&mut seq, args.count), args.writers, sync.clone(), label).await;
+        let mut w = procs::write_many(
+            &api,
+            batch(&mut seq, args.count),
+            args.writers,
+            sync.clone(),
+            label,
+        )
+        .await;
         if !w.failed.is_empty() {
             return Err(format!(
                 "{} writes failed, e.g. {}: {}",
@@ -341,8 +347,14 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
             } else {
                 Some(label.as_str())
             };
-            let w = procs::write_many(&api, batch(&mut seq, args.catchup), 64, Some("no-sync".into()), label)
-                .await;
+            let w = procs::write_many(
+                &api,
+                batch(&mut seq, args.catchup),
+                64,
+                Some("no-sync".into()),
+                label,
+            )
+            .await;
             if !w.failed.is_empty() {
                 return Err(format!("catch-up writes failed: {}", w.failed[0].2));
             }

@@ -151,6 +151,20 @@ pub async fn start(s: Settings) -> Result<Running, String> {
         waiters: 256,
     };
     let node = Arc::new(SiteNode::with_limits(site, gate.clone(), clock, limits));
+    // Frames go straight from the connection's task into the node's queue.
+    {
+        let (node, gate) = (node.clone(), gate.clone());
+        let reported = std::sync::atomic::AtomicBool::new(false);
+        tcp.set_inbound_sink(Box::new(move |r| {
+            if gate.is_blocked(r.from) {
+                return;
+            }
+            gate.received.count(&r.frame);
+            if node.deliver(r.frame).is_err() && !reported.swap(true, Ordering::Relaxed) {
+                warn!("incoming queue full: frames dropped (they will be re-requested)");
+            }
+        }));
+    }
     let timer = TokioTimer(tokio::time::Instant::from_std(origin));
     let mut tasks = Vec::new();
     let n = node.clone();

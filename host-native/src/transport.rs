@@ -199,6 +199,10 @@ pub struct Received {
     pub frame: Vec<u8>,
 }
 
+/// A function that takes each received frame on the connection's own task
+/// (see [`TcpTransport::set_inbound_sink`]). It must not block.
+pub type InboundSink = Box<dyn Fn(Received) + Send + Sync>;
+
 /// The driver's ends of a transport's channels.
 #[derive(Debug)]
 pub struct TransportChannels {
@@ -309,6 +313,8 @@ struct Inner {
     state: Mutex<State>,
     events: mpsc::Sender<TransportEvent>,
     inbound: mpsc::Sender<Received>,
+    /// Where received frames go instead of `inbound`, once set.
+    sink: std::sync::OnceLock<InboundSink>,
     dropping: AtomicBool,
     inbound_dropped: AtomicU64,
     refused: AtomicU64,
@@ -410,6 +416,7 @@ impl TcpTransport {
             state: Mutex::new(State::default()),
             events: events_tx,
             inbound: inbound_tx,
+            sink: std::sync::OnceLock::new(),
             dropping: AtomicBool::new(false),
             inbound_dropped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -506,6 +513,14 @@ impl TcpTransport {
     /// The address named for a peer.
     pub fn peer_address(&self, site: SiteId) -> Option<String> {
         lock(&self.inner.state).peers.get(&site).cloned()
+    }
+
+    /// Hand every frame received from now on to `sink`, on the receiving
+    /// connection's task, instead of the `inbound` channel: one task switch
+    /// less per frame for a driver whose own queue never blocks (the core's
+    /// `Node::deliver`). Only the first call takes effect.
+    pub fn set_inbound_sink(&self, sink: InboundSink) {
+        let _ = self.inner.sink.set(sink);
     }
 
     /// Queue a frame for a named peer. Never blocks: `UnknownSite` if the
@@ -814,6 +829,9 @@ impl Inner {
     }
 
     fn deliver(&self, from: SiteId, frame: Vec<u8>) {
+        if let Some(sink) = self.sink.get() {
+            return sink(Received { from, frame });
+        }
         match self.inbound.try_send(Received { from, frame }) {
             Ok(()) => {
                 self.dropping.store(false, Ordering::Relaxed);

@@ -1498,7 +1498,15 @@ fn r4_no_sync_commit_is_acked_without_waiting_for_a_disk() {
     }
     sim.converge(ms(20_000));
     for i in 0..3 {
-        assert_eq!(sim.site(i).store().get("db", b"after"), Some(&b"2"[..]), "s{i}");
-        assert_eq!(sim.site(i).store().get("db", b"fast"), Some(&b"1"[..]), "s{i}");
+        assert_eq!(
+            sim.site(i).store().get("db", b"after"),
+            Some(&b"2"[..]),
+            "s{i}"
+        );
+        assert_eq!(
+            sim.site(i).store().get("db", b"fast"),
+            Some(&b"1"[..]),
+            "s{i}"
+        );
     }
 }
