@@ -88,10 +88,15 @@ struct Net {
     pump: RefCell<Option<Waker>>,
     /// Drop VERIFY answers to this node (holds it in synchronisation).
     drop_verify_to: Cell<Option<usize>>,
+    /// Drop every frame (a network that stopped).
+    blackhole: Cell<bool>,
 }
 
 impl Net {
     fn post(&self, to: usize, frame: &[u8]) {
+        if self.blackhole.get() {
+            return;
+        }
         self.mail.borrow_mut().push_back((to, frame.to_vec()));
         if let Some(w) = self.pump.borrow_mut().take() {
             w.wake();
@@ -783,4 +788,47 @@ fn a_critical_section_node_is_sync_with_send_futures_and_runs() {
     let o = o.expect("commit");
     assert!(o.flushed && o.permanent, "{o:?}");
     assert_eq!(v, Ok(Some(b"v".to_vec())));
+}
+
+/// A commit hands its record to the transport itself and does not always
+/// wake the driver; the driver must still wake for the commit's ack
+/// timeout, which is earlier than anything else it waits for here. With
+/// the network gone, the commit is answered (not permanent) at the ack
+/// timeout, not at the next heartbeat ten seconds later.
+#[test]
+fn a_commit_nobody_acks_is_answered_at_its_ack_timeout() {
+    let mut cfg = Config::default();
+    cfg.timeouts.ack = Duration::from_millis(100);
+    cfg.timeouts.heartbeat_send = Duration::from_secs(10);
+    cfg.timeouts.heartbeat_monitor = Duration::from_secs(30);
+    let mut w = World::new(3, cfg, NodeLimits::default());
+    form_group(&mut w);
+    // Let the joins' traffic settle, then cut the network.
+    let nodes = w.nodes.clone();
+    w.run(Duration::from_secs(10), async move {
+        nodes[0].put("db", b"settle", b"1").await.expect("commit")
+    });
+    w.net.blackhole.set(true);
+    let nodes = w.nodes.clone();
+    let clock = w.clock.clone();
+    let (o, took) = w.run(Duration::from_secs(20), async move {
+        let start = clock.now().0;
+        let o = nodes[0]
+            .commit(
+                &[Op::Put {
+                    db: "db",
+                    key: b"k",
+                    value: b"v",
+                }],
+                Durability::NoSync,
+            )
+            .await;
+        (o, clock.now().0 - start)
+    });
+    let o = o.expect("answered");
+    assert!(!o.permanent, "{o:?}");
+    assert!(
+        (100_000..1_000_000).contains(&took),
+        "answered after {took} us; the ack timeout is 100 ms"
+    );
 }

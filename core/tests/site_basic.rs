@@ -306,3 +306,111 @@ fn r8_a_new_client_after_archiving_has_no_overlap_and_says_so() {
         .any(|(i, e)| *i == 2 && *e == Event::JoinFailure));
     assert!(net.sites[2].store().is_empty());
 }
+
+/// R4/R5: commits made without sync travel as PERMANENT|NO_SYNC; a client
+/// that gets a batch of them asks for no flush and sends one ack, for the
+/// last of them, once the batch's outputs are taken. A sync commit after
+/// them is flushed before it is acknowledged.
+#[test]
+fn r4_no_sync_commits_are_acked_once_per_batch_without_a_flush() {
+    use shoal_core::wire::{decode_frame, Flags, Message};
+    let mut net = Net::group(3, Config::default());
+    let limits = Config::default().limits;
+    let now = net.now;
+    for k in 0..10 {
+        let key = format!("k{k}");
+        let ops = [Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value: b"v",
+        }];
+        net.sites[0]
+            .commit(now, &ops, Durability::NoSync)
+            .expect("commit accepted");
+    }
+    // The master's LOG frames for site 1.
+    let mut to_client = Vec::new();
+    while let Some(o) = net.sites[0].poll_output() {
+        assert!(
+            !matches!(o, Output::Flush { .. }),
+            "a no-sync commit asked the master for a flush"
+        );
+        if let Output::Send {
+            to: Dest::Site(id),
+            frame,
+        } = o
+        {
+            if id == net.sites[1].id() {
+                to_client.push(frame);
+            }
+        }
+    }
+    assert_eq!(to_client.len(), 10);
+    for f in &to_client {
+        let (env, msg) = decode_frame(f, &limits).expect("frame");
+        assert!(matches!(msg, Message::Log(_)));
+        assert!(env.flags.contains(Flags::PERMANENT.with(Flags::NO_SYNC)));
+    }
+    for f in &to_client {
+        net.sites[1].handle_frame(now, f).expect("applied");
+    }
+    let mut acks = Vec::new();
+    while let Some(o) = net.sites[1].poll_output() {
+        match o {
+            Output::Flush { .. } => panic!("the client flushed for no-sync commits"),
+            Output::Send { frame, .. } => {
+                if let Ok((_, Message::Ack { lsn })) = decode_frame(&frame, &limits) {
+                    acks.push(lsn);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(acks, vec![net.sites[0].last_lsn()], "one ack for the batch");
+    // A sync commit: the client asks for a flush and acks only after it.
+    let ops = [Op::Put {
+        db: "db",
+        key: b"s",
+        value: b"v",
+    }];
+    net.sites[0]
+        .commit(now, &ops, Durability::Sync)
+        .expect("commit accepted");
+    let mut frames = Vec::new();
+    while let Some(o) = net.sites[0].poll_output() {
+        if let Output::Send {
+            to: Dest::Site(id),
+            frame,
+        } = o
+        {
+            if id == net.sites[1].id() {
+                frames.push(frame);
+            }
+        }
+    }
+    for f in &frames {
+        net.sites[1].handle_frame(now, f).expect("applied");
+    }
+    let mut flush = None;
+    while let Some(o) = net.sites[1].poll_output() {
+        match o {
+            Output::Flush { lsn } => flush = Some(lsn),
+            Output::Send { frame, .. } => assert!(
+                !matches!(decode_frame(&frame, &limits), Ok((_, Message::Ack { .. }))),
+                "acked a sync commit before its flush"
+            ),
+            _ => {}
+        }
+    }
+    let lsn = flush.expect("the client asked for a flush");
+    net.sites[1].handle_flushed(now, lsn);
+    let mut acked = None;
+    while let Some(o) = net.sites[1].poll_output() {
+        if let Output::Send { frame, .. } = o {
+            if let Ok((_, Message::Ack { lsn })) = decode_frame(&frame, &limits) {
+                acked = Some(lsn);
+            }
+        }
+    }
+    assert_eq!(acked, Some(net.sites[0].last_lsn()));
+}
