@@ -181,6 +181,10 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
     let t = Instant::now();
     cluster.start_group(WAIT).await?;
     say.line(format!("  group formed in {} ms", t.elapsed().as_millis()));
+    // Dirty pages other programs (or an earlier bench) left in the page
+    // cache make this run's fsyncs wait for their write-back: write them
+    // out first.
+    let _ = std::process::Command::new("sync").status();
     let mut master = 0usize;
     let sync = Some(args.sync.clone());
     let mut seq = 0usize;
