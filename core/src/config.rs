@@ -43,15 +43,28 @@ impl AckPolicy {
     ];
 }
 
-/// How durable a commit must be on the master before it is answered (R4).
+/// How durable a commit must be before it is answered (R4), on the master
+/// and, through the acks its policy counts (R5), on the clients.
+///
+/// A client acknowledges a sync commit once its log is flushed, and a
+/// commit without sync once the record is handed to its operating system
+/// ([`crate::traits::Storage::write_out`]): a permanent no-sync commit
+/// survives crashes of the processes (as many as the ack policy promises),
+/// not power losses. Under QUORUM, ALL and ALL_PEERS the master's own copy
+/// counts the same way.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub enum Durability {
-    /// The log is flushed to stable storage before the commit is answered.
+    /// The log is flushed to stable storage on the master, and on every
+    /// client whose ack counts, before the commit is answered.
     #[default]
     Sync,
-    /// The record is handed to the host (written) but not flushed.
+    /// The record is written to the operating system (not flushed) on the
+    /// master before the commit is answered; clients ack once it is
+    /// written to theirs.
     WriteNoSync,
-    /// The record is appended to the log buffer only.
+    /// The record is appended to the master's log buffer only (written out
+    /// only when the ack policy counts the master's copy); clients ack once
+    /// it is written to their operating system.
     NoSync,
 }
 
