@@ -77,9 +77,16 @@ fn run(
     }
 }
 
-/// The master's and the lagging client's storage.
-fn build() -> (MemStorage, MemStorage) {
-    let cfg = config();
+/// The master's and the lagging client's storage: the group first
+/// commits `prefill` records together; then the client stops and the
+/// master commits `N` more, with a checkpoint every `checkpoint_every` of
+/// them when that is not zero (time passes 100 µs a commit).
+fn build(prefill: usize, checkpoint_every: usize) -> (MemStorage, MemStorage) {
+    let mut cfg = config();
+    if checkpoint_every > 0 {
+        cfg.timeouts.checkpoint_delay =
+            std::time::Duration::from_micros(100 * checkpoint_every as u64);
+    }
     let mut sites: Vec<Option<Site<MemStorage>>> = (0..3)
         .map(|i| {
             Some(Site::open(cfg, &format!("s{i}"), MemStorage::new(1 << 30), Instant(0)).unwrap())
@@ -92,68 +99,84 @@ fn build() -> (MemStorage, MemStorage) {
         sites[i].as_mut().unwrap().join(now, "s0");
         run(&mut sites, now, |_| false);
     }
-    // The client stops; the master commits N records with the third site.
-    let client = sites[1].take().unwrap().into_storage();
     let value = [7u8; 100];
-    for k in 0..N {
+    let mut now = now;
+    let mut client = None;
+    for k in 0..prefill + N {
+        if k == prefill {
+            // The client stops; the master commits N records with the
+            // third site.
+            client = Some(sites[1].take().unwrap().into_storage());
+        }
         let key = format!("{k:016}");
         let ops = [Op::Put {
             db: "bench",
             key: key.as_bytes(),
             value: &value,
         }];
+        now = Instant(now.0 + 100);
         sites[0]
             .as_mut()
             .unwrap()
             .commit(now, &ops, Durability::NoSync)
             .unwrap();
         if k % 64 == 63 {
+            for s in sites.iter_mut().flatten() {
+                s.handle_timeout(now);
+            }
             run(&mut sites, now, |_| false);
         }
     }
     run(&mut sites, now, |_| false);
-    (sites[0].take().unwrap().into_storage(), client)
+    (sites[0].take().unwrap().into_storage(), client.unwrap())
 }
 
 fn catch_up(c: &mut Criterion) {
-    let (master, client) = build();
     let mut group = c.benchmark_group("catch_up");
     group.throughput(Throughput::Elements(N as u64));
-    group.bench_function(format!("{N}_records"), |b| {
-        b.iter_batched(
-            || {
-                let cfg = config();
-                let now = Instant(2);
-                let mut m = Site::open(cfg, "s0", master.clone(), now).unwrap();
-                m.rep_start_master(now).unwrap();
-                let c = Site::open(cfg, "s1", client.clone(), now).unwrap();
-                let mut sites = vec![Some(m), Some(c)];
-                run(&mut sites, now, |_| false);
-                sites
-            },
-            |mut sites| {
-                let now = Instant(3);
-                let ids: Vec<_> = sites.iter().flatten().map(|s| s.id()).collect();
-                sites[1].as_mut().unwrap().rep_start_client(now);
-                sites[0]
-                    .as_mut()
-                    .unwrap()
-                    .handle_connection(now, ids[1], true);
-                sites[1]
-                    .as_mut()
-                    .unwrap()
-                    .handle_connection(now, ids[0], true);
-                let target = sites[0].as_ref().unwrap().last_lsn();
-                run(&mut sites, now, |s| {
-                    s[1].as_ref().is_some_and(|c| c.last_lsn() >= target)
-                });
-                let last = sites[1].as_ref().unwrap().last_lsn();
-                assert_eq!(last, target, "the client caught up");
-                black_box(sites)
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // An empty client; one that holds 100,000 keys already, with a
+    // checkpoint (so a store snapshot) every 20,000 records it lacks.
+    for (name, prefill, every) in [
+        ("from_empty", 0, 0),
+        ("100k_keys_checkpoints", 100_000, 20_000),
+    ] {
+        let (master, client) = build(prefill, every);
+        group.bench_function(format!("{N}_records_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let cfg = config();
+                    let now = Instant(1 << 40);
+                    let mut m = Site::open(cfg, "s0", master.clone(), now).unwrap();
+                    m.rep_start_master(now).unwrap();
+                    let c = Site::open(cfg, "s1", client.clone(), now).unwrap();
+                    let mut sites = vec![Some(m), Some(c)];
+                    run(&mut sites, now, |_| false);
+                    sites
+                },
+                |mut sites| {
+                    let now = Instant((1 << 40) + 1);
+                    let ids: Vec<_> = sites.iter().flatten().map(|s| s.id()).collect();
+                    sites[1].as_mut().unwrap().rep_start_client(now);
+                    sites[0]
+                        .as_mut()
+                        .unwrap()
+                        .handle_connection(now, ids[1], true);
+                    sites[1]
+                        .as_mut()
+                        .unwrap()
+                        .handle_connection(now, ids[0], true);
+                    let target = sites[0].as_ref().unwrap().last_lsn();
+                    run(&mut sites, now, |s| {
+                        s[1].as_ref().is_some_and(|c| c.last_lsn() >= target)
+                    });
+                    let last = sites[1].as_ref().unwrap().last_lsn();
+                    assert_eq!(last, target, "the client caught up");
+                    black_box(sites)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -492,3 +492,75 @@ fn r13_a_lost_log_more_is_covered_by_the_re_request() {
     assert!(net.caught_up(1));
     check_answers(&net, mark, 1);
 }
+
+/// R8: encoding a snapshot costs time in proportion to the store, so a
+/// client catching up through many checkpoint records snapshots at the
+/// first of them only, and again at a checkpoint once half the checkpoint
+/// delay has passed on its own clock.
+#[test]
+fn r8_a_catching_up_client_snapshots_once_not_at_every_checkpoint() {
+    use shoal_core::log::RecordKind;
+    use shoal_core::traits::Storage;
+    let mut cfg = config(Limits::default());
+    cfg.timeouts.checkpoint_delay = Duration::from_secs(1);
+    let mut net = Net::group(3, cfg);
+    let storage = net.sites[1].take().unwrap().into_storage();
+    net.down.push(1);
+    for round in 0..5 {
+        for k in 0..50 {
+            net.commit(&format!("r{round}k{k}"), b"v");
+            net.run(&mut |_| true);
+        }
+        net.advance(Duration::from_millis(1100), &mut |_| true);
+    }
+    let checkpoints: Vec<Lsn> = net.sites[0]
+        .as_ref()
+        .unwrap()
+        .log_index()
+        .iter()
+        .filter(|e| e.kind == RecordKind::Checkpoint)
+        .map(|e| e.lsn)
+        .collect();
+    assert!(
+        checkpoints.len() >= 4,
+        "the master checkpointed: {checkpoints:?}"
+    );
+    let now = net.now;
+    let mut s = Site::open(net.cfg, "s1", storage, now).unwrap();
+    s.rep_start_client(now);
+    net.sites[1] = Some(s);
+    net.down.clear();
+    net.links(true);
+    net.run(&mut |_| true);
+    assert!(net.caught_up(1));
+    let snap = |net: &mut Net| {
+        let bytes = net
+            .site(1)
+            .storage_mut()
+            .read_snapshot()
+            .unwrap()
+            .expect("a snapshot");
+        shoal_core::snapshot::decode(&bytes).unwrap().lsn
+    };
+    assert_eq!(
+        snap(&mut net),
+        checkpoints[0],
+        "one snapshot, at the first checkpoint"
+    );
+    // Time passes; the master's next checkpoint is snapshotted again.
+    for k in 0..2 {
+        net.commit(&format!("later{k}"), b"v");
+        net.advance(Duration::from_millis(1100), &mut |_| true);
+    }
+    let last = net.sites[0]
+        .as_ref()
+        .unwrap()
+        .log_index()
+        .iter()
+        .rev()
+        .find(|e| e.kind == RecordKind::Checkpoint)
+        .unwrap()
+        .lsn;
+    assert!(last > *checkpoints.last().unwrap());
+    assert_eq!(snap(&mut net), last, "the next checkpoint after the pause");
+}

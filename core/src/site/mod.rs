@@ -292,6 +292,8 @@ pub struct Site<S: Storage> {
     /// A snapshot taken at a checkpoint record, written once that record
     /// is durable (so a snapshot never runs ahead of the log).
     pending_snapshot: Option<(Lsn, Vec<u8>)>,
+    /// When this site last encoded a snapshot (None: not since it opened).
+    snapshot_taken_at: Option<Instant>,
     stats: Stats,
     frame_buf: Vec<u8>,
     /// Log bytes read back to answer a log request (master).
@@ -372,6 +374,7 @@ impl<S: Storage> Site<S> {
             permanent_lsn: Lsn::ZERO,
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
+            snapshot_taken_at: None,
             stats: Stats::default(),
             frame_buf: Vec::new(),
             read_buf: Vec::new(),
@@ -799,16 +802,28 @@ impl<S: Storage> Site<S> {
         match decoded {
             Record::Commit(c) => self.store.apply(&c)?,
             Record::Membership(m) => self.apply_membership(&m),
-            Record::Checkpoint(_) => self.take_snapshot(entry),
-            Record::NewGeneration(_) => {}
+            Record::Checkpoint(_) if self.replicated_snapshot_due() => self.take_snapshot(entry),
+            Record::Checkpoint(_) | Record::NewGeneration(_) => {}
         }
         self.stats.records_applied += 1;
         Ok(entry)
     }
 
+    /// Does a checkpoint record received from the master call for a
+    /// snapshot? Encoding one costs time in proportion to the whole store,
+    /// so a client takes at most one per half `checkpoint_delay` of its own
+    /// time: live, the master's checkpoints are that far apart anyway; a
+    /// client catching up applies many in a moment and snapshots at the
+    /// first, then again at the first checkpoint after the pause (R8).
+    fn replicated_snapshot_due(&self) -> bool {
+        let gap = self.cfg.timeouts.checkpoint_delay / 2;
+        self.snapshot_taken_at.is_none_or(|t| self.now >= t + gap)
+    }
+
     /// A checkpoint record was just applied: encode the store as of it now,
     /// write it once the record is durable (R8).
     fn take_snapshot(&mut self, entry: IndexEntry) {
+        self.snapshot_taken_at = Some(self.now);
         let bytes =
             crate::snapshot::encode(entry.lsn, entry.generation, &self.store, &self.members);
         self.pending_snapshot = Some((entry.lsn, bytes));
