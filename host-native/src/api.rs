@@ -109,6 +109,10 @@ pub enum Request {
         /// Cut (true) or heal (false).
         block: bool,
     },
+    /// The node's status without the store digest (`digest` is empty):
+    /// its cost does not grow with the store, so it can be polled while the
+    /// node works (the bench polls a catching-up client with it).
+    Progress,
 }
 
 /// Most writers one `load` request runs.

@@ -496,6 +496,27 @@ impl<'a> RecordView<'a> {
         })
     }
 
+    /// The view of a record that [`RecordView::parse`] already accepted at
+    /// `lsn` (a frame's records are checked when it is decoded): the
+    /// header is read again, bounds-checked, but the checksum is not
+    /// computed a second time. Bytes that were never parsed must go
+    /// through [`RecordView::parse`].
+    pub(crate) fn reparse(bytes: &'a [u8], lsn: Lsn, limits: &Limits) -> Result<Self, RecordError> {
+        let total = Self::total_len(bytes, limits)?;
+        let rec = bytes.get(..total).ok_or(RecordError::Truncated {
+            need: total,
+            have: bytes.len(),
+        })?;
+        let kind = RecordKind::from_u8(rec[12])?;
+        let generation = Generation(u32::from_le_bytes([rec[8], rec[9], rec[10], rec[11]]));
+        Ok(RecordView {
+            lsn,
+            generation,
+            kind,
+            bytes: rec,
+        })
+    }
+
     /// The body bytes.
     pub fn body(&self) -> &'a [u8] {
         &self.bytes[RECORD_HEADER_LEN..]

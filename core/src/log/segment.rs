@@ -201,6 +201,19 @@ impl LogWriter {
         // Recovery keeps only records whose body decodes; a record it would
         // drop (and every record after it with it) must not be written.
         view.decode(&self.limits)?;
+        self.append_checked(s, &view)
+    }
+
+    /// Append a received record that was already checked in full (header,
+    /// checksum at its LSN, body) at `view.lsn`, under the same rules as
+    /// [`LogWriter::append_raw`]: a client applies what a frame brought
+    /// without checksumming and decoding it again.
+    pub(crate) fn append_checked<S: Storage>(
+        &mut self,
+        s: &mut S,
+        view: &RecordView<'_>,
+    ) -> Result<(), LogError<S::Error>> {
+        let (lsn, record) = (view.lsn, view.bytes);
         let switch = lsn.file == self.next.file + 1
             && lsn.offset as usize == SEGMENT_HEADER_LEN
             && self.open;

@@ -255,13 +255,23 @@ impl<S: Storage> Site<S> {
     }
 
     fn request_log(&mut self, rerequest: bool) {
+        self.request_log_from(None, rerequest);
+    }
+
+    /// Ask for the log from this site's next position, or from `ahead`
+    /// when that is further (a LOG_MORE promised the records before it).
+    fn request_log_from(&mut self, ahead: Option<Lsn>, rerequest: bool) {
         let (Some(master), Some(w)) = (self.master, self.want) else {
             return;
         };
-        let from = if self.index.is_empty() {
+        let mine = if self.index.is_empty() {
             Lsn::ZERO
         } else {
             self.writer.next_lsn()
+        };
+        let from = match ahead {
+            Some(a) if a > mine && (w.to.is_zero() || a < w.to) => a,
+            _ => mine,
         };
         let flags = if rerequest {
             Flags::REREQUEST
@@ -325,6 +335,82 @@ impl<S: Storage> Site<S> {
             self.want_log(e.lsn, e.prev);
         }
         Ok(())
+    }
+
+    /// A BULK_LOG from the master (R11): its entries, in order, as LOG
+    /// records would be taken, with the bookkeeping done once per message
+    /// rather than once per record: the master's traffic noted, early
+    /// records kept and duplicates counted per entry, then pending records
+    /// drained and progress settled (back-off, waiters, caught up) once.
+    pub(super) fn on_bulk_log(
+        &mut self,
+        env: &Envelope,
+        b: &crate::wire::BulkLog<'_>,
+    ) -> Result<(), Drop> {
+        // The frame was validated on receipt: every entry decodes.
+        let Some(first) = b.entries().map_while(Result::ok).next() else {
+            return self.on_master_traffic(env);
+        };
+        let last_entry = b.entries().map_while(Result::ok).last().unwrap_or(first);
+        // As for a LOG: entries that bring the master's tail do not make
+        // this site ask for that tail as well.
+        let known = env.generation == self.meta.generation && self.master == Some(env.from);
+        if known && env.lsn == last_entry.lsn {
+            self.on_master_traffic(&Envelope {
+                lsn: first.prev,
+                ..*env
+            })?;
+        } else {
+            self.on_master_traffic(env)?;
+        }
+        if !matches!(self.sync, SyncState::Ready | SyncState::CatchUp { .. }) {
+            return Ok(());
+        }
+        let mut applied = false;
+        let mut dup_flushed = false;
+        let mut dropped = None;
+        for e in b.entries().map_while(Result::ok) {
+            let last = self.writer.last_lsn();
+            if e.lsn <= last {
+                self.stats.duplicates += 1;
+                dup_flushed |= self.flushed >= e.lsn;
+                continue;
+            }
+            if e.prev == last {
+                // The record's kind says whether it is permanent.
+                match self.apply_entry(e.lsn, e.record, Flags::NONE) {
+                    Ok(()) => applied = true,
+                    Err(d) => {
+                        dropped = Some(d);
+                        break;
+                    }
+                }
+                continue;
+            }
+            if !self.pending.contains_key(&e.lsn) {
+                if self.pending_bytes + e.record.len() > self.cfg.limits.max_pending_bytes as usize
+                {
+                    dropped = Some(Drop::PendingFull);
+                    break;
+                }
+                self.pending_bytes += e.record.len();
+                self.pending
+                    .insert(e.lsn, (e.prev, e.record.to_vec(), Flags::NONE));
+            }
+            if self.want.is_none() {
+                self.want_log(e.lsn, e.prev);
+            }
+        }
+        if applied {
+            self.drain_pending();
+            self.after_progress();
+        }
+        if dup_flushed && env.flags.contains(Flags::PERMANENT) {
+            // The first ack may have been lost: say it again.
+            self.acked_sent = Lsn::ZERO;
+            self.maybe_ack();
+        }
+        dropped.map_or(Ok(()), Err)
     }
 
     fn apply_entry(&mut self, lsn: Lsn, record: &[u8], flags: Flags) -> Result<(), Drop> {
@@ -408,11 +494,15 @@ impl<S: Storage> Site<S> {
         }
     }
 
-    /// LOG_MORE: the master stopped at its answer cap; ask for the rest.
-    pub(super) fn on_log_more(&mut self, env: &Envelope, _next: Lsn) -> Result<(), Drop> {
+    /// LOG_MORE: the master's answer stops before `next`; ask for the rest
+    /// from there. The master sends it ahead of the answer's records, so
+    /// the next part is on its way while this site applies this one (a
+    /// LOG_MORE that comes after them asks from this site's position, as
+    /// `next` is then at or before it).
+    pub(super) fn on_log_more(&mut self, env: &Envelope, next: Lsn) -> Result<(), Drop> {
         self.on_master_traffic(env)?;
         if self.want.is_some() {
-            self.request_log(false);
+            self.request_log_from(Some(next), false);
         }
         Ok(())
     }

@@ -23,6 +23,21 @@ fn needs_master_copy(policy: crate::config::AckPolicy) -> bool {
     )
 }
 
+/// Bytes of the postcard-encoded [`LogEntry`] of record `e` after `prev`
+/// (in a BULK_LOG): both LSNs and the record's length as varints, then
+/// the record.
+fn entry_size(e: &IndexEntry, prev: Lsn) -> usize {
+    fn varint(v: u32) -> usize {
+        (32 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    }
+    varint(e.lsn.file)
+        + varint(e.lsn.offset)
+        + varint(prev.file)
+        + varint(prev.offset)
+        + varint(e.len)
+        + e.len as usize
+}
+
 /// A key a commit changes: (database, key), its value before, its value after.
 type KeyChange = ((String, Vec<u8>), Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -401,37 +416,136 @@ impl<S: Storage> Site<S> {
             self.send(env.from, Flags::NONE, &Message::VerifyFail { lsn: from });
             return Ok(());
         }
+        // The records this answer carries: at most `max_answer_bytes` as
+        // encoded entries (so a bulk as large as the answer cap holds the
+        // whole answer), at least one record, stopping before `to`.
         let cap = self.cfg.limits.max_answer_bytes as usize;
-        let mut sent = 0usize;
-        let mut i = start;
-        while i < self.index.len() {
-            let e = self.index[i];
-            if !to.is_zero() && e.lsn >= to {
+        let mut end = start;
+        let mut bytes = 0usize;
+        while let Some(e) = self.index.get(end) {
+            let prev = end.checked_sub(1).map_or(Lsn::ZERO, |p| self.index[p].lsn);
+            let size = entry_size(e, prev);
+            if (!to.is_zero() && e.lsn >= to) || (end > start && bytes + size > cap) {
                 break;
             }
-            if sent > 0 && sent + e.len as usize > cap {
-                self.send(env.from, Flags::NONE, &Message::LogMore { next: e.lsn });
-                return Ok(());
-            }
-            let prev = i.checked_sub(1).map_or(Lsn::ZERO, |p| self.index[p].lsn);
-            let Some(record) = self.read_record(e.lsn) else {
-                break;
-            };
-            let flags = if e.kind == RecordKind::Commit {
-                Flags::PERMANENT
-            } else {
-                Flags::NONE
-            };
-            let msg = Message::Log(LogEntry {
-                lsn: e.lsn,
-                prev,
-                record: &record,
-            });
-            self.send(env.from, flags, &msg);
-            sent += e.len as usize;
-            i += 1;
+            bytes += size;
+            end += 1;
+        }
+        let frames = self.pack_log(start, end);
+        // LOG_MORE goes first, naming where this answer stops, so the
+        // requester can ask for the next part while it applies this one
+        // (R13): the link never idles during a catch-up. Only an answer
+        // read in full promises the rest; a read that failed part-way stops
+        // short, and the requester re-requests after its back-off.
+        let full = frames.last().is_some_and(|(_, last)| *last + 1 == end);
+        if full && end < self.index.len() && (to.is_zero() || self.index[end].lsn < to) {
+            let next = self.index[end].lsn;
+            self.send(env.from, Flags::NONE, &Message::LogMore { next });
+        }
+        for (frame, _) in frames {
+            self.send_frame(Dest::Site(env.from), frame);
         }
         Ok(())
+    }
+
+    /// Encode the records at index positions `start..end` for the wire:
+    /// BULK_LOG frames of up to min(`max_bulk_bytes`, `max_frame` less the
+    /// framing) bytes of entries (R11), and a lone LOG for a record too big
+    /// for one. The records are read from storage a contiguous run at a
+    /// time, and each is checked (length, checksum) before it is sent; the
+    /// answer stops at the first that fails. Returns each frame with the
+    /// index position of its last record.
+    fn pack_log(&mut self, start: usize, end: usize) -> Vec<(Vec<u8>, usize)> {
+        let limits = self.cfg.limits;
+        let bulk_cap = (limits.max_bulk_bytes as usize)
+            .min((limits.max_frame as usize).saturating_sub(crate::wire::FRAME_OVERHEAD));
+        let mut frames: Vec<(Vec<u8>, usize)> = Vec::new();
+        let mut read = core::mem::take(&mut self.read_buf);
+        let mut bulk = core::mem::take(&mut self.bulk_buf);
+        bulk.clear();
+        let mut count = 0u32;
+        let mut permanent = false;
+        let mut i = start;
+        'runs: while i < end {
+            // A run of records back to back in one segment: one read.
+            let first = self.index[i];
+            let mut j = i + 1;
+            while j < end && self.index[j].lsn == self.index[j - 1].end() {
+                j += 1;
+            }
+            let run = (self.index[j - 1].end().offset - first.lsn.offset) as usize;
+            read.clear();
+            read.resize(run, 0);
+            let n = self
+                .storage
+                .read(first.lsn.file, first.lsn.offset as u64, &mut read)
+                .unwrap_or(0);
+            let mut off = 0usize;
+            while i < j {
+                let e = self.index[i];
+                let len = e.len as usize;
+                let Some(record) = read.get(off..off + len).filter(|_| off + len <= n) else {
+                    break 'runs;
+                };
+                match crate::log::RecordView::parse(record, e.lsn, &limits) {
+                    Ok(v) if v.bytes.len() == len => {}
+                    _ => break 'runs,
+                }
+                let prev = i.checked_sub(1).map_or(Lsn::ZERO, |p| self.index[p].lsn);
+                let entry = LogEntry {
+                    lsn: e.lsn,
+                    prev,
+                    record,
+                };
+                let commit = e.kind == RecordKind::Commit;
+                let mark = bulk.len();
+                bulk = postcard::to_extend(&entry, bulk).unwrap_or_default();
+                debug_assert_eq!(bulk.len() - mark, entry_size(&e, prev));
+                if bulk.len() > bulk_cap {
+                    bulk.truncate(mark);
+                    if count > 0 {
+                        let f = self.bulk_frame(count, &bulk, permanent);
+                        frames.extend(f.map(|f| (f, i - 1)));
+                        bulk.clear();
+                        count = 0;
+                        permanent = false;
+                        continue;
+                    }
+                    // Too big to batch: a LOG of its own.
+                    let flags = if commit {
+                        Flags::PERMANENT
+                    } else {
+                        Flags::NONE
+                    };
+                    let f = self.encode(flags, &Message::Log(entry));
+                    frames.extend(f.map(|f| (f, i)));
+                } else {
+                    count += 1;
+                    permanent |= commit;
+                }
+                off += len;
+                i += 1;
+            }
+        }
+        if count > 0 {
+            let f = self.bulk_frame(count, &bulk, permanent);
+            frames.extend(f.map(|f| (f, i - 1)));
+        }
+        self.read_buf = read;
+        self.bulk_buf = bulk;
+        frames
+    }
+
+    fn bulk_frame(&self, count: u32, bytes: &[u8], permanent: bool) -> Option<Vec<u8>> {
+        let flags = if permanent {
+            Flags::PERMANENT
+        } else {
+            Flags::NONE
+        };
+        self.encode(
+            flags,
+            &Message::BulkLog(crate::wire::BulkLog { count, bytes }),
+        )
     }
 
     /// Answer a VERIFY_REQ: the record at exactly `lsn`, or VERIFY_FAIL.

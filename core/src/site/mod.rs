@@ -300,8 +300,14 @@ pub struct Site<S: Storage> {
     /// A snapshot taken at a checkpoint record, written once that record
     /// is durable (so a snapshot never runs ahead of the log).
     pending_snapshot: Option<(Lsn, Vec<u8>)>,
+    /// When this site last encoded a snapshot (None: not since it opened).
+    snapshot_taken_at: Option<Instant>,
     stats: Stats,
     frame_buf: Vec<u8>,
+    /// Log bytes read back to answer a log request (master).
+    read_buf: Vec<u8>,
+    /// The entries of the BULK_LOG being packed (master).
+    bulk_buf: Vec<u8>,
 }
 
 impl<S: Storage> Site<S> {
@@ -378,8 +384,11 @@ impl<S: Storage> Site<S> {
             permanent_lsn: Lsn::ZERO,
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
+            snapshot_taken_at: None,
             stats: Stats::default(),
             frame_buf: Vec::new(),
+            read_buf: Vec::new(),
+            bulk_buf: Vec::new(),
         };
         let base = match site
             .storage
@@ -690,6 +699,23 @@ impl<S: Storage> Site<S> {
         self.frame_buf = buf;
     }
 
+    /// Encode `msg` as a frame of its own (None if it does not encode).
+    fn encode(&self, flags: Flags, msg: &Message<'_>) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        encode_frame_trusted(&self.envelope(flags), msg, &mut buf, &self.cfg.limits).ok()?;
+        Some(buf)
+    }
+
+    /// Queue a frame encoded with [`Site::encode`] for one destination.
+    fn send_frame(&mut self, to: Dest, frame: Vec<u8>) {
+        if self.out.len() >= self.cfg.limits.max_outputs as usize {
+            self.stats.sends_dropped += 1;
+            return;
+        }
+        self.stats.frames_out += 1;
+        self.out.push_back(Output::Send { to, frame });
+    }
+
     fn send(&mut self, to: SiteId, flags: Flags, msg: &Message<'_>) {
         self.send_many(&[Dest::Site(to)], flags, msg);
     }
@@ -779,34 +805,52 @@ impl<S: Storage> Site<S> {
         Ok(entry)
     }
 
-    /// Append a record received from the master; apply it; index it.
+    /// Append a record received from the master; apply it; index it. The
+    /// record must come from a frame that [`crate::wire::decode_frame`]
+    /// accepted (it checked the record in full).
     fn append_replicated(
         &mut self,
         lsn: Lsn,
         record: &[u8],
     ) -> Result<IndexEntry, LogError<S::Error>> {
-        self.writer.append_raw(&mut self.storage, lsn, record)?;
-        let view = crate::log::RecordView::parse(record, lsn, &self.cfg.limits)?;
+        // Every record reaches here from a frame, whose records were checked
+        // in full (checksum at this LSN, body) when it was decoded: read its
+        // header and decode its body once, for the log and the store both.
+        let view = crate::log::RecordView::reparse(record, lsn, &self.cfg.limits)?;
+        let decoded = view.decode(&self.cfg.limits)?;
+        self.writer.append_checked(&mut self.storage, &view)?;
         let entry = IndexEntry {
             lsn,
             generation: view.generation,
-            len: record.len() as u32,
+            len: view.bytes.len() as u32,
             kind: view.kind,
         };
         self.index.push(entry);
-        match view.decode(&self.cfg.limits)? {
+        match decoded {
             Record::Commit(c) => self.store.apply(&c)?,
             Record::Membership(m) => self.apply_membership(&m),
-            Record::Checkpoint(_) => self.take_snapshot(entry),
-            Record::NewGeneration(_) => {}
+            Record::Checkpoint(_) if self.replicated_snapshot_due() => self.take_snapshot(entry),
+            Record::Checkpoint(_) | Record::NewGeneration(_) => {}
         }
         self.stats.records_applied += 1;
         Ok(entry)
     }
 
+    /// Does a checkpoint record received from the master call for a
+    /// snapshot? Encoding one costs time in proportion to the whole store,
+    /// so a client takes at most one per half `checkpoint_delay` of its own
+    /// time: live, the master's checkpoints are that far apart anyway; a
+    /// client catching up applies many in a moment and snapshots at the
+    /// first, then again at the first checkpoint after the pause (R8).
+    fn replicated_snapshot_due(&self) -> bool {
+        let gap = self.cfg.timeouts.checkpoint_delay / 2;
+        self.snapshot_taken_at.is_none_or(|t| self.now >= t + gap)
+    }
+
     /// A checkpoint record was just applied: encode the store as of it now,
     /// write it once the record is durable (R8).
     fn take_snapshot(&mut self, entry: IndexEntry) {
+        self.snapshot_taken_at = Some(self.now);
         let bytes =
             crate::snapshot::encode(entry.lsn, entry.generation, &self.store, &self.members);
         self.pending_snapshot = Some((entry.lsn, bytes));
@@ -1356,12 +1400,7 @@ impl<S: Storage> Site<S> {
             Message::Vote1(v) => self.on_vote1(env, v),
             Message::Vote2 { candidate } => self.on_vote2(env, *candidate),
             Message::Log(e) => self.on_log(env, e),
-            Message::BulkLog(b) => {
-                for e in b.entries().flatten() {
-                    self.on_log(env, &e)?;
-                }
-                Ok(())
-            }
+            Message::BulkLog(b) => self.on_bulk_log(env, b),
             Message::LogMore { next } => self.on_log_more(env, *next),
             Message::LogReq { from, to } => self.serve_log(env, *from, *to),
             Message::AllReq { from } => self.serve_log(env, *from, Lsn::ZERO),

@@ -203,7 +203,8 @@ pub fn encode_frame(
 
 /// Encode a frame whose log records come from this site's own log, which
 /// validated them when they were appended: every other check still runs,
-/// but records are not checksummed and decoded a second time.
+/// but records are not checksummed and decoded a second time. A BULK_LOG
+/// is checked for its size only (at most `max_bulk_bytes` of entries).
 pub fn encode_frame_trusted(
     env: &Envelope,
     msg: &Message<'_>,
@@ -216,6 +217,14 @@ pub fn encode_frame_trusted(
         Message::Log(_) | Message::Verify(_) => {
             return Err(EncodeError::Invalid(DecodeError::LimitExceeded(
                 "log record",
+            )))
+        }
+        // The sender packed the entries itself from its own log: only the
+        // size is checked here.
+        Message::BulkLog(b) if b.bytes.len() <= limits.max_bulk_bytes as usize => {}
+        Message::BulkLog(_) => {
+            return Err(EncodeError::Invalid(DecodeError::LimitExceeded(
+                "bulk message",
             )))
         }
         _ => validate(env, msg, limits).map_err(EncodeError::Invalid)?,

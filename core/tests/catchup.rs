@@ -1,0 +1,566 @@
+//! Catch-up of a client far behind (R2, R11, R13, issue 5): the master
+//! answers a log request with BULK_LOG frames, each within the frame and
+//! bulk limits, at most `max_answer_bytes` of records per request, with a
+//! LOG_MORE ahead of them naming where the answer stops, so the client asks
+//! for the next part before it has applied this one. A lost frame is
+//! re-requested. Every frame the sites exchange is decoded and checked.
+
+use shoal_core::config::{Config, Durability, Limits};
+use shoal_core::log::Op;
+use shoal_core::mem::MemStorage;
+use shoal_core::site::{Dest, Output, Site};
+use shoal_core::wire::{decode_frame, Flags, Message, MessageKind, FRAME_OVERHEAD};
+use shoal_core::{Instant, Lsn};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// One frame delivered: who sent it, to whom, what it was, and the kind of
+/// frame whose handling produced it (None: a timeout or an application
+/// call).
+#[derive(Clone, Debug)]
+struct Sent {
+    from: usize,
+    to: usize,
+    kind: MessageKind,
+    flags: Flags,
+    len: usize,
+    /// Record bytes it carries (LOG, BULK_LOG), and the LSNs.
+    records: Vec<(Lsn, usize)>,
+    /// LOG_MORE's `next`, LOG_REQ's `from`.
+    lsn: Option<Lsn>,
+    cause: Option<(usize, MessageKind, u64)>,
+}
+
+struct Net {
+    sites: Vec<Option<Site<MemStorage>>>,
+    cfg: Config,
+    now: Instant,
+    sent: Vec<Sent>,
+    /// Frames handled so far (identifies a cause).
+    handled: u64,
+    /// Sites whose links are down.
+    down: Vec<usize>,
+}
+
+type Filter<'a> = &'a mut dyn FnMut(&Sent) -> bool;
+
+impl Net {
+    fn group(n: usize, cfg: Config) -> Net {
+        let sites = (0..n)
+            .map(|i| {
+                Some(
+                    Site::open(cfg, &format!("s{i}"), MemStorage::new(1 << 30), Instant(0))
+                        .expect("open"),
+                )
+            })
+            .collect();
+        let mut net = Net {
+            sites,
+            cfg,
+            now: Instant(0),
+            sent: vec![],
+            handled: 0,
+            down: vec![],
+        };
+        net.site(0).create_group(Instant(0)).unwrap();
+        net.run(&mut |_| true);
+        for i in 1..n {
+            let now = net.now;
+            net.site(i).join(now, "s0");
+            net.run(&mut |_| true);
+        }
+        net.links(true);
+        net.advance(Duration::from_millis(100), &mut |_| true);
+        net
+    }
+
+    fn site(&mut self, i: usize) -> &mut Site<MemStorage> {
+        self.sites[i].as_mut().expect("up")
+    }
+
+    fn links(&mut self, up: bool) {
+        let now = self.now;
+        let ids: Vec<_> = self
+            .sites
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.id()))
+            .collect();
+        for a in 0..self.sites.len() {
+            for (b, id) in ids.iter().enumerate() {
+                if a == b || self.down.contains(&a) || self.down.contains(&b) {
+                    continue;
+                }
+                if let (Some(s), Some(id)) = (self.sites[a].as_mut(), *id) {
+                    s.handle_connection(now, id, up);
+                }
+            }
+        }
+    }
+
+    fn describe(
+        &self,
+        from: usize,
+        to: usize,
+        frame: &[u8],
+        cause: Option<(usize, MessageKind, u64)>,
+    ) -> Sent {
+        let (env, msg) = decode_frame(frame, &self.cfg.limits).expect("every frame sent decodes");
+        let mut records = vec![];
+        let mut lsn = None;
+        match &msg {
+            Message::Log(e) => records.push((e.lsn, e.record.len())),
+            Message::BulkLog(b) => {
+                for e in b.entries() {
+                    let e = e.expect("entries decode");
+                    records.push((e.lsn, e.record.len()));
+                }
+            }
+            Message::LogMore { next } => lsn = Some(*next),
+            Message::LogReq { from, .. } => lsn = Some(*from),
+            _ => {}
+        }
+        Sent {
+            from,
+            to,
+            kind: msg.kind(),
+            flags: env.flags,
+            len: frame.len(),
+            records,
+            lsn,
+            cause,
+        }
+    }
+
+    fn target(&self, d: &Dest) -> Option<usize> {
+        self.sites.iter().position(|s| match (s, d) {
+            (Some(s), Dest::Site(id)) => s.id() == *id,
+            (Some(s), Dest::Address(a)) => s.address() == a,
+            _ => false,
+        })
+    }
+
+    /// Collect site `i`'s outputs: frames into `q`, flushes completed.
+    fn collect(
+        &mut self,
+        i: usize,
+        cause: Option<(usize, MessageKind, u64)>,
+        q: &mut VecDeque<(usize, usize, Vec<u8>)>,
+        keep: Filter,
+    ) {
+        while let Some(o) = self.sites[i].as_mut().and_then(|s| s.poll_output()) {
+            match o {
+                Output::Send { to, frame } => {
+                    let Some(t) = self.target(&to) else { continue };
+                    if self.down.contains(&t) || self.down.contains(&i) {
+                        continue;
+                    }
+                    let s = self.describe(i, t, &frame, cause);
+                    let pass = keep(&s);
+                    self.sent.push(s);
+                    if pass {
+                        q.push_back((i, t, frame));
+                    }
+                }
+                Output::Flush { lsn } => {
+                    let now = self.now;
+                    self.site(i).handle_flushed(now, lsn);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Deliver every frame, one at a time, until quiet. `keep` sees each
+    /// frame sent and returns false to lose it.
+    fn run(&mut self, keep: Filter) {
+        let mut q = VecDeque::new();
+        for i in 0..self.sites.len() {
+            self.collect(i, None, &mut q, keep);
+        }
+        while let Some((from, to, frame)) = q.pop_front() {
+            let now = self.now;
+            let kind = decode_frame(&frame, &self.cfg.limits).unwrap().1.kind();
+            self.handled += 1;
+            let id = self.handled;
+            if let Some(s) = self.sites[to].as_mut() {
+                let _ = s.handle_frame(now, &frame);
+            }
+            let _ = from;
+            self.collect(to, Some((from, kind, id)), &mut q, keep);
+            for i in 0..self.sites.len() {
+                self.collect(i, None, &mut q, keep);
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration, keep: Filter) {
+        let end = self.now + d;
+        loop {
+            let next = self
+                .sites
+                .iter()
+                .flatten()
+                .filter_map(|s| s.poll_timeout())
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for s in self.sites.iter_mut().flatten() {
+                        s.handle_timeout(now);
+                    }
+                    self.run(keep);
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    fn commit(&mut self, key: &str, value: &[u8]) {
+        let now = self.now;
+        let ops = [Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value,
+        }];
+        self.site(0)
+            .commit(now, &ops, Durability::NoSync)
+            .expect("commit");
+    }
+
+    /// Site `c` stops; `n` commits of `value_len` bytes are made without
+    /// it; it restarts from its storage as a client. Returns the index of
+    /// the first frame sent after the restart.
+    fn fall_behind_and_restart(&mut self, c: usize, n: usize, value_len: usize) -> usize {
+        let storage = self.sites[c].take().expect("up").into_storage();
+        self.down.push(c);
+        let value = vec![7u8; value_len];
+        for k in 0..n {
+            self.commit(&format!("{k:016}"), &value);
+            if k % 16 == 15 {
+                self.run(&mut |_| true);
+            }
+        }
+        self.run(&mut |_| true);
+        self.advance(Duration::from_millis(10), &mut |_| true);
+        let now = self.now;
+        let mut s = Site::open(self.cfg, &format!("s{c}"), storage, now).expect("reopen");
+        s.rep_start_client(now);
+        self.sites[c] = Some(s);
+        self.down.retain(|&d| d != c);
+        let mark = self.sent.len();
+        self.links(true);
+        mark
+    }
+
+    fn caught_up(&self, c: usize) -> bool {
+        let (m, s) = (
+            self.sites[0].as_ref().unwrap(),
+            self.sites[c].as_ref().unwrap(),
+        );
+        s.last_lsn() == m.last_lsn() && s.store().digest() == m.store().digest()
+    }
+}
+
+/// The checks every catch-up must pass, for the frames sent from `mark`.
+fn check_answers(net: &Net, mark: usize, c: usize) {
+    let l = net.cfg.limits;
+    let bulk_cap = (l.max_bulk_bytes as usize).min(l.max_frame as usize - FRAME_OVERHEAD);
+    let sent = &net.sent[mark..];
+    for s in sent {
+        assert!(
+            s.len <= l.max_frame as usize,
+            "frame within max_frame: {s:?}"
+        );
+        if s.kind == MessageKind::BulkLog {
+            let entries: usize = s.records.iter().map(|(_, n)| n + 16).sum();
+            assert!(
+                entries <= bulk_cap + 16 * s.records.len(),
+                "bulk within its cap: {s:?}"
+            );
+            assert!(
+                s.len <= bulk_cap + FRAME_OVERHEAD,
+                "bulk frame within its cap: {s:?}"
+            );
+        }
+    }
+    // Each LOG_REQ the master handled got at most max_answer_bytes of
+    // records (a lone record may exceed it), with the LOG_MORE first.
+    let mut answers = 0;
+    let mut causes: Vec<u64> = sent
+        .iter()
+        .filter(|s| s.from == 0 && s.to == c)
+        .filter_map(|s| s.cause.filter(|x| x.1 == MessageKind::LogReq).map(|x| x.2))
+        .collect();
+    causes.dedup();
+    for id in causes {
+        let answer: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.from == 0 && s.to == c && s.cause.is_some_and(|x| x.2 == id))
+            .collect();
+        let records: Vec<(Lsn, usize)> = answer.iter().flat_map(|s| s.records.clone()).collect();
+        let bytes: usize = records.iter().map(|r| r.1).sum();
+        assert!(
+            records.len() <= 1 || bytes <= l.max_answer_bytes as usize,
+            "answer of {bytes} bytes within max_answer_bytes"
+        );
+        if let Some(more) = answer.iter().position(|s| s.kind == MessageKind::LogMore) {
+            assert_eq!(more, 0, "LOG_MORE goes ahead of the records");
+            let next = answer[0].lsn.unwrap();
+            assert!(
+                records.iter().all(|r| r.0 < next),
+                "LOG_MORE names where the answer stops"
+            );
+        }
+        answers += 1;
+    }
+    assert!(answers > 0, "the master answered log requests");
+}
+
+fn config(limits: Limits) -> Config {
+    let mut cfg = Config {
+        limits,
+        log_retention_segments: None,
+        ..Config::default()
+    };
+    cfg.timeouts.checkpoint_delay = Duration::from_secs(3600);
+    cfg
+}
+
+#[test]
+fn r11_a_far_behind_client_catches_up_through_bulk_frames() {
+    let mut net = Net::group(3, config(Limits::default()));
+    let mark = net.fall_behind_and_restart(1, 20_000, 100);
+    net.run(&mut |_| true);
+    net.advance(Duration::from_millis(100), &mut |_| true);
+    assert!(
+        net.caught_up(1),
+        "the client has the master's log and store"
+    );
+    check_answers(&net, mark, 1);
+    let to_client: Vec<&Sent> = net.sent[mark..]
+        .iter()
+        .filter(|s| s.from == 0 && s.to == 1)
+        .collect();
+    let bulks = to_client
+        .iter()
+        .filter(|s| s.kind == MessageKind::BulkLog)
+        .count();
+    let logs = to_client
+        .iter()
+        .filter(|s| s.kind == MessageKind::Log)
+        .count();
+    let mores = to_client
+        .iter()
+        .filter(|s| s.kind == MessageKind::LogMore)
+        .count();
+    let records: usize = to_client.iter().map(|s| s.records.len()).sum();
+    // ~20,000 records of ~156 bytes: about 3 MiB in answers of at most
+    // 1 MiB, each one BULK_LOG frame.
+    assert_eq!(logs, 0, "no record goes alone");
+    assert!((3..=5).contains(&bulks), "{bulks} BULK_LOG frames");
+    assert_eq!(mores, bulks - 1, "every answer but the last says LOG_MORE");
+    assert!(
+        (20_000..20_100).contains(&records),
+        "each record once: {records}"
+    );
+    let reqs = net.sent[mark..]
+        .iter()
+        .filter(|s| s.from == 1 && s.kind == MessageKind::LogReq)
+        .count();
+    assert_eq!(reqs, bulks, "one request per answer, none repeated");
+    assert!(
+        net.sent[mark..]
+            .iter()
+            .all(|s| !s.flags.contains(Flags::REREQUEST)),
+        "nothing was lost, so nothing was re-requested"
+    );
+}
+
+#[test]
+fn r11_device_limits_are_honoured_during_a_catch_up() {
+    let mut net = Net::group(3, config(Limits::device()));
+    let mark = net.fall_behind_and_restart(2, 400, 100);
+    net.run(&mut |_| true);
+    net.advance(Duration::from_millis(100), &mut |_| true);
+    assert!(net.caught_up(2));
+    check_answers(&net, mark, 2);
+    let to_client: Vec<&Sent> = net.sent[mark..]
+        .iter()
+        .filter(|s| s.from == 0 && s.to == 2)
+        .collect();
+    let bulks = to_client
+        .iter()
+        .filter(|s| s.kind == MessageKind::BulkLog)
+        .count();
+    let mores = to_client
+        .iter()
+        .filter(|s| s.kind == MessageKind::LogMore)
+        .count();
+    // 400 × ~156 bytes in answers of 8 KiB, two 4 KiB bulks each.
+    assert!(mores >= 7, "{mores} LOG_MOREs");
+    assert!(bulks >= 2 * mores, "{bulks} BULK_LOGs for {mores} answers");
+}
+
+#[test]
+fn r11_a_record_too_big_for_a_bulk_goes_alone() {
+    let limits = Limits {
+        max_bulk_bytes: 1024,
+        ..Limits::default()
+    };
+    let mut net = Net::group(3, config(limits));
+    let storage = net.sites[1].take().unwrap().into_storage();
+    net.down.push(1);
+    for k in 0..10 {
+        let len = if k == 4 { 2000 } else { 100 };
+        net.commit(&format!("k{k}"), &vec![1u8; len]);
+        net.run(&mut |_| true);
+    }
+    let now = net.now;
+    let mut s = Site::open(net.cfg, "s1", storage, now).unwrap();
+    s.rep_start_client(now);
+    net.sites[1] = Some(s);
+    net.down.clear();
+    let mark = net.sent.len();
+    net.links(true);
+    net.run(&mut |_| true);
+    assert!(net.caught_up(1));
+    check_answers(&net, mark, 1);
+    let to_client: Vec<&Sent> = net.sent[mark..]
+        .iter()
+        .filter(|s| s.from == 0 && s.to == 1)
+        .collect();
+    let lone: Vec<&&Sent> = to_client
+        .iter()
+        .filter(|s| s.kind == MessageKind::Log)
+        .collect();
+    assert_eq!(lone.len(), 1, "the big record alone: {to_client:?}");
+    assert!(lone[0].records[0].1 > 2000 && lone[0].flags.contains(Flags::PERMANENT));
+    assert!(
+        to_client
+            .iter()
+            .filter(|s| s.kind == MessageKind::BulkLog)
+            .count()
+            >= 2
+    );
+}
+
+#[test]
+fn r13_a_lost_bulk_frame_is_re_requested() {
+    let mut net = Net::group(3, config(Limits::default()));
+    let mark = net.fall_behind_and_restart(1, 20_000, 100);
+    // The first BULK_LOG to the client is lost; the pipelined request for
+    // the next part goes on, and its records wait as early records.
+    let mut lost = 0;
+    let mut drop_first = |s: &Sent| {
+        if s.kind == MessageKind::BulkLog && s.to == 1 && lost == 0 {
+            lost += 1;
+            return false;
+        }
+        true
+    };
+    net.run(&mut drop_first);
+    assert!(!net.caught_up(1), "a part is missing");
+    net.advance(Duration::from_millis(500), &mut |_| true);
+    assert!(net.caught_up(1), "the gap was re-requested and filled");
+    let rereq: Vec<&Sent> = net.sent[mark..]
+        .iter()
+        .filter(|s| {
+            s.from == 1 && s.kind == MessageKind::LogReq && s.flags.contains(Flags::REREQUEST)
+        })
+        .collect();
+    assert!(!rereq.is_empty(), "a re-request after the back-off");
+    check_answers(&net, mark, 1);
+}
+
+#[test]
+fn r13_a_lost_log_more_is_covered_by_the_re_request() {
+    let mut net = Net::group(3, config(Limits::default()));
+    let mark = net.fall_behind_and_restart(1, 20_000, 100);
+    let mut lost = 0;
+    let mut drop_first = |s: &Sent| {
+        if s.kind == MessageKind::LogMore && lost == 0 {
+            lost += 1;
+            return false;
+        }
+        true
+    };
+    net.run(&mut drop_first);
+    assert!(!net.caught_up(1), "the client does not know there is more");
+    net.advance(Duration::from_millis(500), &mut |_| true);
+    assert!(net.caught_up(1));
+    check_answers(&net, mark, 1);
+}
+
+/// R8: encoding a snapshot costs time in proportion to the store, so a
+/// client catching up through many checkpoint records snapshots at the
+/// first of them only, and again at a checkpoint once half the checkpoint
+/// delay has passed on its own clock.
+#[test]
+fn r8_a_catching_up_client_snapshots_once_not_at_every_checkpoint() {
+    use shoal_core::log::RecordKind;
+    use shoal_core::traits::Storage;
+    let mut cfg = config(Limits::default());
+    cfg.timeouts.checkpoint_delay = Duration::from_secs(1);
+    let mut net = Net::group(3, cfg);
+    let storage = net.sites[1].take().unwrap().into_storage();
+    net.down.push(1);
+    for round in 0..5 {
+        for k in 0..50 {
+            net.commit(&format!("r{round}k{k}"), b"v");
+            net.run(&mut |_| true);
+        }
+        net.advance(Duration::from_millis(1100), &mut |_| true);
+    }
+    let checkpoints: Vec<Lsn> = net.sites[0]
+        .as_ref()
+        .unwrap()
+        .log_index()
+        .iter()
+        .filter(|e| e.kind == RecordKind::Checkpoint)
+        .map(|e| e.lsn)
+        .collect();
+    assert!(
+        checkpoints.len() >= 4,
+        "the master checkpointed: {checkpoints:?}"
+    );
+    let now = net.now;
+    let mut s = Site::open(net.cfg, "s1", storage, now).unwrap();
+    s.rep_start_client(now);
+    net.sites[1] = Some(s);
+    net.down.clear();
+    net.links(true);
+    net.run(&mut |_| true);
+    assert!(net.caught_up(1));
+    let snap = |net: &mut Net| {
+        let bytes = net
+            .site(1)
+            .storage_mut()
+            .read_snapshot()
+            .unwrap()
+            .expect("a snapshot");
+        shoal_core::snapshot::decode(&bytes).unwrap().lsn
+    };
+    assert_eq!(
+        snap(&mut net),
+        checkpoints[0],
+        "one snapshot, at the first checkpoint"
+    );
+    // Time passes; the master's next checkpoint is snapshotted again.
+    for k in 0..2 {
+        net.commit(&format!("later{k}"), b"v");
+        net.advance(Duration::from_millis(1100), &mut |_| true);
+    }
+    let last = net.sites[0]
+        .as_ref()
+        .unwrap()
+        .log_index()
+        .iter()
+        .rev()
+        .find(|e| e.kind == RecordKind::Checkpoint)
+        .unwrap()
+        .lsn;
+    assert!(last > *checkpoints.last().unwrap());
+    assert_eq!(snap(&mut net), last, "the next checkpoint after the pause");
+}
