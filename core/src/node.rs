@@ -949,6 +949,13 @@ where
         self.kick.signal(());
     }
 
+    /// The peer clients to ask for the log before the master (S3); see
+    /// [`Site::set_peers`].
+    pub async fn set_peers(&self, addresses: &[&str]) {
+        let mut core = self.core.lock().await;
+        core.site.set_peers(addresses);
+    }
+
     /// Hold an election (`rep_elect`, E1).
     pub async fn rep_elect(&self) {
         {

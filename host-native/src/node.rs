@@ -166,6 +166,11 @@ pub async fn start(s: Settings) -> Result<Running, String> {
         }));
     }
     let timer = TokioTimer(tokio::time::Instant::from_std(origin));
+    if !s.peers.is_empty() {
+        let peers: Vec<&str> = s.peers.iter().map(String::as_str).collect();
+        node.set_peers(&peers).await;
+        info!(peers = ?s.peers, "asks these clients for the log before the master");
+    }
     let mut tasks = Vec::new();
     let n = node.clone();
     tasks.push(tokio::spawn(async move { n.run(&timer).await }));
@@ -654,6 +659,7 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 ("records_applied", stats.records_applied),
                 ("log_requests", stats.log_requests),
                 ("requests_served", stats.requests_served),
+                ("requests_refused", stats.requests_refused),
                 ("commits", stats.commits),
                 ("perm_failed", stats.perm_failed),
                 ("flushes", stats.flushes),

@@ -35,6 +35,11 @@ pub struct NodeArgs {
     /// Join a group through this member's --listen address (repeat to try several).
     #[arg(long)]
     pub join: Vec<String>,
+    /// A client to ask for the log before the master (client-to-client
+    /// synchronisation, S3): its --listen address; repeat for several, in
+    /// order of preference.
+    #[arg(long)]
+    pub peer: Vec<String>,
     /// Group name: sites of another group are refused.
     #[arg(long)]
     pub group: Option<String>,
@@ -137,6 +142,8 @@ pub struct Settings {
     pub create: bool,
     /// Helpers to join through.
     pub join: Vec<String>,
+    /// Peers to ask for the log first (S3).
+    pub peers: Vec<String>,
     /// Group name.
     pub group: String,
     /// Default durability of API commits.
@@ -232,6 +239,18 @@ impl NodeArgs {
         for j in &join {
             check_address("--join", j)?;
         }
+        let mut peers = a.peer;
+        if peers.is_empty() {
+            peers = f.peer;
+        }
+        for p in &peers {
+            check_address("--peer", p)?;
+            if *p == advertise {
+                return Err(format!(
+                    "--peer {p} is this site's own address: name another client"
+                ));
+            }
+        }
         let create = a.create || f.create;
         if create && !join.is_empty() {
             return Err(
@@ -322,6 +341,7 @@ impl NodeArgs {
             api,
             create,
             join,
+            peers,
             group: a.group.or(f.group).unwrap_or_else(|| "shoal".into()),
             durability,
             config: c,

@@ -47,6 +47,10 @@ pub struct RunSummary {
     pub converge_time: Duration,
     /// Whether the promised conditions held throughout.
     pub promises_held: bool,
+    /// Sites had client-to-client peers (S3).
+    pub peers: bool,
+    /// Log requests served by clients for other clients (S3).
+    pub peer_served: u64,
 }
 
 /// What the randomized run is allowed to do.
@@ -183,6 +187,24 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
             ..sim.cfg.site
         };
         sim.set_site_config(sites - 1, unelectable);
+    }
+    // Half the seeds: every site asks one or two other sites for the log
+    // before the master (S3), which also serve while they are clients.
+    let mut pr = Rng::fork(seed, 12);
+    if sites >= 3 && pr.chance(500_000) {
+        for i in 0..sites {
+            let others: Vec<usize> = (0..sites).filter(|&j| j != i).collect();
+            let mut peers = Vec::new();
+            for _ in 0..pr.range(1, 3) {
+                if let Some(&p) = pr.pick(&others) {
+                    if !peers.contains(&p) {
+                        peers.push(p);
+                    }
+                }
+            }
+            sim.set_peers(i, &peers);
+        }
+        sum.peers = true;
     }
     // The group forms over a reliable network; then the faults begin.
     sim.net().set_default(faulty.reliable());
@@ -381,6 +403,11 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
     sum.rolled_back_commits = cs.rolled_back_commits;
     sum.sim_time = sim.now().since(Instant(0));
     sum.promises_held = sim.checker().promises_hold();
+    sum.peer_served = sim
+        .up()
+        .iter()
+        .map(|&i| sim.site(i).stats().peer_served)
+        .sum();
     (sim, sum)
 }
 

@@ -127,6 +127,9 @@ pub(crate) struct Slot {
     pub(crate) disk: Option<SimDisk>,
     pub(crate) cfg: Config,
     pub(crate) address: String,
+    /// Peers the site asks for the log before the master (S3), set again
+    /// at every reopen as a host would.
+    pub(crate) peers: Vec<String>,
     /// Last id the site had (kept while it is down).
     pub(crate) id: SiteId,
     /// Bumped at every crash.
@@ -193,6 +196,7 @@ impl Sim {
                     disk: None,
                     cfg: c,
                     address,
+                    peers: Vec::new(),
                     id: SiteId(0),
                     inc: 0,
                     events: Vec::new(),
@@ -236,6 +240,16 @@ impl Sim {
     /// Replace one site's configuration (before it is started or
     /// restarted: takes effect at its next open). The site is reopened now
     /// if it is up and idle with an empty log.
+    /// Site `i` asks these sites (by index) for the log before the master
+    /// (S3), now and after every restart.
+    pub fn set_peers(&mut self, i: usize, peers: &[usize]) {
+        let addrs: Vec<String> = peers.iter().map(|&p| format!("s{p}")).collect();
+        if let Some(site) = self.slots[i].site.as_mut() {
+            site.set_peers(&peer_refs(&addrs));
+        }
+        self.slots[i].peers = addrs;
+    }
+
     pub fn set_site_config(&mut self, i: usize, cfg: Config) {
         self.slots[i].cfg = cfg;
         let reopen = self.slots[i]
@@ -246,8 +260,9 @@ impl Sim {
             let s = self.slots[i].site.take().expect("up");
             let disk = s.into_storage();
             let addr = self.slots[i].address.clone();
-            let site = Site::open(cfg, &addr, disk, self.now)
+            let mut site = Site::open(cfg, &addr, disk, self.now)
                 .unwrap_or_else(|e| self.fail(&format!("site {i} does not reopen: {e}")));
+            site.set_peers(&peer_refs(&self.slots[i].peers));
             self.slots[i].site = Some(site);
         }
     }
@@ -938,8 +953,9 @@ impl Sim {
         };
         let cfg = self.slots[i].cfg;
         let addr = self.slots[i].address.clone();
-        let site = Site::open(cfg, &addr, disk, self.now)
+        let mut site = Site::open(cfg, &addr, disk, self.now)
             .unwrap_or_else(|e| self.fail(&format!("s{i} does not reopen after a crash: {e}")));
+        site.set_peers(&peer_refs(&self.slots[i].peers));
         self.slots[i].site = Some(site);
         self.slots[i].opened = true;
         self.check.on_restart(i);
@@ -1024,8 +1040,9 @@ impl Sim {
         let _ = disk.write_meta(&meta.encode());
         let cfg = self.slots[i].cfg;
         let addr = self.slots[i].address.clone();
-        let site = Site::open(cfg, &addr, disk, self.now)
+        let mut site = Site::open(cfg, &addr, disk, self.now)
             .unwrap_or_else(|e| self.fail(&format!("s{i} does not reopen: {e}")));
+        site.set_peers(&peer_refs(&self.slots[i].peers));
         let slot = &mut self.slots[i];
         slot.site = Some(site);
         slot.opened = true;
@@ -1255,4 +1272,8 @@ pub fn describe_ops(ops: &[Op<'_>]) -> String {
         }
     }
     s
+}
+
+fn peer_refs(peers: &[String]) -> Vec<&str> {
+    peers.iter().map(String::as_str).collect()
 }

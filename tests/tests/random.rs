@@ -65,7 +65,7 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
     failed.sort_by_key(|f| f.0);
     let total = |f: fn(&RunSummary) -> u64| ok.iter().map(f).sum::<u64>();
     println!(
-        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), promises broken in {} runs",
+        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, promises broken in {} runs",
         seeds.len(),
         started.elapsed(),
         ok.len(),
@@ -79,6 +79,7 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
         total(|s| s.partitions),
         total(|s| s.rollbacks),
         total(|s| s.rolled_back_commits),
+        total(|s| s.peer_served),
         ok.iter().filter(|s| !s.promises_held).count(),
     );
     if !failed.is_empty() {
@@ -114,6 +115,8 @@ fn random_seeds() {
         assert!(sum(|s| s.promotions) > 0);
         assert!(sum(|s| s.permanent) > 0);
         assert!(sum(|s| s.rollbacks) > 0);
+        // Clients served each other (S3) under the same faults.
+        assert!(sum(|s| s.peer_served) > 0);
     }
 }
 

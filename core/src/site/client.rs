@@ -96,6 +96,9 @@ impl<S: Storage> Site<S> {
         }
         self.master_heard = self.now;
         self.monitor_fired = false;
+        // The master's log reaches at least here: a catch-up that ends
+        // short of it goes on (see `after_progress`).
+        self.sync_target = self.sync_target.max(env.lsn);
         if self.sync == SyncState::Ready && env.lsn > self.writer.last_lsn() && self.want.is_none()
         {
             self.want_log(Lsn::ZERO, env.lsn);
@@ -254,7 +257,7 @@ impl<S: Storage> Site<S> {
         self.request_log(false);
     }
 
-    fn request_log(&mut self, rerequest: bool) {
+    pub(super) fn request_log(&mut self, rerequest: bool) {
         self.request_log_from(None, rerequest);
     }
 
@@ -273,13 +276,10 @@ impl<S: Storage> Site<S> {
             Some(a) if a > mine && (w.to.is_zero() || a < w.to) => a,
             _ => mine,
         };
-        let flags = if rerequest {
-            Flags::REREQUEST
-        } else {
-            Flags::NONE
-        };
+        // A peer client first, when one is configured (S3).
+        let (dest, flags) = self.log_request_dest(master, rerequest);
         self.stats.log_requests += 1;
-        self.send(master, flags, &Message::LogReq { from, to: w.to });
+        self.send(dest, flags, &Message::LogReq { from, to: w.to });
     }
 
     /// One LOG record from the master.
@@ -287,7 +287,9 @@ impl<S: Storage> Site<S> {
         // The master's newest record brings its own tail: asking for the
         // log up to it as well would fetch every record twice.
         let known = env.generation == self.meta.generation && self.master == Some(env.from);
-        if known && env.lsn == e.lsn {
+        if self.peer_answer(env)? {
+            // A peer's answer (S3): records, nothing about the master.
+        } else if known && env.lsn == e.lsn {
             self.on_master_traffic(&Envelope {
                 lsn: e.prev,
                 ..*env
@@ -348,14 +350,21 @@ impl<S: Storage> Site<S> {
         b: &crate::wire::BulkLog<'_>,
     ) -> Result<(), Drop> {
         // The frame was validated on receipt: every entry decodes.
+        let peer = self.peer_answer(env)?;
         let Some(first) = b.entries().map_while(Result::ok).next() else {
-            return self.on_master_traffic(env);
+            return if peer {
+                Ok(())
+            } else {
+                self.on_master_traffic(env)
+            };
         };
         let last_entry = b.entries().map_while(Result::ok).last().unwrap_or(first);
         // As for a LOG: entries that bring the master's tail do not make
         // this site ask for that tail as well.
         let known = env.generation == self.meta.generation && self.master == Some(env.from);
-        if known && env.lsn == last_entry.lsn {
+        if peer {
+            // A peer's answer (S3): records, nothing about the master.
+        } else if known && env.lsn == last_entry.lsn {
             self.on_master_traffic(&Envelope {
                 lsn: first.prev,
                 ..*env
@@ -474,6 +483,12 @@ impl<S: Storage> Site<S> {
             if let Some((&lsn, (prev, _, _))) = self.pending.iter().next() {
                 let prev = *prev;
                 self.want_log(lsn, prev);
+            } else if last < self.sync_target {
+                // Records the master sent while this site was verifying
+                // (and so dropped), or that a peer's answer ended short of:
+                // the master has them.
+                let target = self.sync_target;
+                self.want_log(Lsn::ZERO, target);
             }
         }
         self.check_caught_up();
@@ -500,7 +515,9 @@ impl<S: Storage> Site<S> {
     /// LOG_MORE that comes after them asks from this site's position, as
     /// `next` is then at or before it).
     pub(super) fn on_log_more(&mut self, env: &Envelope, next: Lsn) -> Result<(), Drop> {
-        self.on_master_traffic(env)?;
+        if !self.peer_answer(env)? {
+            self.on_master_traffic(env)?;
+        }
         if self.want.is_some() {
             self.request_log_from(Some(next), false);
         }

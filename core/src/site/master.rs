@@ -393,8 +393,8 @@ impl<S: Storage> Site<S> {
     /// the end), at most `max_answer_bytes`, then LOG_MORE (R13).
     pub(super) fn serve_log(&mut self, env: &Envelope, from: Lsn, to: Lsn) -> Result<(), Drop> {
         if self.role != Role::Master {
-            // Client-to-client service (S3) comes with the sync features.
-            return Err(Drop::WrongRole);
+            // Client-to-client service (S3).
+            return self.serve_log_as_peer(env, from, to);
         }
         self.stats.requests_served += 1;
         if from.is_zero() && !self.has_full_history() {
@@ -416,6 +416,14 @@ impl<S: Storage> Site<S> {
             self.send(env.from, Flags::NONE, &Message::VerifyFail { lsn: from });
             return Ok(());
         }
+        self.answer_log(env.from, start, to, Flags::NONE);
+        Ok(())
+    }
+
+    /// Send the records from index position `start` to `dest`, up to `to`
+    /// (zero: the end) and the answer cap, LOG_MORE first when more remain.
+    /// Every frame carries `mark` too (ANYWHERE: a peer's answer, S3).
+    pub(super) fn answer_log(&mut self, dest: SiteId, start: usize, to: Lsn, mark: Flags) {
         // The records this answer carries: at most `max_answer_bytes` as
         // encoded entries (so a bulk as large as the answer cap holds the
         // whole answer), at least one record, stopping before `to`.
@@ -431,7 +439,7 @@ impl<S: Storage> Site<S> {
             bytes += size;
             end += 1;
         }
-        let frames = self.pack_log(start, end);
+        let frames = self.pack_log(start, end, mark);
         // LOG_MORE goes first, naming where this answer stops, so the
         // requester can ask for the next part while it applies this one
         // (R13): the link never idles during a catch-up. Only an answer
@@ -440,12 +448,11 @@ impl<S: Storage> Site<S> {
         let full = frames.last().is_some_and(|(_, last)| *last + 1 == end);
         if full && end < self.index.len() && (to.is_zero() || self.index[end].lsn < to) {
             let next = self.index[end].lsn;
-            self.send(env.from, Flags::NONE, &Message::LogMore { next });
+            self.send(dest, mark, &Message::LogMore { next });
         }
         for (frame, _) in frames {
-            self.send_frame(Dest::Site(env.from), frame);
+            self.send_frame(Dest::Site(dest), frame);
         }
-        Ok(())
     }
 
     /// Encode the records at index positions `start..end` for the wire:
@@ -455,7 +462,7 @@ impl<S: Storage> Site<S> {
     /// time, and each is checked (length, checksum) before it is sent; the
     /// answer stops at the first that fails. Returns each frame with the
     /// index position of its last record.
-    fn pack_log(&mut self, start: usize, end: usize) -> Vec<(Vec<u8>, usize)> {
+    fn pack_log(&mut self, start: usize, end: usize, tag: Flags) -> Vec<(Vec<u8>, usize)> {
         let limits = self.cfg.limits;
         let bulk_cap = (limits.max_bulk_bytes as usize)
             .min((limits.max_frame as usize).saturating_sub(crate::wire::FRAME_OVERHEAD));
@@ -504,7 +511,7 @@ impl<S: Storage> Site<S> {
                 if bulk.len() > bulk_cap {
                     bulk.truncate(mark);
                     if count > 0 {
-                        let f = self.bulk_frame(count, &bulk, permanent);
+                        let f = self.bulk_frame(count, &bulk, permanent, tag);
                         frames.extend(f.map(|f| (f, i - 1)));
                         bulk.clear();
                         count = 0;
@@ -517,7 +524,7 @@ impl<S: Storage> Site<S> {
                     } else {
                         Flags::NONE
                     };
-                    let f = self.encode(flags, &Message::Log(entry));
+                    let f = self.encode(flags.with(tag), &Message::Log(entry));
                     frames.extend(f.map(|f| (f, i)));
                 } else {
                     count += 1;
@@ -528,7 +535,7 @@ impl<S: Storage> Site<S> {
             }
         }
         if count > 0 {
-            let f = self.bulk_frame(count, &bulk, permanent);
+            let f = self.bulk_frame(count, &bulk, permanent, tag);
             frames.extend(f.map(|f| (f, i - 1)));
         }
         self.read_buf = read;
@@ -536,12 +543,19 @@ impl<S: Storage> Site<S> {
         frames
     }
 
-    fn bulk_frame(&self, count: u32, bytes: &[u8], permanent: bool) -> Option<Vec<u8>> {
+    fn bulk_frame(
+        &self,
+        count: u32,
+        bytes: &[u8],
+        permanent: bool,
+        mark: Flags,
+    ) -> Option<Vec<u8>> {
         let flags = if permanent {
             Flags::PERMANENT
         } else {
             Flags::NONE
-        };
+        }
+        .with(mark);
         self.encode(
             flags,
             &Message::BulkLog(crate::wire::BulkLog { count, bytes }),

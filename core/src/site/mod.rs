@@ -23,6 +23,7 @@ pub use lease::Handle;
 mod master;
 pub mod members;
 pub mod output;
+mod peer;
 
 pub use output::*;
 
@@ -133,6 +134,12 @@ pub struct Stats {
     pub log_requests: u64,
     /// Log requests this site served for others.
     pub requests_served: u64,
+    /// Of `requests_served`, those served as a client for another client
+    /// (S3).
+    pub peer_served: u64,
+    /// Log requests from other clients this client could not serve
+    /// (answered REREQUEST, S3).
+    pub requests_refused: u64,
     /// Sends dropped because the output queue was full.
     pub sends_dropped: u64,
     /// Commits answered.
@@ -258,6 +265,10 @@ pub struct Site<S: Storage> {
     writes_since_checkpoint: bool,
     // Client.
     sync: SyncState,
+    /// Peer addresses to ask for the log before the master (S3).
+    peers: Vec<String>,
+    /// The peer the outstanding log request went to.
+    asked_peer: Option<SiteId>,
     /// Early records: LSN -> (previous LSN, record, envelope flags).
     pending: BTreeMap<Lsn, (Lsn, Vec<u8>, Flags)>,
     pending_bytes: usize,
@@ -355,6 +366,8 @@ impl<S: Storage> Site<S> {
             checkpoint_at: None,
             writes_since_checkpoint: false,
             sync: SyncState::NoMaster,
+            peers: Vec::new(),
+            asked_peer: None,
             pending: BTreeMap::new(),
             pending_bytes: 0,
             want: None,
@@ -1404,6 +1417,7 @@ impl<S: Storage> Site<S> {
             Message::LogMore { next } => self.on_log_more(env, *next),
             Message::LogReq { from, to } => self.serve_log(env, *from, *to),
             Message::AllReq { from } => self.serve_log(env, *from, Lsn::ZERO),
+            Message::Rerequest { lsn } => self.on_rerequest(env, *lsn),
             Message::VerifyReq { lsn } => self.serve_verify(env, *lsn),
             Message::Verify(e) => self.on_verify(env, Some(e)),
             Message::VerifyFail { lsn } => self.on_verify_fail(env, *lsn),

@@ -21,6 +21,8 @@ pub struct Net {
     pub events: Vec<(usize, Event)>,
     /// Pairs of site indexes that cannot talk.
     pub cut: Vec<(usize, usize)>,
+    /// (from, to): frames dropped silently, the connection still up.
+    pub silent: Vec<(usize, usize)>,
 }
 
 impl Net {
@@ -44,6 +46,7 @@ impl Net {
             answers: vec![],
             events: vec![],
             cut: vec![],
+            silent: vec![],
         }
     }
 
@@ -78,7 +81,7 @@ impl Net {
                     match o {
                         Output::Send { to, frame } => {
                             if let Some(t) = self.target(&to) {
-                                if !self.is_cut(i, t) {
+                                if !self.is_cut(i, t) && !self.silent.contains(&(i, t)) {
                                     q.push_back((t, frame));
                                 }
                             }
@@ -236,9 +239,16 @@ impl Net {
 
     /// Reopen a crashed site from its storage as a client.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with(i, |_| {});
+    }
+
+    /// Reopen a crashed site, set it up with `f` (as a host would after
+    /// opening it), and start it as a client.
+    pub fn restart_with(&mut self, i: usize, f: impl FnOnce(&mut Site<MemStorage>)) {
         let disk = self.disks[i].take().expect("crashed");
         let now = self.now;
         let mut s = Site::open(self.cfgs[i], &format!("s{i}"), disk, now).expect("reopen");
+        f(&mut s);
         s.rep_start_client(now);
         self.sites[i] = Some(s);
         let n = self.sites.len();
