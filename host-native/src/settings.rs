@@ -410,6 +410,41 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.contains("lease"), "{e}");
+        let e = NodeArgs {
+            peer: vec!["127.0.0.1:7000".into()],
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("own address"), "{e}");
+        let e = NodeArgs {
+            peer: vec!["somewhere".into()],
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("--peer"), "{e}");
+    }
+
+    #[test]
+    fn peers_come_from_flags_or_the_file() {
+        let s = NodeArgs {
+            peer: vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.peers, vec!["127.0.0.1:7001", "127.0.0.1:7002"]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shoal.toml");
+        std::fs::write(&p, "peer = [\"10.0.0.2:7000\"]\n").unwrap();
+        let s = NodeArgs {
+            config: Some(p),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.peers, vec!["10.0.0.2:7000"]);
     }
 
     #[test]

@@ -389,3 +389,70 @@ fn seed003_twenty_sites_with_nsites_30_need_16() {
     sim.heal();
     sim.run_until_true(ms(30_000), "19 of 30 elect", |s| masters(s).len() == 1);
 }
+
+/// S4 (seed 001's example): five sites; the master E crashes and A is
+/// elected; B synchronises with A at once; C and D (DELAYCLIENT) are later
+/// told to `rep_sync` and fetch the log from their peer B; E, rebooted,
+/// fetches from B too. A serves almost none of the catch-up traffic.
+#[test]
+fn s4_load_balanced_resync_through_a_peer() {
+    let (e, a, b, c, d) = (0, 1, 2, 3, 4);
+    let mut sim = new_sim("s4_load_balanced_resync_through_a_peer", 5, fast());
+    let mut high = fast();
+    high.priority = 200;
+    sim.set_site_config(a, high);
+    for x in [c, d, e] {
+        sim.set_peers(x, &[b]);
+    }
+    sim.start_group();
+    sim.run_for(ms(300));
+    // C and D restart with DELAYCLIENT on.
+    let mut delayed = fast();
+    delayed.delay_client = true;
+    for x in [c, d] {
+        sim.set_site_config(x, delayed);
+        sim.crash(x, CrashMode::Process);
+        sim.restart(x, Start::Client);
+    }
+    for k in 0..20 {
+        sim.write(e, &format!("k{k}"), "before");
+    }
+    sim.run_for(ms(500));
+    sim.crash(e, CrashMode::Clean);
+    sim.run_until_true(ms(10_000), "A is elected", |s| masters(s) == vec![a]);
+    // A new master: C and D wait (DELAYCLIENT) until told to sync.
+    sim.run_for(ms(300));
+    // With E down and C, D waiting, only B acks: these commits are not
+    // permanent under QUORUM of five, which is not what this test is about.
+    for k in 0..200 {
+        sim.write(a, &format!("n{k}"), "after");
+    }
+    sim.run_for(ms(500));
+    assert_eq!(
+        sim.site(b).last_lsn(),
+        sim.site(a).last_lsn(),
+        "B synced with A"
+    );
+    let behind = sim.site(c).last_lsn();
+    assert!(behind < sim.site(a).last_lsn(), "C waits for rep_sync");
+    let a_before = sim.site(a).stats().records_served;
+    for x in [c, d] {
+        sim.act(x, "rep_sync", |s, now| s.rep_sync(now));
+    }
+    sim.restart(e, Start::Client);
+    sim.converge(ms(30_000));
+    let from_a = sim.site(a).stats().records_served - a_before;
+    let from_b = sim.site(b).stats().records_served;
+    assert!(
+        sim.site(b).stats().peer_served >= 3,
+        "B served {} requests",
+        sim.site(b).stats().peer_served
+    );
+    assert!(
+        from_a * 10 <= from_b,
+        "A served {from_a} records and B {from_b}: A is not spared"
+    );
+    for x in [c, d, e] {
+        assert_eq!(sim.site(x).store().get("db", b"n199"), Some(&b"after"[..]));
+    }
+}

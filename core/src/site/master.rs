@@ -440,6 +440,8 @@ impl<S: Storage> Site<S> {
             end += 1;
         }
         let frames = self.pack_log(start, end, mark);
+        let sent = frames.last().map_or(start, |(_, last)| *last + 1) - start;
+        self.stats.records_served += sent as u64;
         // LOG_MORE goes first, naming where this answer stops, so the
         // requester can ask for the next part while it applies this one
         // (R13): the link never idles during a catch-up. Only an answer

@@ -137,6 +137,8 @@ pub struct Stats {
     /// Of `requests_served`, those served as a client for another client
     /// (S3).
     pub peer_served: u64,
+    /// Records sent in answer to log requests (as master or peer).
+    pub records_served: u64,
     /// Log requests from other clients this client could not serve
     /// (answered REREQUEST, S3).
     pub requests_refused: u64,
