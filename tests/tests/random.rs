@@ -160,3 +160,13 @@ fn a_seed_replays_byte_for_byte() {
         assert_ne!(ta, c.trace().render());
     }
 }
+
+/// Seeds that once failed, kept as regressions beyond the default range:
+/// 8403 (operator mode) — a client catching up from a peer (S3) stopped at
+/// the end of the peer's first answer when its LOG_MORE came after the
+/// records, and a record the master sent while the client was verifying
+/// was never fetched.
+#[test]
+fn seeds_that_once_failed() {
+    run_many("seeds_that_once_failed", vec![8403], RandomOpts::default());
+}

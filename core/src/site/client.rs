@@ -294,6 +294,8 @@ impl<S: Storage> Site<S> {
                 lsn: e.prev,
                 ..*env
             })?;
+            // The master has this record, even if it is dropped below.
+            self.sync_target = self.sync_target.max(e.lsn);
         } else {
             self.on_master_traffic(env)?;
         }
@@ -369,6 +371,8 @@ impl<S: Storage> Site<S> {
                 lsn: first.prev,
                 ..*env
             })?;
+            // The master has these records, even if they are dropped below.
+            self.sync_target = self.sync_target.max(last_entry.lsn);
         } else {
             self.on_master_traffic(env)?;
         }
@@ -520,6 +524,12 @@ impl<S: Storage> Site<S> {
         }
         if self.want.is_some() {
             self.request_log_from(Some(next), false);
+        } else if next > self.writer.last_lsn()
+            && matches!(self.sync, SyncState::Ready | SyncState::CatchUp { .. })
+        {
+            // The request was settled by the records before the LOG_MORE
+            // (they overtook it), but the sender has more: fetch them.
+            self.want_log(Lsn::ZERO, next);
         }
         Ok(())
     }
