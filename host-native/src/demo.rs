@@ -636,13 +636,39 @@ impl Demo {
             Ok(s) => s.last_lsn,
             Err(err) => return self.abort(err).await,
         };
+        // E restarts with a peer: it asks that client for the log before
+        // the master (client-to-client synchronisation, S3).
+        let peer = (1..e).rev().find(|&i| i != master);
+        let served = |st: &crate::api::Status| {
+            st.counters
+                .iter()
+                .find(|(k, _)| k == "records_served")
+                .map_or(0, |(_, v)| *v)
+        };
+        let mut before = (0, 0);
+        if let Some(p) = peer {
+            self.cluster.nodes[e].extra =
+                vec!["--peer".into(), self.cluster.nodes[p].listen.clone()];
+            if let (Ok(m), Ok(q)) = (
+                self.cluster.status(master).await,
+                self.cluster.status(p).await,
+            ) {
+                before = (served(&m), served(&q));
+            }
+        }
         let t = Instant::now();
         if let Err(err) = self.cluster.start(e, Start::Restart) {
             return self.abort(err).await;
         }
-        self.out.say(format!(
-            "{en} restarted on its home (master at LSN {behind})"
-        ));
+        match peer {
+            Some(p) => self.out.say(format!(
+                "{en} restarted on its home with --peer {} (master at LSN {behind})",
+                self.name(p)
+            )),
+            None => self.out.say(format!(
+                "{en} restarted on its home (master at LSN {behind})"
+            )),
+        }
         match procs::converge(&mut self.cluster, &[master, e], WAIT).await {
             Ok(sts) => {
                 let ms = t.elapsed().as_millis();
@@ -662,6 +688,22 @@ impl Demo {
                 ok &= self
                     .out
                     .check(false, format!("{en} did not catch up: {err}"))
+            }
+        }
+        if let Some(p) = peer {
+            if let (Ok(m), Ok(q)) = (
+                self.cluster.status(master).await,
+                self.cluster.status(p).await,
+            ) {
+                let (from_master, from_peer) = (served(&m) - before.0, served(&q) - before.1);
+                self.out.figure("catch_up_records_from_peer", from_peer);
+                self.out.figure("catch_up_records_from_master", from_master);
+                self.out.say(format!(
+                    "{en}'s catch-up: {} records sent by its peer {}, {} by the master {mn}",
+                    thousands(from_peer),
+                    self.name(p),
+                    thousands(from_master)
+                ));
             }
         }
         self.end_step().await;

@@ -660,6 +660,8 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 ("log_requests", stats.log_requests),
                 ("requests_served", stats.requests_served),
                 ("requests_refused", stats.requests_refused),
+                ("peer_served", stats.peer_served),
+                ("records_served", stats.records_served),
                 ("commits", stats.commits),
                 ("perm_failed", stats.perm_failed),
                 ("flushes", stats.flushes),
