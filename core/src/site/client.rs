@@ -364,6 +364,13 @@ impl<S: Storage> Site<S> {
         let mut applied = false;
         let mut dup_flushed = false;
         let mut dropped = None;
+        // A client catching up flushes once it is caught up, not once per
+        // bulk: the records are old, nobody waits for its ack of them, and
+        // a crash only loses what it fetches again. A flush per message (a
+        // host fsyncs at its pace) would bound the catch-up by the disk's
+        // sync latency. The log writer still syncs each segment before it
+        // starts the next, so at most one segment waits for the flush.
+        self.hold_flushes = true;
         for e in b.entries().map_while(Result::ok) {
             let last = self.writer.last_lsn();
             if e.lsn <= last {
@@ -399,6 +406,11 @@ impl<S: Storage> Site<S> {
         if applied {
             self.drain_pending();
             self.after_progress();
+        }
+        self.hold_flushes = false;
+        if !matches!(self.sync, SyncState::CatchUp { .. }) {
+            let want = self.flush_want;
+            self.ask_flush(want);
         }
         if dup_flushed && env.flags.contains(Flags::PERMANENT) {
             // The first ack may have been lost: say it again.

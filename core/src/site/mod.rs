@@ -294,6 +294,9 @@ pub struct Site<S: Storage> {
     pending_snapshot: Option<(Lsn, Vec<u8>)>,
     /// When this site last encoded a snapshot (None: not since it opened).
     snapshot_taken_at: Option<Instant>,
+    /// Flushes asked for now only raise the target; the client issues
+    /// them once it is no longer catching up (see `on_bulk_log`).
+    hold_flushes: bool,
     stats: Stats,
     frame_buf: Vec<u8>,
     /// Log bytes read back to answer a log request (master).
@@ -375,6 +378,7 @@ impl<S: Storage> Site<S> {
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
             snapshot_taken_at: None,
+            hold_flushes: false,
             stats: Stats::default(),
             frame_buf: Vec::new(),
             read_buf: Vec::new(),
@@ -725,7 +729,7 @@ impl<S: Storage> Site<S> {
             return;
         }
         self.flush_want = self.flush_want.max(lsn);
-        if self.flush_asked <= self.flushed {
+        if self.flush_asked <= self.flushed && !self.hold_flushes {
             self.issue_flush();
         }
     }
