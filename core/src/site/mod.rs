@@ -688,8 +688,8 @@ impl<S: Storage> Site<S> {
     }
 
     /// Encode `msg` as a frame of its own (None if it does not encode).
-    fn encode(&self, flags: Flags, msg: &Message<'_>) -> Option<Vec<u8>> {
-        let mut buf = Vec::new();
+    fn encode(&self, flags: Flags, msg: &Message<'_>, size_hint: usize) -> Option<Vec<u8>> {
+        let mut buf = Vec::with_capacity(size_hint);
         encode_frame_trusted(&self.envelope(flags), msg, &mut buf, &self.cfg.limits).ok()?;
         Some(buf)
     }
