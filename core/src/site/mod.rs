@@ -814,12 +814,17 @@ impl<S: Storage> Site<S> {
     }
 
     /// Does a checkpoint record received from the master call for a
-    /// snapshot? Encoding one costs time in proportion to the whole store,
-    /// so a client takes at most one per half `checkpoint_delay` of its own
-    /// time: live, the master's checkpoints are that far apart anyway; a
-    /// client catching up applies many in a moment and snapshots at the
-    /// first, then again at the first checkpoint after the pause (R8).
+    /// snapshot (R8)? Encoding and writing one costs time in proportion to
+    /// the whole store. A client catching up takes none: it applies many
+    /// checkpoints in a moment, each snapshot stale at once, and what they
+    /// would let it archive it can fetch again; the first checkpoint it
+    /// applies once caught up gives one. Otherwise a client takes at most
+    /// one per half `checkpoint_delay` of its own time (live, the master's
+    /// checkpoints are that far apart anyway).
     fn replicated_snapshot_due(&self) -> bool {
+        if matches!(self.sync, SyncState::CatchUp { .. }) {
+            return false;
+        }
         let gap = self.cfg.timeouts.checkpoint_delay / 2;
         self.snapshot_taken_at.is_none_or(|t| self.now >= t + gap)
     }
