@@ -346,11 +346,17 @@ impl<S: Storage> Site<S> {
         let Some(first) = b.entries().map_while(Result::ok).next() else {
             return self.on_master_traffic(env);
         };
-        let last_entry = b.entries().map_while(Result::ok).last().unwrap_or(first);
         // As for a LOG: entries that bring the master's tail do not make
-        // this site ask for that tail as well.
+        // this site ask for that tail as well. (Only a site in step with
+        // the master and asking for nothing would; look then.)
         let known = env.generation == self.meta.generation && self.master == Some(env.from);
-        if known && env.lsn == last_entry.lsn {
+        let tail = || {
+            b.entries()
+                .map_while(Result::ok)
+                .last()
+                .is_some_and(|e| e.lsn == env.lsn)
+        };
+        if known && self.sync == SyncState::Ready && self.want.is_none() && tail() {
             self.on_master_traffic(&Envelope {
                 lsn: first.prev,
                 ..*env

@@ -794,7 +794,7 @@ impl<S: Storage> Site<S> {
         // in full (checksum at this LSN, body) when it was decoded: read its
         // header and decode its body once, for the log and the store both.
         let view = crate::log::RecordView::reparse(record, lsn, &self.cfg.limits)?;
-        let decoded = view.decode(&self.cfg.limits)?;
+        let decoded = view.redecode(&self.cfg.limits)?;
         self.writer.append_checked(&mut self.storage, &view)?;
         let entry = IndexEntry {
             lsn,
