@@ -154,6 +154,26 @@ impl<'a> Commit<'a> {
         }
     }
 
+    /// The commit's header, its operations left encoded and unchecked:
+    /// for a body [`Commit::decode`] already accepted.
+    fn decode_header(body: &'a [u8], limits: &Limits) -> Result<Self, RecordError> {
+        let (txn_id, rest) =
+            postcard::take_from_bytes::<u64>(body).map_err(|_| RecordError::BadBody)?;
+        let (timestamp, rest) =
+            postcard::take_from_bytes::<Instant>(rest).map_err(|_| RecordError::BadBody)?;
+        let (count, ops) =
+            postcard::take_from_bytes::<u32>(rest).map_err(|_| RecordError::BadBody)?;
+        if count > limits.max_txn_ops {
+            return Err(RecordError::LimitExceeded("operation count"));
+        }
+        Ok(Commit {
+            txn_id,
+            timestamp,
+            count,
+            ops,
+        })
+    }
+
     fn decode(body: &'a [u8], limits: &Limits) -> Result<Self, RecordError> {
         let (txn_id, rest) =
             postcard::take_from_bytes::<u64>(body).map_err(|_| RecordError::BadBody)?;
@@ -515,6 +535,17 @@ impl<'a> RecordView<'a> {
             kind,
             bytes: rec,
         })
+    }
+
+    /// Decode a body that [`RecordView::decode`] already accepted (the
+    /// records of a frame are decoded in full when it is received): a
+    /// commit's operations are not decoded and checked a second time here,
+    /// only when they are applied ([`Commit::ops`]).
+    pub(crate) fn redecode(&self, limits: &Limits) -> Result<Record<'a>, RecordError> {
+        match self.kind {
+            RecordKind::Commit => Ok(Record::Commit(Commit::decode_header(self.body(), limits)?)),
+            _ => self.decode(limits),
+        }
     }
 
     /// The body bytes.

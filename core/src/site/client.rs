@@ -360,19 +360,25 @@ impl<S: Storage> Site<S> {
                 self.on_master_traffic(env)
             };
         };
-        let last_entry = b.entries().map_while(Result::ok).last().unwrap_or(first);
         // As for a LOG: entries that bring the master's tail do not make
-        // this site ask for that tail as well.
+        // this site ask for that tail as well. (Only a site in step with
+        // the master and asking for nothing would; look then.)
         let known = env.generation == self.meta.generation && self.master == Some(env.from);
+        let tail = || {
+            b.entries()
+                .map_while(Result::ok)
+                .last()
+                .is_some_and(|e| e.lsn == env.lsn)
+        };
         if peer {
             // A peer's answer (S3): records, nothing about the master.
-        } else if known && env.lsn == last_entry.lsn {
+        } else if known && self.sync == SyncState::Ready && self.want.is_none() && tail() {
             self.on_master_traffic(&Envelope {
                 lsn: first.prev,
                 ..*env
             })?;
             // The master has these records, even if they are dropped below.
-            self.sync_target = self.sync_target.max(last_entry.lsn);
+            self.sync_target = self.sync_target.max(env.lsn);
         } else {
             self.on_master_traffic(env)?;
         }
@@ -382,6 +388,13 @@ impl<S: Storage> Site<S> {
         let mut applied = false;
         let mut dup_flushed = false;
         let mut dropped = None;
+        // A client catching up flushes once it is caught up, not once per
+        // bulk: the records are old, nobody waits for its ack of them, and
+        // a crash only loses what it fetches again. A flush per message (a
+        // host fsyncs at its pace) would bound the catch-up by the disk's
+        // sync latency. The log writer still syncs each segment before it
+        // starts the next, so at most one segment waits for the flush.
+        self.hold_flushes = true;
         for e in b.entries().map_while(Result::ok) {
             let last = self.writer.last_lsn();
             if e.lsn <= last {
@@ -417,6 +430,11 @@ impl<S: Storage> Site<S> {
         if applied {
             self.drain_pending();
             self.after_progress();
+        }
+        self.hold_flushes = false;
+        if !matches!(self.sync, SyncState::CatchUp { .. }) {
+            let want = self.flush_want;
+            self.ask_flush(want);
         }
         if dup_flushed && env.flags.contains(Flags::PERMANENT) {
             // The first ack may have been lost: say it again.

@@ -526,7 +526,7 @@ impl<S: Storage> Site<S> {
                     } else {
                         Flags::NONE
                     };
-                    let f = self.encode(flags.with(tag), &Message::Log(entry));
+                    let f = self.encode(flags.with(tag), &Message::Log(entry), len + 64);
                     frames.extend(f.map(|f| (f, i)));
                 } else {
                     count += 1;
@@ -558,10 +558,8 @@ impl<S: Storage> Site<S> {
             Flags::NONE
         }
         .with(mark);
-        self.encode(
-            flags,
-            &Message::BulkLog(crate::wire::BulkLog { count, bytes }),
-        )
+        let msg = Message::BulkLog(crate::wire::BulkLog { count, bytes });
+        self.encode(flags, &msg, bytes.len() + 64)
     }
 
     /// Answer a VERIFY_REQ: the record at exactly `lsn`, or VERIFY_FAIL.

@@ -315,6 +315,9 @@ pub struct Site<S: Storage> {
     pending_snapshot: Option<(Lsn, Vec<u8>)>,
     /// When this site last encoded a snapshot (None: not since it opened).
     snapshot_taken_at: Option<Instant>,
+    /// Flushes asked for now only raise the target; the client issues
+    /// them once it is no longer catching up (see `on_bulk_log`).
+    hold_flushes: bool,
     stats: Stats,
     frame_buf: Vec<u8>,
     /// Log bytes read back to answer a log request (master).
@@ -400,6 +403,7 @@ impl<S: Storage> Site<S> {
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
             snapshot_taken_at: None,
+            hold_flushes: false,
             stats: Stats::default(),
             frame_buf: Vec::new(),
             read_buf: Vec::new(),
@@ -715,8 +719,8 @@ impl<S: Storage> Site<S> {
     }
 
     /// Encode `msg` as a frame of its own (None if it does not encode).
-    fn encode(&self, flags: Flags, msg: &Message<'_>) -> Option<Vec<u8>> {
-        let mut buf = Vec::new();
+    fn encode(&self, flags: Flags, msg: &Message<'_>, size_hint: usize) -> Option<Vec<u8>> {
+        let mut buf = Vec::with_capacity(size_hint);
         encode_frame_trusted(&self.envelope(flags), msg, &mut buf, &self.cfg.limits).ok()?;
         Some(buf)
     }
@@ -756,7 +760,7 @@ impl<S: Storage> Site<S> {
             return;
         }
         self.flush_want = self.flush_want.max(lsn);
-        if self.flush_asked <= self.flushed {
+        if self.flush_asked <= self.flushed && !self.hold_flushes {
             self.issue_flush();
         }
     }
@@ -832,7 +836,7 @@ impl<S: Storage> Site<S> {
         // in full (checksum at this LSN, body) when it was decoded: read its
         // header and decode its body once, for the log and the store both.
         let view = crate::log::RecordView::reparse(record, lsn, &self.cfg.limits)?;
-        let decoded = view.decode(&self.cfg.limits)?;
+        let decoded = view.redecode(&self.cfg.limits)?;
         self.writer.append_checked(&mut self.storage, &view)?;
         let entry = IndexEntry {
             lsn,
@@ -852,12 +856,17 @@ impl<S: Storage> Site<S> {
     }
 
     /// Does a checkpoint record received from the master call for a
-    /// snapshot? Encoding one costs time in proportion to the whole store,
-    /// so a client takes at most one per half `checkpoint_delay` of its own
-    /// time: live, the master's checkpoints are that far apart anyway; a
-    /// client catching up applies many in a moment and snapshots at the
-    /// first, then again at the first checkpoint after the pause (R8).
+    /// snapshot (R8)? Encoding and writing one costs time in proportion to
+    /// the whole store. A client catching up takes none: it applies many
+    /// checkpoints in a moment, each snapshot stale at once, and what they
+    /// would let it archive it can fetch again; the first checkpoint it
+    /// applies once caught up gives one. Otherwise a client takes at most
+    /// one per half `checkpoint_delay` of its own time (live, the master's
+    /// checkpoints are that far apart anyway).
     fn replicated_snapshot_due(&self) -> bool {
+        if matches!(self.sync, SyncState::CatchUp { .. }) {
+            return false;
+        }
         let gap = self.cfg.timeouts.checkpoint_delay / 2;
         self.snapshot_taken_at.is_none_or(|t| self.now >= t + gap)
     }
