@@ -965,7 +965,7 @@ fn segment_header_and_meta_bytes_are_as_documented() {
     assert_eq!(shoal_core::crc::checksum(b"123456789"), 0xe306_9283);
     // The worked frame example.
     let f = std::fs::read(golden_dir().join("frames/log_req.bin")).unwrap();
-    assert_eq!(f, unhex("01 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
+    assert_eq!(f, unhex("02 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
     let r = std::fs::read(golden_dir().join("records/commit_empty.bin")).unwrap();
     assert_eq!(
         r,
