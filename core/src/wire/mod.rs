@@ -436,12 +436,14 @@ mod tests {
         let l = Limits::default();
         let mut out = Vec::new();
         encode_frame(&env(), &Message::Heartbeat, &mut out, &l).unwrap();
-        let mut v2 = out.clone();
-        v2[0] = 2;
-        assert_eq!(
-            decode_frame(&v2, &l),
-            Err(DecodeError::BadVersion { got: 2 })
-        );
+        for other in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+            let mut f = out.clone();
+            f[..2].copy_from_slice(&other.to_le_bytes());
+            assert_eq!(
+                decode_frame(&f, &l),
+                Err(DecodeError::BadVersion { got: other })
+            );
+        }
         out.push(0);
         assert_eq!(decode_frame(&out, &l), Err(DecodeError::TrailingBytes(1)));
     }
