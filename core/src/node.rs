@@ -45,11 +45,10 @@
 //!   interrupts, on std it is one process-wide lock. So the site is never
 //!   behind a blocking lock; only O(1) bookkeeping is. The shared lock is
 //!   only ever taken inside the core lock, never the other way round, and
-//!   no lock is held across an `.await`. Under contention from several
-//!   threads the core lock's waiters wake each other until the holder is
-//!   done (embassy's single-waker mutex); holds are short and never span an
-//!   await, so this only happens on multi-threaded executors and only for
-//!   the length of one step.
+//!   no lock is held across an `.await`. Tasks queue for the core lock in
+//!   turn behind a fair semaphore, so a release wakes exactly the next
+//!   waiter (embassy's async mutex alone keeps one waker: many waiters
+//!   would wake one another in a loop, eating the CPU the holder needs).
 //! - **Application calls run on the caller's task.** `commit`, `join`,
 //!   `txn_applied`, … take the core lock, call the site directly (so a
 //!   refusal such as NotMaster is returned at once), register interest in
@@ -134,7 +133,8 @@ use core::task::{Poll, Waker};
 use core::time::Duration;
 use embassy_sync::blocking_mutex::raw::RawMutex;
 use embassy_sync::blocking_mutex::Mutex as BlockingMutex;
-use embassy_sync::mutex::Mutex as AsyncMutex;
+use embassy_sync::mutex::{Mutex as AsyncMutex, MutexGuard as AsyncGuard};
+use embassy_sync::semaphore::{FairSemaphore, Semaphore, SemaphoreReleaser};
 use embassy_sync::signal::Signal;
 use embassy_sync::waitqueue::{MultiWakerRegistration, WakerRegistration};
 
@@ -146,6 +146,10 @@ pub const FLUSH_RETRY: Duration = Duration::from_millis(100);
 
 /// When a deadline is still due right after the site handled it, the
 /// driver sleeps this long instead of spinning.
+/// Tasks that can queue for the core lock in turn (see [`Node::lock_core`]);
+/// more wait on the lock itself.
+const GATE_QUEUE: usize = 128;
+
 /// Frames the driver hands the site between two drains of its outputs.
 const DRAIN_EVERY: usize = 64;
 
@@ -286,6 +290,25 @@ struct Core<S: Storage, T> {
     flush_retry: Option<Instant>,
 }
 
+/// The core lock, held; its place in the queue is given up after it.
+struct CoreGuard<'a, M: RawMutex, S: Storage, T> {
+    guard: AsyncGuard<'a, M, Core<S, T>>,
+    _pass: Option<SemaphoreReleaser<'a, FairSemaphore<M, GATE_QUEUE>>>,
+}
+
+impl<M: RawMutex, S: Storage, T> core::ops::Deref for CoreGuard<'_, M, S, T> {
+    type Target = Core<S, T>;
+    fn deref(&self) -> &Core<S, T> {
+        &self.guard
+    }
+}
+
+impl<M: RawMutex, S: Storage, T> core::ops::DerefMut for CoreGuard<'_, M, S, T> {
+    fn deref_mut(&mut self) -> &mut Core<S, T> {
+        &mut self.guard
+    }
+}
+
 /// Counters the driver gathers under the core lock, added to the shared
 /// ones at the end of a step.
 #[derive(Default)]
@@ -298,6 +321,8 @@ struct StepStats {
 /// The async driver of one site. See the module documentation.
 pub struct Node<S: Storage, T, C, M: RawMutex> {
     core: AsyncMutex<M, Core<S, T>>,
+    /// The queue in front of the core lock (see [`Node::lock_core`]).
+    gate: FairSemaphore<M, GATE_QUEUE>,
     shared: BlockingMutex<M, RefCell<Shared>>,
     kick: Signal<M, ()>,
     clock: C,
@@ -425,6 +450,7 @@ where
             stats: NodeStats::default(),
         };
         Node {
+            gate: FairSemaphore::new(1),
             core: AsyncMutex::new(Core {
                 site,
                 transport,
@@ -459,6 +485,19 @@ where
 
     fn with_shared<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
         self.shared.lock(|s| f(&mut s.borrow_mut()))
+    }
+
+    /// Take the core lock, queueing in turn. embassy's async mutex keeps
+    /// one waker: each new waiter wakes the one before, so many tasks
+    /// waiting for it (a busy server's requests while the driver syncs the
+    /// log) wake one another in a loop that eats the CPU the holder needs.
+    /// A fair semaphore in front lets one task at a time wait on the lock
+    /// and wakes exactly the next one; past `GATE_QUEUE` waiting tasks,
+    /// the rest wait on the lock directly.
+    async fn lock_core(&self) -> CoreGuard<'_, M, S, T> {
+        let pass = self.gate.acquire(1).await.ok();
+        let guard = self.core.lock().await;
+        CoreGuard { guard, _pass: pass }
     }
 
     // ----- inputs from the host ----------------------------------------------
@@ -585,7 +624,7 @@ where
         if paused {
             return None;
         }
-        let mut guard = self.core.lock().await;
+        let mut guard = self.lock_core().await;
         let core = &mut *guard;
         let now = self.clock.now();
         let mut st = StepStats::default();
@@ -793,7 +832,7 @@ where
     ) -> Result<CommitOutcome, CommitError> {
         let slot = self.reserve().ok_or(CommitError::Busy)?;
         let wake_driver = {
-            let mut guard = self.core.lock().await;
+            let mut guard = self.lock_core().await;
             let core = &mut *guard;
             let id = core.site.commit(self.clock.now(), ops, durability)?;
             slot.arm(id);
@@ -844,7 +883,7 @@ where
     pub async fn get(&self, db: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         loop {
             let seen = {
-                let core = self.core.lock().await;
+                let core = self.lock_core().await;
                 if self.nowait || !core.site.is_synchronizing() {
                     return core.site.get(db, key).map(|v| v.map(<[u8]>::to_vec));
                 }
@@ -873,7 +912,7 @@ where
     ) -> Result<(), WaitError> {
         let slot = self.reserve().ok_or(WaitError::Busy)?;
         {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             let id = core.site.txn_applied(self.clock.now(), token, timeout);
             slot.arm(id);
         }
@@ -888,7 +927,7 @@ where
     /// (R7).
     pub async fn create_group(&self) -> Result<(), CommitError> {
         let r = {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             core.site.create_group(self.clock.now())
         };
         self.kick.signal(());
@@ -902,7 +941,7 @@ where
     /// answer.
     pub async fn join(&self, helper: &str) -> Result<SiteId, JoinError> {
         let epoch = {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             let epoch = self.with_shared(|s| s.join.epoch);
             core.site.join(self.clock.now(), helper);
             epoch
@@ -924,7 +963,7 @@ where
     /// Become master (R1).
     pub async fn rep_start_master(&self) -> Result<(), CommitError> {
         let r = {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             core.site.rep_start_master(self.clock.now())
         };
         self.kick.signal(());
@@ -934,7 +973,7 @@ where
     /// Become a client and look for the master (R1).
     pub async fn rep_start_client(&self) {
         {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             core.site.rep_start_client(self.clock.now());
         }
         self.kick.signal(());
@@ -943,7 +982,7 @@ where
     /// With DELAYCLIENT, start synchronising with the known master (S2).
     pub async fn rep_sync(&self) {
         {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             core.site.rep_sync(self.clock.now());
         }
         self.kick.signal(());
@@ -952,14 +991,14 @@ where
     /// The peer clients to ask for the log before the master (S3); see
     /// [`Site::set_peers`].
     pub async fn set_peers(&self, addresses: &[&str]) {
-        let mut core = self.core.lock().await;
+        let mut core = self.lock_core().await;
         core.site.set_peers(addresses);
     }
 
     /// Hold an election (`rep_elect`, E1).
     pub async fn rep_elect(&self) {
         {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             core.site.rep_elect(self.clock.now());
         }
         self.kick.signal(());
@@ -969,7 +1008,7 @@ where
     /// has started; the new master announces itself with NEWMASTER.
     pub async fn transfer_master(&self, to: SiteId) -> Result<(), CommitError> {
         let r = {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             core.site.transfer_master(self.clock.now(), to)
         };
         self.kick.signal(());
@@ -981,7 +1020,7 @@ where
     /// while the site synchronises, like [`Node::get`].
     pub async fn read(&self, db: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         {
-            let core = self.core.lock().await;
+            let core = self.lock_core().await;
             if let Err(ReadError::LeaseExpired) = core.site.read(self.clock.now(), db, key) {
                 return Err(ReadError::LeaseExpired);
             }
@@ -994,7 +1033,7 @@ where
     pub async fn remove_site(&self, site: SiteId) -> Result<(), CommitError> {
         let slot = self.reserve().ok_or(CommitError::Busy)?;
         {
-            let mut core = self.core.lock().await;
+            let mut core = self.lock_core().await;
             let id = core.site.remove_site(self.clock.now(), site)?;
             slot.arm(id);
         }
@@ -1050,7 +1089,7 @@ where
     /// Look at the site (role, master, LSNs, members, stats) under its
     /// lock.
     pub async fn with_site<R>(&self, f: impl FnOnce(&Site<S>) -> R) -> R {
-        let core = self.core.lock().await;
+        let core = self.lock_core().await;
         f(&core.site)
     }
 }
