@@ -70,6 +70,8 @@ pub struct Checker {
     broken: Option<String>,
     tolerated: usize,
     failed: BTreeSet<usize>,
+    /// When a site last lost power (a crash other than a process crash).
+    power_lost_at: Option<Instant>,
     stats: CheckStats,
 }
 
@@ -89,6 +91,7 @@ impl Checker {
             broken: None,
             tolerated: nsites.saturating_sub(min) as usize,
             failed: BTreeSet::new(),
+            power_lost_at: None,
             stats: CheckStats::default(),
         }
     }
@@ -135,8 +138,10 @@ impl Checker {
     pub(crate) fn on_crash(&mut self, i: usize, now: Instant, mode: CrashMode) {
         if mode != CrashMode::Process {
             // Commits made without sync were promised to survive process
-            // crashes only: a power loss releases them.
+            // crashes only: a power loss releases them, and those still in
+            // flight (an ack sent before the power went is counted after).
             self.permanent.retain(|_, (_, _, volatile)| !*volatile);
+            self.power_lost_at = Some(now);
         }
         self.failed.insert(i);
         if self.failed.len() > self.tolerated {
@@ -432,10 +437,15 @@ impl Sim {
         i: usize,
         o: &CommitOutcome,
         durability: shoal_core::config::Durability,
+        made: Instant,
     ) {
         if self.check.track && o.permanent && self.check.promises {
             self.check.stats.permanent += 1;
             let volatile = durability != shoal_core::config::Durability::Sync;
+            if volatile && self.check.power_lost_at.is_some_and(|t| t >= made) {
+                // A site that acknowledged it may have lost power since.
+                return;
+            }
             self.check
                 .permanent
                 .insert((o.token.lsn, o.token.generation), (i, self.now, volatile));

@@ -163,10 +163,10 @@ pub struct Sim {
     waits: BTreeMap<(usize, u32, RequestId), CommitToken>,
     /// Commits not yet answered: (site, incarnation, request) -> the
     /// durability asked, which decides what the checker holds them to.
-    durabilities: BTreeMap<(usize, u32, RequestId), Durability>,
+    durabilities: BTreeMap<(usize, u32, RequestId), (Durability, Instant)>,
     /// The durability of the commit being made right now (its answer can
     /// come before its request id is known).
-    committing: Option<Durability>,
+    committing: Option<(Durability, Instant)>,
     conn_dirty: bool,
     conn_epoch: u64,
     in_conn_sync: bool,
@@ -530,7 +530,8 @@ impl Sim {
                             .remove(&(i, self.slots[i].inc, *id))
                             .or(self.committing);
                         if let Ok(o) = result {
-                            self.check_commit_answer(i, o, d.unwrap_or(Durability::Sync));
+                            let (d, made) = d.unwrap_or((Durability::Sync, Instant(0)));
+                            self.check_commit_answer(i, o, d, made);
                         }
                     }
                     if let Answer::TxnApplied { id, result } = &a {
@@ -797,7 +798,7 @@ impl Sim {
     ) -> Result<RequestId, CommitError> {
         let what = format!("commit {} ({durability:?})", describe_ops(ops));
         let before = self.is_up(i).then(|| self.slots[i].answers.len());
-        self.committing = Some(durability);
+        self.committing = Some((durability, self.now));
         let r = self.act(i, &what, |s, now| s.commit(now, ops, durability));
         self.committing = None;
         if let (Ok(id), Some(before)) = (r, before) {
@@ -806,8 +807,9 @@ impl Sim {
                 .iter()
                 .any(|(_, _, a)| matches!(a, Answer::Commit { id: x, .. } if *x == id));
             if !answered {
+                let made = self.now;
                 self.durabilities
-                    .insert((i, self.slots[i].inc, id), durability);
+                    .insert((i, self.slots[i].inc, id), (durability, made));
             }
         }
         r

@@ -166,7 +166,20 @@ fn a_seed_replays_byte_for_byte() {
 /// the end of the peer's first answer when its LOG_MORE came after the
 /// records, and a record the master sent while the client was verifying
 /// was never fetched.
+///
+/// 72463 and 34183 (elections) — the checker held a no-sync commit to
+/// survive although a site whose ack it counted had lost power after
+/// sending it (the commit was answered after the power loss).
 #[test]
 fn seeds_that_once_failed() {
     run_many("seeds_that_once_failed", vec![8403], RandomOpts::default());
+    let elections = RandomOpts {
+        elections: true,
+        ..RandomOpts::default()
+    };
+    run_many(
+        "seeds_that_once_failed_elections",
+        vec![72463, 34183],
+        elections,
+    );
 }
