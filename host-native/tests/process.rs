@@ -121,7 +121,21 @@ impl Writers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_sigkilled_new_master_elected_no_quorum_write_lost() {
-    let mut c = Cluster::new(BIN, 3, fast_args()).unwrap();
+    master_sigkilled(&[]).await;
+}
+
+/// The same with no-sync commits (R4): clients acknowledge them once
+/// written to their operating system, which SIGKILL does not undo, so no
+/// commit answered permanent is lost either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_sigkilled_no_permanent_no_sync_write_lost() {
+    master_sigkilled(&["--sync", "no-sync"]).await;
+}
+
+async fn master_sigkilled(extra: &[&str]) {
+    let mut args = fast_args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut c = Cluster::new(BIN, 3, args).unwrap();
     c.start_group(WAIT).await.unwrap();
     let master = 0;
     let writers = Writers::start(&c.nodes[master].api, 4, "before", |ci| ci.permanent);
