@@ -308,11 +308,19 @@ impl LogWriter {
     }
 }
 
+/// Bytes [`LogReader::scan`] reads from storage at a time.
+pub const SCAN_CHUNK: usize = 256 * 1024;
+
 /// Reads records by LSN, through a buffer it owns.
 #[derive(Clone, Debug)]
 pub struct LogReader {
     limits: Limits,
     buf: Vec<u8>,
+    /// [`LogReader::scan`]'s window: bytes of segment `win_file` from
+    /// `win_off` on, as storage held them when read.
+    win: Vec<u8>,
+    win_file: u32,
+    win_off: u64,
 }
 
 impl LogReader {
@@ -321,7 +329,86 @@ impl LogReader {
         LogReader {
             limits,
             buf: Vec::new(),
+            win: Vec::new(),
+            win_file: 0,
+            win_off: 0,
         }
+    }
+
+    /// Like [`LogReader::read`], for reading the log in order: records come
+    /// from a window read [`SCAN_CHUNK`] bytes at a time, not one or two
+    /// storage reads each. The window is not told of writes: use it only
+    /// while the log does not change, and [`LogReader::end_scan`] after.
+    pub fn scan<S: Storage>(
+        &mut self,
+        s: &mut S,
+        lsn: Lsn,
+    ) -> Result<(RecordView<'_>, Lsn), LogError<S::Error>> {
+        let mut lsn = lsn;
+        let len = s
+            .segment_len(lsn.file)
+            .map_err(|_| LogError::NotFound(lsn))?;
+        if lsn.offset as u64 >= len {
+            lsn = Lsn::new(lsn.file + 1, SEGMENT_HEADER_LEN as u32);
+            if s.segment_len(lsn.file).is_err() {
+                return Err(LogError::NotFound(lsn));
+            }
+        }
+        if (lsn.offset as usize) < SEGMENT_HEADER_LEN {
+            return Err(LogError::NotFound(lsn));
+        }
+        let at = lsn.offset as u64;
+        let held = |r: &Self, need: usize| {
+            r.win_file == lsn.file
+                && at >= r.win_off
+                && at + need as u64 <= r.win_off + r.win.len() as u64
+        };
+        if !held(self, RECORD_HEADER_LEN) {
+            self.fill(s, lsn, SCAN_CHUNK)?;
+        }
+        let rel = (at - self.win_off) as usize;
+        if self.win.len() < rel + RECORD_HEADER_LEN {
+            return Err(LogError::NotFound(lsn));
+        }
+        let total = RecordView::total_len(&self.win[rel..], &self.limits)?;
+        if !held(self, total) {
+            self.fill(s, lsn, total.max(SCAN_CHUNK))?;
+        }
+        let rel = (at - self.win_off) as usize;
+        let have = self.win.len().saturating_sub(rel);
+        if have < total {
+            return Err(LogError::Record(RecordError::Truncated {
+                need: total,
+                have,
+            }));
+        }
+        let next = Lsn::new(lsn.file, lsn.offset.saturating_add(total as u32));
+        let view = RecordView::parse(&self.win[rel..rel + total], lsn, &self.limits)?;
+        Ok((view, next))
+    }
+
+    /// Forget the scan window (the log may change from now on).
+    pub fn end_scan(&mut self) {
+        self.win = Vec::new();
+        self.win_file = 0;
+        self.win_off = 0;
+    }
+
+    fn fill<S: Storage>(
+        &mut self,
+        s: &mut S,
+        lsn: Lsn,
+        want: usize,
+    ) -> Result<(), LogError<S::Error>> {
+        self.win.clear();
+        self.win.resize(want, 0);
+        let n = s
+            .read(lsn.file, lsn.offset as u64, &mut self.win)
+            .map_err(LogError::Storage)?;
+        self.win.truncate(n);
+        self.win_file = lsn.file;
+        self.win_off = lsn.offset as u64;
+        Ok(())
     }
 
     /// Read the record at `lsn`. An LSN at the very end of a segment is read

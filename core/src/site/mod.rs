@@ -498,9 +498,21 @@ impl<S: Storage> Site<S> {
             return Ok(());
         }
         let last = self.writer.last_lsn();
+        // The log does not change while it is replayed: read it in chunks.
+        let r = self.replay_from(first, last, base_lsn);
+        self.reader.end_scan();
+        r
+    }
+
+    fn replay_from(
+        &mut self,
+        first: Lsn,
+        last: Lsn,
+        base_lsn: Lsn,
+    ) -> Result<(), LogError<S::Error>> {
         let mut lsn = first;
         loop {
-            let (view, next) = self.reader.read(&mut self.storage, lsn)?;
+            let (view, next) = self.reader.scan(&mut self.storage, lsn)?;
             let entry = IndexEntry {
                 lsn: view.lsn,
                 generation: view.generation,
