@@ -308,6 +308,25 @@ impl LogWriter {
     }
 }
 
+/// Where the record at `lsn` starts: `lsn` itself, or the first record of
+/// the next segment for an LSN at the very end of one.
+fn record_start<S: Storage>(s: &mut S, lsn: Lsn) -> Result<Lsn, LogError<S::Error>> {
+    let mut lsn = lsn;
+    let len = s
+        .segment_len(lsn.file)
+        .map_err(|_| LogError::NotFound(lsn))?;
+    if lsn.offset as u64 >= len {
+        lsn = Lsn::new(lsn.file + 1, SEGMENT_HEADER_LEN as u32);
+        if s.segment_len(lsn.file).is_err() {
+            return Err(LogError::NotFound(lsn));
+        }
+    }
+    if (lsn.offset as usize) < SEGMENT_HEADER_LEN {
+        return Err(LogError::NotFound(lsn));
+    }
+    Ok(lsn)
+}
+
 /// Bytes [`LogReader::scan`] reads from storage at a time.
 pub const SCAN_CHUNK: usize = 256 * 1024;
 
@@ -344,19 +363,7 @@ impl LogReader {
         s: &mut S,
         lsn: Lsn,
     ) -> Result<(RecordView<'_>, Lsn), LogError<S::Error>> {
-        let mut lsn = lsn;
-        let len = s
-            .segment_len(lsn.file)
-            .map_err(|_| LogError::NotFound(lsn))?;
-        if lsn.offset as u64 >= len {
-            lsn = Lsn::new(lsn.file + 1, SEGMENT_HEADER_LEN as u32);
-            if s.segment_len(lsn.file).is_err() {
-                return Err(LogError::NotFound(lsn));
-            }
-        }
-        if (lsn.offset as usize) < SEGMENT_HEADER_LEN {
-            return Err(LogError::NotFound(lsn));
-        }
+        let lsn = record_start(s, lsn)?;
         let at = lsn.offset as u64;
         let held = |r: &Self, need: usize| {
             r.win_file == lsn.file
@@ -419,19 +426,7 @@ impl LogReader {
         s: &mut S,
         lsn: Lsn,
     ) -> Result<(RecordView<'_>, Lsn), LogError<S::Error>> {
-        let mut lsn = lsn;
-        let len = s
-            .segment_len(lsn.file)
-            .map_err(|_| LogError::NotFound(lsn))?;
-        if lsn.offset as u64 >= len {
-            lsn = Lsn::new(lsn.file + 1, SEGMENT_HEADER_LEN as u32);
-            if s.segment_len(lsn.file).is_err() {
-                return Err(LogError::NotFound(lsn));
-            }
-        }
-        if (lsn.offset as usize) < SEGMENT_HEADER_LEN {
-            return Err(LogError::NotFound(lsn));
-        }
+        let lsn = record_start(s, lsn)?;
         self.buf.clear();
         self.buf.resize(RECORD_HEADER_LEN, 0);
         let n = s
