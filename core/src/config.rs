@@ -96,6 +96,9 @@ pub struct Timeouts {
     pub rerequest_min: Duration,
     /// Longest re-request wait (1.28 s, R13).
     pub rerequest_max: Duration,
+    /// How long a client waits for the master to commit a forwarded write
+    /// and for the write to reach the client itself (W1, 5 s).
+    pub write_forward: Duration,
 }
 
 impl Default for Timeouts {
@@ -112,6 +115,7 @@ impl Default for Timeouts {
             lease: Duration::ZERO,
             rerequest_min: Duration::from_millis(40),
             rerequest_max: Duration::from_millis(1280),
+            write_forward: Duration::from_secs(5),
         }
     }
 }
@@ -392,6 +396,7 @@ impl Config {
             ("checkpoint_delay", t.checkpoint_delay),
             ("rerequest_min", t.rerequest_min),
             ("rerequest_max", t.rerequest_max),
+            ("write_forward", t.write_forward),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));

@@ -822,7 +822,8 @@ where
 
     /// Commit a transaction (R3) with the given local durability (R4), and
     /// wait for its outcome: permanent or not per the ack policy (R5).
-    /// Refused at once on a client ([`CommitError::NotMaster`]) and when
+    /// Refused at once on a client ([`CommitError::NotMaster`], or
+    /// [`CommitError::NotForwardable`] when it forwards writes) and when
     /// [`NodeLimits::waiters`] calls already wait ([`CommitError::Busy`]).
     /// Dropping the future does not undo the commit.
     pub async fn commit(
@@ -830,11 +831,32 @@ where
         ops: &[Op<'_>],
         durability: Durability,
     ) -> Result<CommitOutcome, CommitError> {
+        self.submit(|site, now| site.commit(now, ops, durability))
+            .await
+    }
+
+    /// Put or delete one key outside a transaction and wait for the
+    /// outcome: on the master a one-operation commit, on a client with
+    /// `forward_writes` a write forwarded to the master (W1).
+    pub async fn write(
+        &self,
+        op: Op<'_>,
+        durability: Durability,
+    ) -> Result<CommitOutcome, CommitError> {
+        self.submit(|site, now| site.write(now, op, durability))
+            .await
+    }
+
+    /// Start a commit-like request with `start` and wait for its answer.
+    async fn submit(
+        &self,
+        start: impl FnOnce(&mut Site<S>, Instant) -> Result<RequestId, CommitError>,
+    ) -> Result<CommitOutcome, CommitError> {
         let slot = self.reserve().ok_or(CommitError::Busy)?;
         let wake_driver = {
             let mut guard = self.lock_core().await;
             let core = &mut *guard;
-            let id = core.site.commit(self.clock.now(), ops, durability)?;
+            let id = start(&mut core.site, self.clock.now())?;
             slot.arm(id);
             // Hand the record to the transport now, on the caller's task,
             // rather than after the driver's next wake-up: one task switch
@@ -860,21 +882,20 @@ where
         }
     }
 
-    /// Put one key (a one-operation transaction, [`Durability::Sync`]).
+    /// Put one key ([`Node::write`] with [`Durability::Sync`]).
     pub async fn put(
         &self,
         db: &str,
         key: &[u8],
         value: &[u8],
     ) -> Result<CommitOutcome, CommitError> {
-        self.commit(&[Op::Put { db, key, value }], Durability::Sync)
+        self.write(Op::Put { db, key, value }, Durability::Sync)
             .await
     }
 
-    /// Delete one key (a one-operation transaction, [`Durability::Sync`]).
+    /// Delete one key ([`Node::write`] with [`Durability::Sync`]).
     pub async fn delete(&self, db: &str, key: &[u8]) -> Result<CommitOutcome, CommitError> {
-        self.commit(&[Op::Delete { db, key }], Durability::Sync)
-            .await
+        self.write(Op::Delete { db, key }, Durability::Sync).await
     }
 
     /// Read a key. While the site synchronises with its master the read

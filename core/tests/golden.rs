@@ -644,10 +644,15 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
         master(Flags::NONE),
         Message::ForwardAnswer {
             request: 77,
-            result: ForwardResult::Committed(CommitToken {
-                lsn: Lsn::new(3, 4_096),
-                generation: Generation(7),
-            }),
+            result: ForwardResult::Committed {
+                token: CommitToken {
+                    lsn: Lsn::new(3, 4_096),
+                    generation: Generation(7),
+                },
+                permanent: true,
+                acks: 2,
+                needed: 2,
+            },
         },
     );
     add(
@@ -965,7 +970,7 @@ fn segment_header_and_meta_bytes_are_as_documented() {
     assert_eq!(shoal_core::crc::checksum(b"123456789"), 0xe306_9283);
     // The worked frame example.
     let f = std::fs::read(golden_dir().join("frames/log_req.bin")).unwrap();
-    assert_eq!(f, unhex("02 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
+    assert_eq!(f, unhex("03 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
     let r = std::fs::read(golden_dir().join("records/commit_empty.bin")).unwrap();
     assert_eq!(
         r,

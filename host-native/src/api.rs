@@ -25,7 +25,8 @@ pub const MAX_LINE: usize = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Commit one put (on the master).
+    /// Put one key: a commit on the master, forwarded from a client with
+    /// `--forward-writes` (W1).
     Put {
         /// Database name.
         db: String,
@@ -44,7 +45,8 @@ pub enum Request {
         /// Key.
         key: String,
     },
-    /// Commit one delete (on the master).
+    /// Delete one key: a commit on the master, forwarded from a client with
+    /// `--forward-writes` (W1).
     Del {
         /// Database name.
         db: String,

@@ -10,7 +10,7 @@ use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use shoal_core::config::Durability;
 use shoal_core::log::Op;
 use shoal_core::node::{Node, NodeTransport, Timer};
-use shoal_core::site::{CommitError, Event, ReadError, Role, Site};
+use shoal_core::site::{CommitError, CommitOutcome, Event, ReadError, Role, Site};
 use shoal_core::traits::{Clock, SendError, Transport};
 use shoal_core::wire::{Envelope, MessageKind};
 use shoal_core::{CommitToken, Generation, Instant, Lsn, SiteId};
@@ -398,19 +398,19 @@ async fn handle(node: &SiteNode, gate: &Gate, durability: Durability, req: Reque
                 Some(Err(e)) => return Response::error(e),
                 None => durability,
             };
-            let ops = [Op::Put {
+            let op = Op::Put {
                 db: &db,
                 key: key.as_bytes(),
                 value: value.as_bytes(),
-            }];
-            commit(node, &ops, d).await
+            };
+            answer_commit(node.write(op, d)).await
         }
         Request::Del { db, key } => {
-            let ops = [Op::Delete {
+            let op = Op::Delete {
                 db: &db,
                 key: key.as_bytes(),
-            }];
-            commit(node, &ops, durability).await
+            };
+            answer_commit(node.write(op, durability)).await
         }
         Request::Get { db, key } => {
             match tokio::time::timeout(CALL_TIMEOUT, node.read(&db, key.as_bytes())).await {
@@ -622,8 +622,12 @@ async fn load(node: &SiteNode, spec: LoadSpec) -> api::LoadReport {
     r
 }
 
-async fn commit(node: &SiteNode, ops: &[Op<'_>], d: Durability) -> Response {
-    match tokio::time::timeout(CALL_TIMEOUT, node.commit(ops, d)).await {
+/// Wait for a put or delete (a commit on the master, a forwarded write on
+/// a client, W1) and answer with its outcome.
+async fn answer_commit(
+    done: impl std::future::Future<Output = Result<CommitOutcome, CommitError>>,
+) -> Response {
+    match tokio::time::timeout(CALL_TIMEOUT, done).await {
         Ok(Ok(o)) => Response {
             ok: true,
             commit: Some(CommitInfo {
@@ -663,6 +667,8 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 ("requests_served", stats.requests_served),
                 ("requests_refused", stats.requests_refused),
                 ("peer_served", stats.peer_served),
+                ("forwards_sent", stats.forwards_sent),
+                ("forwards_served", stats.forwards_served),
                 ("records_served", stats.records_served),
                 ("commits", stats.commits),
                 ("perm_failed", stats.perm_failed),

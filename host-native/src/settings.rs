@@ -91,6 +91,9 @@ pub struct NodeArgs {
     /// Re-request back-off maximum, ms (1280).
     #[arg(long)]
     pub rerequest_max_ms: Option<u64>,
+    /// How long a forwarded write may take, ms (5000, W1).
+    #[arg(long)]
+    pub write_forward_timeout_ms: Option<u64>,
     /// 2SITE_STRICT: true (default) or false.
     #[arg(long = "2site-strict")]
     #[serde(rename = "two_site_strict")]
@@ -104,6 +107,10 @@ pub struct NodeArgs {
     /// Fail reads at once with LOCKOUT while synchronising (S5).
     #[arg(long)]
     pub nowait: bool,
+    /// Forward simple puts and deletes made on this client to the master
+    /// (W1); give every site of the group the same setting.
+    #[arg(long)]
+    pub forward_writes: bool,
     /// Never initialise this site from the master's database (S7).
     #[arg(long)]
     pub no_autoinit: bool,
@@ -273,7 +280,7 @@ impl NodeArgs {
         c.nvotes = a.nvotes.or(f.nvotes);
         let ms = Duration::from_millis;
         let t = &mut c.timeouts;
-        let pairs: [(Option<u64>, Option<u64>, &mut Duration); 11] = [
+        let pairs: [(Option<u64>, Option<u64>, &mut Duration); 12] = [
             (a.ack_timeout_ms, f.ack_timeout_ms, &mut t.ack),
             (
                 a.election_timeout_ms,
@@ -309,6 +316,11 @@ impl NodeArgs {
             (a.lease_ms, f.lease_ms, &mut t.lease),
             (a.rerequest_min_ms, f.rerequest_min_ms, &mut t.rerequest_min),
             (a.rerequest_max_ms, f.rerequest_max_ms, &mut t.rerequest_max),
+            (
+                a.write_forward_timeout_ms,
+                f.write_forward_timeout_ms,
+                &mut t.write_forward,
+            ),
         ];
         for (x, y, slot) in pairs {
             if let Some(v) = x.or(y) {
@@ -321,6 +333,7 @@ impl NodeArgs {
         c.leases = a.leases || f.leases;
         c.delay_client = a.delay_client || f.delay_client;
         c.nowait = a.nowait || f.nowait;
+        c.forward_writes = a.forward_writes || f.forward_writes;
         c.autoinit = !(a.no_autoinit || f.no_autoinit);
         c.autorollback = !(a.no_autorollback || f.no_autorollback);
         c.elections = !(a.no_elections || f.no_elections);

@@ -72,7 +72,12 @@ impl<S: Storage> Site<S> {
         durability: Durability,
     ) -> Result<RequestId, CommitError> {
         if self.role != Role::Master {
-            return Err(CommitError::NotMaster(self.master));
+            // A client forwards single writes only ([`Site::write`], W1).
+            return Err(if self.role == Role::Client && self.cfg.forward_writes {
+                CommitError::NotForwardable
+            } else {
+                CommitError::NotMaster(self.master)
+            });
         }
         if self.transfer.is_some() {
             return Err(CommitError::Unavailable);

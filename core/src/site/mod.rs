@@ -18,6 +18,7 @@
 pub mod acks;
 mod client;
 mod election;
+mod forward;
 mod lease;
 pub use lease::Handle;
 mod master;
@@ -137,6 +138,10 @@ pub struct Stats {
     /// Of `requests_served`, those served as a client for another client
     /// (S3).
     pub peer_served: u64,
+    /// Writes this client forwarded to the master (W1).
+    pub forwards_sent: u64,
+    /// Forwarded writes this master committed for clients (W1).
+    pub forwards_served: u64,
     /// Records sent in answer to log requests (as master or peer).
     pub records_served: u64,
     /// Log requests from other clients this client could not serve
@@ -282,6 +287,12 @@ pub struct Site<S: Storage> {
     startup_done: bool,
     sync_target: Lsn,
     find_master_at: Option<Instant>,
+    /// Writes this client forwarded to the master (W1).
+    forwards: Vec<forward::Forward>,
+    /// Writes this master commits for clients (W1).
+    forwarded: Vec<forward::Forwarded>,
+    /// The last forwarded request number taken from each client (W1).
+    forward_seen: BTreeMap<SiteId, u64>,
     // Both.
     waiters: Vec<Waiter>,
     joining: Option<Joining>,
@@ -384,6 +395,9 @@ impl<S: Storage> Site<S> {
             sync_target: Lsn::ZERO,
             find_master_at: None,
             waiters: Vec::new(),
+            forwards: Vec::new(),
+            forwarded: Vec::new(),
+            forward_seen: BTreeMap::new(),
             joining: None,
             election: None,
             elect_at: None,
@@ -670,6 +684,7 @@ impl<S: Storage> Site<S> {
         for w in &self.waiters {
             at(Some(w.deadline));
         }
+        at(self.forward_deadline());
         at(self.want.map(|w| w.next_at));
         at(self.heartbeat_at);
         at(self.checkpoint_at);
@@ -696,7 +711,9 @@ impl<S: Storage> Site<S> {
     }
 
     fn answer(&mut self, a: Answer) {
-        self.out.push_back(Output::Answer(a));
+        if let Some(a) = self.route_forwarded(a) {
+            self.out.push_back(Output::Answer(a));
+        }
     }
 
     fn envelope(&self, flags: Flags) -> Envelope {
@@ -1329,6 +1346,7 @@ impl<S: Storage> Site<S> {
         for (id, r) in done {
             self.finish_waiter(id, r);
         }
+        self.check_forwards();
     }
 
     fn finish_waiter(&mut self, id: RequestId, result: Result<(), WaitError>) {
@@ -1376,6 +1394,7 @@ impl<S: Storage> Site<S> {
         }
         let r = match &msg {
             Message::JoinReq(j) => {
+                self.forget_forwarder(env.from);
                 self.on_join_req(j);
                 Ok(())
             }
@@ -1410,6 +1429,9 @@ impl<S: Storage> Site<S> {
         }
         match msg {
             Message::MasterReq | Message::NewClient | Message::NewSite => {
+                if !matches!(msg, Message::MasterReq) {
+                    self.forget_forwarder(env.from);
+                }
                 if self.role == Role::Master {
                     self.send(env.from, Flags::NONE, &Message::NewMaster);
                 }
@@ -1455,6 +1477,10 @@ impl<S: Storage> Site<S> {
             Message::LeaseReq { master_time } => self.on_lease_req(env, *master_time),
             Message::LeaseGrant { master_time } => self.on_lease_grant(env, *master_time),
             Message::TransferMaster { to } => self.on_transfer(env, *to),
+            Message::ForwardWrite(w) => self.on_forward_write(env, w),
+            Message::ForwardAnswer { request, result } => {
+                self.on_forward_answer(env, *request, *result)
+            }
             // Elections, leases, initialisation, channels and forwarding
             // belong to later parts of the engine; their messages are
             // decoded and validated but not acted on yet.
@@ -1471,6 +1497,7 @@ impl<S: Storage> Site<S> {
         self.election_timeouts();
         self.lease_timeouts();
         self.transfer_timeouts();
+        self.forward_timeouts();
         // Waiters.
         let expired: Vec<RequestId> = self
             .waiters
@@ -1531,6 +1558,7 @@ impl<S: Storage> Site<S> {
             }
         } else {
             self.event(Event::ConnectBroken(site));
+            self.forget_forwarder(site);
             if self.role == Role::Client && self.master == Some(site) {
                 // The master's connection broke: fail over at once (R9).
                 self.master_lost();

@@ -157,6 +157,18 @@ pub enum CommitError {
     Storage,
     /// Leases are on and this master lacks a majority of grants (R10).
     LeaseExpired,
+    /// Forwarding is on, but only a single put or delete outside a
+    /// transaction is forwarded (W1).
+    NotForwardable,
+    /// The master does not take forwarded writes (W1).
+    ForwardDisabled,
+    /// The master refused or could not finish the forwarded write: it lost
+    /// mastership, its lease expired, it was busy, or the commit was rolled
+    /// back before reaching this site (W1). Not committed.
+    ForwardFailed,
+    /// No answer from the master within the write-forward timeout: the
+    /// write may or may not have been committed (W1).
+    ForwardTimeout,
 }
 
 impl fmt::Display for CommitError {
@@ -175,6 +187,22 @@ impl fmt::Display for CommitError {
             CommitError::LeaseExpired => write!(
                 f,
                 "this master's lease has expired (no majority of grants): refused rather than risk a write a newer master replaces"
+            ),
+            CommitError::NotForwardable => write!(
+                f,
+                "a client forwards only a single put or delete, not a transaction: commit transactions on the master"
+            ),
+            CommitError::ForwardDisabled => write!(
+                f,
+                "the master does not take forwarded writes: turn forward-writes on at every site of the group"
+            ),
+            CommitError::ForwardFailed => write!(
+                f,
+                "the master could not commit the forwarded write (it lost mastership, its lease expired or it was busy); it was not committed, retry"
+            ),
+            CommitError::ForwardTimeout => write!(
+                f,
+                "the master did not answer the forwarded write in time; it may or may not have been committed"
             ),
         }
     }

@@ -242,8 +242,19 @@ pub struct ForwardWrite<'a> {
 /// How a forwarded write ended.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum ForwardResult {
-    /// Committed; the token lets the client wait until it has applied it.
-    Committed(CommitToken),
+    /// Committed: the token lets the client wait until it has applied it;
+    /// `permanent`, `acks` and `needed` say what the master's commit
+    /// achieved under its ack policy (R5), as a local commit's answer does.
+    Committed {
+        /// Where the commit's record is.
+        token: CommitToken,
+        /// The ack policy was met.
+        permanent: bool,
+        /// Acks the master received.
+        acks: u32,
+        /// Acks the policy needed.
+        needed: u32,
+    },
     /// The receiver is not the master.
     NotMaster,
     /// Forwarding is off at the master.

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. A frame of another version is
 /// refused with [`DecodeError::BadVersion`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes a frame may need beyond its largest payload (record, channel
 /// message, page): version, envelope and message fields.
