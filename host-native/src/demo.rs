@@ -58,10 +58,13 @@ pub const NODE_ARGS: &[&str] = &[
     "1000",
     "--connection-retry-ms",
     "200",
+    "--forward-writes",
 ];
 
 const FIRST_WRITES: usize = 5_000;
 const MORE_WRITES: usize = 1_000;
+/// Writes made on each client and forwarded to the master (W1).
+const FORWARDED_PER_CLIENT: usize = 25;
 const CONNS: usize = 8;
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -435,6 +438,7 @@ impl Demo {
         let mut p = Partition::default();
         let finished = self.form_group().await
             && self.first_writes().await
+            && self.forwarded_writes().await
             && self.kill_and_catch_up().await
             && self.failover().await
             && self.old_master_returns().await
@@ -579,6 +583,86 @@ impl Demo {
                 w.failed.len()
             ),
         )
+    }
+
+    /// W1: each client takes writes on its own API and forwards them to
+    /// the master; each is read back on the client that took it.
+    async fn forwarded_writes(&mut self) -> bool {
+        let n = self.cluster.len();
+        let clients: Vec<usize> = (1..n).collect();
+        self.out.begin(&format!(
+            "writes made on clients {} are forwarded to master {}",
+            self.names(&clients),
+            letter(0)
+        ));
+        let t = Instant::now();
+        let mut ok = true;
+        let (mut permanent, mut read_back, mut failed) = (0usize, 0usize, Vec::new());
+        for &c in &clients {
+            let mut api = match self.cluster.client(c).await {
+                Ok(a) => a,
+                Err(e) => {
+                    failed.push(format!("{}: {e}", letter(c)));
+                    continue;
+                }
+            };
+            for i in 0..FORWARDED_PER_CLIENT {
+                let (k, v) = (
+                    format!("forwarded-{}-{i:02}", letter(c)),
+                    format!("written on {}", letter(c)),
+                );
+                match api.call(&procs::put_req(&k, &v)).await {
+                    Ok(r) if r.ok && r.commit.as_ref().is_some_and(|ci| ci.permanent) => {
+                        permanent += 1;
+                        self.acked.push((k.clone(), v.clone()));
+                        if let Ok(g) = api.call(&procs::get_req(&k)).await {
+                            read_back += usize::from(g.value.as_deref() == Some(v.as_str()));
+                        }
+                    }
+                    Ok(r) => failed.push(format!(
+                        "{k}: {}",
+                        r.error.unwrap_or_else(|| "not permanent".into())
+                    )),
+                    Err(e) => failed.push(format!("{k}: {e}")),
+                }
+            }
+        }
+        let total = clients.len() * FORWARDED_PER_CLIENT;
+        self.out.say(format!(
+            "{total} writes on {} ({FORWARDED_PER_CLIENT} each), one at a time, in {} ms",
+            self.names(&clients),
+            t.elapsed().as_millis()
+        ));
+        if let Some(f) = failed.first() {
+            self.out.say(format!("first failed write: {f}"));
+        }
+        ok &= self.out.check(
+            permanent == total,
+            format!(
+                "{permanent}/{total} forwarded writes committed by {} and acknowledged as permanent",
+                letter(0)
+            ),
+        );
+        ok &= self.out.check(
+            read_back == permanent,
+            format!("{read_back}/{permanent} read back on the client that took them, right after the answer"),
+        );
+        match self.cluster.status(0).await {
+            Ok(st) => {
+                let served = st
+                    .counters
+                    .iter()
+                    .find(|(n, _)| n == "forwards_served")
+                    .map_or(0, |x| x.1);
+                ok &= self.out.check(
+                    served as usize >= total,
+                    format!("{} counts {served} forwarded writes committed", letter(0)),
+                );
+            }
+            Err(e) => ok &= self.out.check(false, e),
+        }
+        self.end_step().await;
+        ok
     }
 
     async fn first_writes(&mut self) -> bool {

@@ -203,6 +203,73 @@ async fn master_sigkilled(extra: &[&str]) {
     );
 }
 
+/// W1: with `--forward-writes` on every node, puts and deletes sent to a
+/// client node's API are committed by the master, and a read on that
+/// client right after the answer sees them; a transaction is never
+/// forwarded. A group without the flag refuses writes on clients with a
+/// message naming the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_clients_are_forwarded_to_the_master() {
+    let args = fast_args();
+    assert!(args.iter().any(|a| a == "--forward-writes"));
+    let mut c = Cluster::new(BIN, 3, args).unwrap();
+    c.start_group(WAIT).await.unwrap();
+    for client in [1, 2] {
+        let mut api = c.client(client).await.unwrap();
+        for i in 0..50 {
+            let (k, v) = (format!("fw-{client}-{i}"), format!("v{i}"));
+            let r = api.call(&procs::put_req(&k, &v)).await.unwrap();
+            assert!(r.ok, "put {k} on a client: {:?}", r.error);
+            assert!(
+                r.commit.as_ref().is_some_and(|ci| ci.permanent),
+                "{k}: {:?}",
+                r.commit
+            );
+            let g = api.call(&procs::get_req(&k)).await.unwrap();
+            assert_eq!(
+                g.value.as_deref(),
+                Some(v.as_str()),
+                "{k} not readable on the client that wrote it"
+            );
+        }
+        let r = api
+            .call(&shoal_native::api::Request::Del {
+                db: procs::DB.into(),
+                key: format!("fw-{client}-0"),
+            })
+            .await
+            .unwrap();
+        assert!(r.ok, "delete on a client: {:?}", r.error);
+    }
+    let st = procs::status_at(&c.nodes[0].api).await.unwrap();
+    assert_eq!(st.role, "master");
+    let served = st
+        .counters
+        .iter()
+        .find(|(n, _)| n == "forwards_served")
+        .map(|x| x.1);
+    assert_eq!(served, Some(102), "the master's count of forwarded writes");
+    let sts = procs::converge(&mut c, &[0, 1, 2], WAIT).await.unwrap();
+    assert_eq!(sts.iter().filter(|s| s.role == "master").count(), 1);
+    let g = c.call(0, &procs::get_req("fw-2-49")).await.unwrap();
+    assert_eq!(g.value.as_deref(), Some("v49"));
+    let g = c.call(0, &procs::get_req("fw-1-0")).await.unwrap();
+    assert_eq!(g.value, None, "the forwarded delete");
+    drop(c);
+
+    // Without the flag a client refuses, naming the master.
+    let plain: Vec<String> = fast_args()
+        .into_iter()
+        .filter(|a| a != "--forward-writes")
+        .collect();
+    let mut c = Cluster::new(BIN, 2, plain).unwrap();
+    c.start_group(WAIT).await.unwrap();
+    let r = c.call(1, &procs::put_req("k", "v")).await.unwrap();
+    assert!(!r.ok);
+    let e = r.error.unwrap_or_default();
+    assert!(e.contains("not the master"), "{e}");
+}
+
 /// Run `shoal ARGS`, which must fail: returns its stderr.
 fn must_fail(args: &[&str]) -> String {
     let mut child = Command::new(BIN)

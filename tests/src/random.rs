@@ -51,6 +51,12 @@ pub struct RunSummary {
     pub peers: bool,
     /// Log requests served by clients for other clients (S3).
     pub peer_served: u64,
+    /// Sites forwarded writes to the master (W1).
+    pub forwarding: bool,
+    /// Single writes made on clients and forwarded (W1).
+    pub forwards: u64,
+    /// Forwarded writes the master committed (W1).
+    pub forwards_served: u64,
 }
 
 /// What the randomized run is allowed to do.
@@ -63,6 +69,9 @@ pub struct RandomOpts {
     /// Sites elect a new master themselves (E1) instead of the operator
     /// promoting one.
     pub elections: bool,
+    /// Half the seeds forward single writes made on clients (W1). Off
+    /// replays a seed as it ran before forwarding existed.
+    pub forwarding: bool,
 }
 
 impl Default for RandomOpts {
@@ -71,6 +80,7 @@ impl Default for RandomOpts {
             fault_time: ms(3_000),
             trace_tail: Some(300),
             elections: false,
+            forwarding: true,
         }
     }
 }
@@ -103,6 +113,9 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
             .expect("nonempty"),
         ..Config::default()
     };
+    // Half the seeds forward single writes made on clients (W1); a stream
+    // of its own keeps the other choices as they were.
+    c.forward_writes = opts.forwarding && Rng::fork(seed, 13).chance(500_000);
     let t = &mut c.timeouts;
     t.ack = ms(r.range(200, 1000));
     if opts.elections || r.chance(600_000) {
@@ -211,6 +224,8 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
     sim.start_group();
     sim.net().set_default(faulty);
     let mut r = Rng::fork(seed, 20);
+    let mut rf = Rng::fork(seed, 14);
+    sum.forwarding = sim.cfg.site.forward_writes;
     let end = sim.now() + opts.fault_time;
     let mut later: Vec<(Instant, Later)> = Vec::new();
     let mut tokens: Vec<CommitToken> = Vec::new();
@@ -293,6 +308,22 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
                     1 => Durability::WriteNoSync,
                     _ => Durability::NoSync,
                 };
+                // With forwarding, some single writes are made on a client
+                // and forwarded to the master (W1).
+                if sum.forwarding && ops.len() == 1 && rf.chance(400_000) {
+                    let clients: Vec<usize> = sim
+                        .up()
+                        .into_iter()
+                        .filter(|&i| sim.site(i).role() == Role::Client)
+                        .collect();
+                    if let Some(&c) = rf.pick(&clients) {
+                        if sim.forward_write(c, ops[0], d).is_ok() {
+                            sum.forwards += 1;
+                            sum.commits += 1;
+                        }
+                        continue;
+                    }
+                }
                 if sim.commit(m, &ops, d).is_ok() {
                     sum.commits += 1;
                 }
@@ -407,6 +438,11 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         .up()
         .iter()
         .map(|&i| sim.site(i).stats().peer_served)
+        .sum();
+    sum.forwards_served = sim
+        .up()
+        .iter()
+        .map(|&i| sim.site(i).stats().forwards_served)
         .sum();
     (sim, sum)
 }

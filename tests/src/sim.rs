@@ -797,9 +797,35 @@ impl Sim {
         durability: Durability,
     ) -> Result<RequestId, CommitError> {
         let what = format!("commit {} ({durability:?})", describe_ops(ops));
+        self.commit_with(i, &what, durability, |s, now| {
+            s.commit(now, ops, durability)
+        })
+    }
+
+    /// Put or delete one key on site `i` outside a transaction: a commit
+    /// on the master, forwarded by a client with `forward_writes` (W1).
+    pub fn forward_write(
+        &mut self,
+        i: usize,
+        op: Op<'_>,
+        durability: Durability,
+    ) -> Result<RequestId, CommitError> {
+        let what = format!("write {} ({durability:?})", describe_ops(&[op]));
+        self.commit_with(i, &what, durability, |s, now| s.write(now, op, durability))
+    }
+
+    /// Start a commit-like request and remember its durability until it
+    /// is answered, for the checker.
+    fn commit_with(
+        &mut self,
+        i: usize,
+        what: &str,
+        durability: Durability,
+        start: impl FnOnce(&mut Site<SimDisk>, Instant) -> Result<RequestId, CommitError>,
+    ) -> Result<RequestId, CommitError> {
         let before = self.is_up(i).then(|| self.slots[i].answers.len());
         self.committing = Some((durability, self.now));
-        let r = self.act(i, &what, |s, now| s.commit(now, ops, durability));
+        let r = self.act(i, what, start);
         self.committing = None;
         if let (Ok(id), Some(before)) = (r, before) {
             // The answer may have come within the call (nothing to wait for).

@@ -65,7 +65,7 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
     failed.sort_by_key(|f| f.0);
     let total = |f: fn(&RunSummary) -> u64| ok.iter().map(f).sum::<u64>();
     println!(
-        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, promises broken in {} runs",
+        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), promises broken in {} runs",
         seeds.len(),
         started.elapsed(),
         ok.len(),
@@ -80,6 +80,8 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
         total(|s| s.rollbacks),
         total(|s| s.rolled_back_commits),
         total(|s| s.peer_served),
+        total(|s| s.forwards),
+        total(|s| s.forwards_served),
         ok.iter().filter(|s| !s.promises_held).count(),
     );
     if !failed.is_empty() {
@@ -117,6 +119,8 @@ fn random_seeds() {
         assert!(sum(|s| s.rollbacks) > 0);
         // Clients served each other (S3) under the same faults.
         assert!(sum(|s| s.peer_served) > 0);
+        // Clients forwarded writes that masters committed (W1).
+        assert!(sum(|s| s.forwards_served) > 0);
     }
 }
 
@@ -172,10 +176,15 @@ fn a_seed_replays_byte_for_byte() {
 /// sending it (the commit was answered after the power loss).
 #[test]
 fn seeds_that_once_failed() {
-    run_many("seeds_that_once_failed", vec![8403], RandomOpts::default());
+    // As they ran when they failed: before write forwarding (W1).
+    let before = RandomOpts {
+        forwarding: false,
+        ..RandomOpts::default()
+    };
+    run_many("seeds_that_once_failed", vec![8403], before);
     let elections = RandomOpts {
         elections: true,
-        ..RandomOpts::default()
+        ..before
     };
     run_many(
         "seeds_that_once_failed_elections",

@@ -1520,3 +1520,95 @@ fn r4_no_sync_commit_is_acked_without_waiting_for_a_disk() {
         );
     }
 }
+
+/// W1: writes made on clients are forwarded to the master; the master is
+/// killed while some are in flight; the sites elect a new master and the
+/// clients forward to it. Every forwarded write answered permanent is on
+/// every site at the end (the checker also holds it after every step),
+/// and each write in flight at the crash is answered: committed, or an
+/// error that does not claim a commit.
+#[test]
+fn w1_forwarded_writes_survive_a_master_crash() {
+    let mut cfg = Config {
+        forward_writes: true,
+        ..Config::default()
+    };
+    cfg.timeouts.heartbeat_send = ms(50);
+    cfg.timeouts.heartbeat_monitor = ms(200);
+    cfg.timeouts.election = ms(300);
+    let mut c = SimConfig::new("scenarios", "w1_forwarded_writes_survive_a_master_crash", 5);
+    c.site = cfg; // elections on
+    replay_hint_on_panic();
+    let mut sim = Sim::new(c);
+    sim.start_group();
+    let mut permanent: Vec<String> = Vec::new();
+    for k in 0..10 {
+        let key = format!("before{k}");
+        let op = Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value: b"v",
+        };
+        let client = 1 + k % 4;
+        let id = sim.forward_write(client, op, Durability::Sync).unwrap();
+        let o = sim.wait_commit(client, id, ms(5_000));
+        assert!(o.permanent, "{key}: {o:?}");
+        // Read-your-writes on the client that forwarded it.
+        assert_eq!(
+            sim.site(client).store().get("db", key.as_bytes()),
+            Some(&b"v"[..])
+        );
+        permanent.push(key);
+    }
+    assert_eq!(sim.site(0).stats().forwards_served, 10);
+    // Writes in flight when the master dies.
+    let mut in_flight = Vec::new();
+    for k in 0..4 {
+        let key = format!("flight{k}");
+        let op = Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value: b"v",
+        };
+        in_flight.push((
+            1 + k,
+            sim.forward_write(1 + k, op, Durability::Sync).unwrap(),
+        ));
+    }
+    sim.crash(0, CrashMode::Clean);
+    sim.run_until_true(ms(10_000), "the others elect a master", |s| {
+        s.master().is_some_and(|m| m != 0)
+    });
+    sim.run_until_true(ms(6_000), "every write in flight is answered", |s| {
+        in_flight.iter().all(|&(i, id)| {
+            s.answers(i)
+                .iter()
+                .any(|(_, _, a)| matches!(a, Answer::Commit { id: x, .. } if *x == id))
+        })
+    });
+    let m = sim.master().unwrap();
+    // The clients forward to the new master.
+    for client in (1..5).filter(|&i| i != m) {
+        let key = format!("after{client}");
+        let op = Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value: b"v",
+        };
+        let id = sim.forward_write(client, op, Durability::Sync).unwrap();
+        let o = sim.wait_commit(client, id, ms(5_000));
+        assert!(o.permanent, "{key}: {o:?}");
+        permanent.push(key);
+    }
+    sim.restart(0, Start::Rejoin);
+    sim.converge(ms(20_000));
+    for i in 0..5 {
+        for key in &permanent {
+            assert_eq!(
+                sim.site(i).store().get("db", key.as_bytes()),
+                Some(&b"v"[..]),
+                "s{i} lacks {key}"
+            );
+        }
+    }
+}
