@@ -157,6 +157,10 @@ impl<S: Storage> Site<S> {
         let needs_master_copy = needs_master_copy(self.cfg.ack_policy);
         if sync {
             self.ask_flush(entry.lsn);
+        } else if self.commits.is_empty() {
+            // Alone in flight: write it out while the clients answer. Under
+            // load, commits are written out in batches as acks arrive.
+            self.write_out_due = true;
         }
         self.commits.push_back(PendingCommit {
             id,

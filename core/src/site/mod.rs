@@ -265,6 +265,11 @@ pub struct Site<S: Storage> {
     /// the outputs queued so far are taken, so a batch of records gets one
     /// ack and one `write_out`.
     ack_due: bool,
+    /// A master's lone commit without sync: its record is written out once
+    /// the outputs queued so far are taken (its frames handed to the
+    /// transport), so the write overlaps the round trip to the clients
+    /// rather than following the first ack (R4, R5).
+    write_out_due: bool,
     // Master.
     commits: VecDeque<PendingCommit>,
     heartbeat_at: Option<Instant>,
@@ -377,6 +382,7 @@ impl<S: Storage> Site<S> {
             flush_asked: recovered.last,
             flush_want: recovered.last,
             ack_due: false,
+            write_out_due: false,
             commits: VecDeque::new(),
             heartbeat_at: None,
             checkpoint_at: None,
@@ -662,6 +668,12 @@ impl<S: Storage> Site<S> {
             self.ack_due = false;
             if self.role == Role::Client {
                 self.maybe_ack();
+            }
+        }
+        if self.out.is_empty() && self.write_out_due {
+            self.write_out_due = false;
+            if self.role == Role::Master {
+                self.write_out();
             }
         }
         self.out.pop_front()
