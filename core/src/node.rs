@@ -744,6 +744,12 @@ where
     /// Hand the site's outputs to their destinations. Returns true when an
     /// event did not fit and the node must pause.
     fn drain(&self, core: &mut Core<S, T>, st: &mut StepStats) -> bool {
+        // An event waits for room: nothing more leaves until it is taken
+        // (the driver's step moves it first), so events stay in order and
+        // a parked one is never overwritten by the next.
+        if self.with_shared(|s| s.parked.is_some()) {
+            return true;
+        }
         while let Some(o) = core.site.poll_output() {
             match o {
                 Output::Send { to, frame } => {
