@@ -1544,13 +1544,8 @@ fn w1_forwarded_writes_survive_a_master_crash() {
     let mut permanent: Vec<String> = Vec::new();
     for k in 0..10 {
         let key = format!("before{k}");
-        let op = Op::Put {
-            db: "db",
-            key: key.as_bytes(),
-            value: b"v",
-        };
         let client = 1 + k % 4;
-        let id = sim.forward_write(client, op, Durability::Sync).unwrap();
+        let id = forward_put(&mut sim, client, &key);
         let o = sim.wait_commit(client, id, ms(5_000));
         assert!(o.permanent, "{key}: {o:?}");
         // Read-your-writes on the client that forwarded it.
@@ -1590,12 +1585,7 @@ fn w1_forwarded_writes_survive_a_master_crash() {
     // The clients forward to the new master.
     for client in (1..5).filter(|&i| i != m) {
         let key = format!("after{client}");
-        let op = Op::Put {
-            db: "db",
-            key: key.as_bytes(),
-            value: b"v",
-        };
-        let id = sim.forward_write(client, op, Durability::Sync).unwrap();
+        let id = forward_put(&mut sim, client, &key);
         let o = sim.wait_commit(client, id, ms(5_000));
         assert!(o.permanent, "{key}: {o:?}");
         permanent.push(key);
@@ -1611,4 +1601,16 @@ fn w1_forwarded_writes_survive_a_master_crash() {
             );
         }
     }
+}
+
+/// Put `key` = "v" on site `i` outside a transaction (forwarded by a
+/// client, W1).
+fn forward_put(sim: &mut Sim, i: usize, key: &str) -> shoal_core::site::RequestId {
+    let op = Op::Put {
+        db: "db",
+        key: key.as_bytes(),
+        value: b"v",
+    };
+    sim.forward_write(i, op, Durability::Sync)
+        .unwrap_or_else(|e| panic!("write {key} on s{i} refused: {e}"))
 }
