@@ -86,6 +86,15 @@ impl<S: Storage> Site<S> {
         self.meta.init_in_progress
     }
 
+    /// While this client takes a snapshot's pages: (pages received, pages
+    /// in the snapshot).
+    pub fn init_pages(&self) -> Option<(u32, u32)> {
+        match self.init.as_ref().map(|i| &i.phase) {
+            Some(Phase::Pages { next, pages, .. }) => Some((*next, *pages)),
+            _ => None,
+        }
+    }
+
     /// The client fetches the snapshot or its log (S6).
     pub(super) fn init_active(&self) -> bool {
         self.init.is_some() || self.meta.init_in_progress
