@@ -134,15 +134,23 @@ impl Net {
         })
     }
 
+    /// Stop delivering to and from site `i` (its connections stay up, as
+    /// on a link that went silent).
+    fn silence(&mut self, i: usize) {
+        self.down.push(i);
+    }
+
     fn collect(&mut self, i: usize, q: &mut VecDeque<(usize, Vec<u8>)>, keep: Filter) {
         while let Some(o) = self.sites[i].as_mut().and_then(|s| s.poll_output()) {
             match o {
                 Output::Send { to, frame } => {
                     let Some(t) = self.target(&to) else { continue };
+                    let s = self.describe(i, t, &frame);
                     if self.down.contains(&t) || self.down.contains(&i) {
+                        // Sent into the void: noted, not delivered.
+                        self.sent.push(s);
                         continue;
                     }
-                    let s = self.describe(i, t, &frame);
                     let pass = keep(&s);
                     self.sent.push(s);
                     if pass {
@@ -676,4 +684,66 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
     // Let it finish properly.
     net.advance(Duration::from_millis(500), &mut all);
     assert_initialised(&mut net, 2);
+}
+
+/// S6: a site that gave up its log for a snapshot votes only for a
+/// candidate whose log reaches the snapshot's record: it held what it
+/// acknowledged in the log it gave up, and must not help elect a site that
+/// lacks it.
+#[test]
+fn s6_an_initialising_site_votes_only_for_a_candidate_holding_its_snapshot() {
+    use shoal_core::wire::Vote1;
+    for (behind, votes) in [(true, false), (false, true)] {
+        let mut net = Net::group(vec![cfg(); 3]);
+        let storage = net.fall_far_behind(2, 4);
+        net.restart(2, storage);
+        let mut no_log =
+            |s: &Sent| !(s.from == 0 && matches!(s.kind, MessageKind::BulkLog | MessageKind::Log));
+        net.advance(Duration::from_millis(300), &mut no_log);
+        assert!(net.s(2).initializing());
+        // The snapshot reflects the master's log as it was.
+        let (gen, last) = {
+            let m = net.s(0);
+            (m.log_index().last().unwrap().generation, m.last_lsn())
+        };
+        net.silence(0);
+        net.silence(1);
+        // s2 loses the master and calls an election; s1 answers, claiming
+        // a log behind the snapshot or at it.
+        let (now, m) = (net.now, net.s(0).id());
+        let mark = net.sent.len();
+        net.site(2).handle_connection(now, m, false);
+        net.run(&mut all);
+        assert!(net.sent[mark..]
+            .iter()
+            .any(|s| s.from == 2 && s.kind == MessageKind::Vote1));
+        let claim = if behind { Lsn::new(1, 20) } else { last };
+        let s1 = net.s(1);
+        let env = Envelope {
+            from: s1.id(),
+            generation: s1.generation(),
+            egen: net.s(2).egen(),
+            lsn: claim,
+            flags: Flags::NONE,
+        };
+        let msg = Message::Vote1(Vote1 {
+            data_generation: gen,
+            last_lsn: claim,
+            priority: 100,
+            tiebreaker: 1,
+            nsites: 3,
+            nvotes: 2,
+        });
+        let mut f = Vec::new();
+        encode_frame(&env, &msg, &mut f, &net.cfgs[1].limits).unwrap();
+        let now = net.now;
+        let mark = net.sent.len();
+        let _ = net.site(2).handle_frame(now, &f);
+        net.run(&mut all);
+        net.advance(Duration::from_secs(5), &mut all);
+        let voted = net.sent[mark..]
+            .iter()
+            .any(|s| s.from == 2 && s.kind == MessageKind::Vote2);
+        assert_eq!(voted, votes, "candidate behind the snapshot: {behind}");
+    }
 }

@@ -180,6 +180,13 @@ fn a_seed_replays_byte_for_byte() {
 /// (S6) — a client that archived its log while it verified against the
 /// master kept bisecting over index positions that no longer named the
 /// same records; its probe fell off the index and its timer spun.
+///
+/// 107151 (elections, archiving) — a site whose initialisation had
+/// replaced its log (which held a permanent commit it had written as
+/// master) voted for a candidate lacking that commit, which won: a site
+/// being initialised now votes only for a candidate whose log reaches its
+/// snapshot's record, and a master sends UPDATE only once that record is
+/// durable (S6).
 #[test]
 fn seeds_that_once_failed() {
     run_many(
@@ -193,7 +200,7 @@ fn seeds_that_once_failed() {
     };
     run_many(
         "seeds_that_once_failed_elections",
-        vec![72463, 34183, 10963, 14488],
+        vec![72463, 34183, 10963, 14488, 107151],
         elections,
     );
 }

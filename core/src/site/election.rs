@@ -276,6 +276,15 @@ impl<S: Storage> Site<S> {
             // Nobody here can become master (E2).
             return;
         }
+        if !e
+            .vote1s
+            .get(&candidate)
+            .is_some_and(|v| self.init_may_vote_for(v))
+        {
+            // This site gave up its log for a snapshot (S6): it may not
+            // help elect a site that lacks what it held.
+            return;
+        }
         // The vote is durable before it is sent (E1).
         self.meta.voted_for = Some(candidate);
         self.save_meta();

@@ -36,7 +36,10 @@
 //! new master, or a log from F that no longer leads to the snapshot's
 //! record, restarts the initialisation the same way. While the flag is set
 //! the store may be ahead of the log, so the site neither stands for
-//! election nor becomes master.
+//! election nor becomes master; and since it gave up the log that held
+//! what it acknowledged, it casts its vote only for a candidate whose log
+//! reaches the snapshot's record (the master made that record durable
+//! before it sent UPDATE, so the master that served it qualifies).
 
 use super::init_master::SNAPSHOT_DB;
 use super::*;
@@ -359,6 +362,8 @@ impl<S: Storage> Site<S> {
             self.meta.init_in_progress = was;
             return self.begin_init();
         }
+        // What the old log held is now held by the snapshot alone.
+        self.held = Some((snap.generation, lsn));
         // b. The snapshot: its record is not in the old log, so a crash
         //    now reopens the old state (or cleans up, see `reopen_init`).
         if self.storage.write_snapshot(&bytes).is_err() {
@@ -456,6 +461,7 @@ impl<S: Storage> Site<S> {
             self.snapshot_lsn = lsn;
         }
         self.base_lsn = Lsn::ZERO;
+        self.held = None;
         self.init = None;
         self.init_owed = true;
         self.startup_check();
@@ -479,10 +485,25 @@ impl<S: Storage> Site<S> {
         }
     }
 
+    /// May this site, while it is being initialised, vote for the
+    /// candidate of `v`? Only if the candidate's log reaches the record
+    /// the snapshot reflects.
+    pub(super) fn init_may_vote_for(&self, v: &crate::wire::Vote1) -> bool {
+        if !self.meta.init_in_progress {
+            return true;
+        }
+        self.held
+            .is_some_and(|held| (v.data_generation, v.last_lsn) >= held)
+    }
+
     /// Open with the metadata saying an initialisation was under way: keep
-    /// the disk's state if its snapshot's record is in its log (the state
-    /// is consistent), else remove the log and keep only the snapshot's
-    /// store and membership in memory until the site is initialised again.
+    /// the disk's state if it is consistent — the snapshot's record is in
+    /// the log, or the log is whole from its first record (a crash before
+    /// the old log went, or a new log from the very start) — else remove
+    /// the log and keep only the snapshot's store and membership in memory
+    /// until the site is initialised again. (Of the states a crash can
+    /// leave, only a new snapshot over a log that stops short of it is not
+    /// consistent; see the module's steps.)
     pub(super) fn reopen_init(
         &mut self,
         first: Lsn,
@@ -490,7 +511,8 @@ impl<S: Storage> Site<S> {
     ) -> Result<(), LogError<S::Error>> {
         let keep = base.clone();
         self.rebuild(first, base)?;
-        if !self.snapshot_lsn.is_zero() {
+        let whole = !self.index.is_empty() && self.has_full_history();
+        if !self.snapshot_lsn.is_zero() || whole {
             self.meta.init_in_progress = false;
             self.save_meta();
             return Ok(());
@@ -504,10 +526,15 @@ impl<S: Storage> Site<S> {
         self.flush_want = Lsn::ZERO;
         match keep {
             Some(s) => {
+                self.held = Some((s.generation, s.lsn));
                 self.store = s.store;
                 self.members = s.members;
             }
             None => {
+                // Not a state a crash leaves (the snapshot is written
+                // before the log goes); with nothing to vouch for, this
+                // site does not vote until it is initialised.
+                self.held = None;
                 self.store = Store::new();
                 self.members.clear();
             }

@@ -6,7 +6,9 @@
 //! and the first LSN F, the first record of S's segment (a log must start
 //! at a segment's first record, and the client's log must hold S for the
 //! snapshot to be usable when it reopens). It answers UPDATE { F, S, one
-//! database "" of n pages }. The snapshot is encoded once ([`snapshot`]
+//! database "" of n pages } once S is durable here: a client being
+//! initialised votes only for a candidate whose log reaches S (see
+//! `init_client`), and this master, restarted, must be one. The snapshot is encoded once ([`snapshot`]
 //! format, which carries its own checksum) and split into pages of at
 //! most [`crate::wire::max_page_bytes`]; PAGE_REQ is answered with pages
 //! up to `max_answer_bytes`, PAGE_MORE ahead of them when more remain.
@@ -40,8 +42,10 @@ pub(super) struct Serving {
     bytes: Vec<u8>,
     /// Bytes per page.
     page: usize,
-    /// Sites given this snapshot's UPDATE (at most `max_sites`).
+    /// Sites that asked for this snapshot (at most `max_sites`).
     clients: Vec<SiteId>,
+    /// Of those, the ones still owed their UPDATE (sent once S is durable).
+    owed: Vec<SiteId>,
     /// Last request for it.
     used_at: Instant,
 }
@@ -117,6 +121,28 @@ impl<S: Storage> Site<S> {
             }
             s.clients.push(env.from);
         }
+        if !s.owed.contains(&env.from) {
+            s.owed.push(env.from);
+        }
+        let lsn = s.lsn;
+        if self.flushed >= lsn {
+            self.send_updates();
+        } else {
+            self.ask_flush(lsn);
+        }
+        Ok(())
+    }
+
+    /// The log is durable to a new point: send the UPDATEs owed, if the
+    /// snapshot's record is durable now.
+    pub(super) fn send_updates(&mut self) {
+        let Some(s) = self.serving.as_mut() else {
+            return;
+        };
+        if self.flushed < s.lsn || s.owed.is_empty() {
+            return;
+        }
+        let owed = core::mem::take(&mut s.owed);
         let (first, lsn, pages) = (s.first, s.lsn, s.pages());
         let mut databases = heapless::Vec::new();
         let _ = databases.push(DbSummary {
@@ -128,9 +154,9 @@ impl<S: Storage> Site<S> {
             snapshot_lsn: lsn,
             databases,
         });
-        self.stats.inits_served += 1;
-        self.send(env.from, Flags::NONE, &msg);
-        Ok(())
+        let dests: Vec<Dest> = owed.into_iter().map(Dest::Site).collect();
+        self.stats.inits_served += dests.len() as u64;
+        self.send_many(&dests, Flags::NONE, &msg);
     }
 
     /// Encode the store and membership as of the last record, with F the
@@ -148,6 +174,7 @@ impl<S: Storage> Site<S> {
             bytes,
             page: crate::wire::max_page_bytes(&self.cfg.limits).max(1),
             clients: Vec::new(),
+            owed: Vec::new(),
             used_at: self.now,
         });
         true

@@ -353,6 +353,11 @@ pub struct Site<S: Storage> {
     base_lsn: Lsn,
     /// An initialisation completed; INIT_DONE is raised once caught up.
     init_owed: bool,
+    /// While an initialisation replaces the log (`init_in_progress`): the
+    /// record (generation, LSN) its snapshot reflects. The site held what
+    /// it acknowledged in the log it gave up, and the snapshot stands for
+    /// it now: it votes only for a candidate at least that far (S6).
+    held: Option<(Generation, Lsn)>,
     /// The snapshot this master serves to initialising clients (S6).
     serving: Option<init_master::Serving>,
     stats: Stats,
@@ -444,6 +449,7 @@ impl<S: Storage> Site<S> {
             init: None,
             base_lsn: Lsn::ZERO,
             init_owed: false,
+            held: None,
             serving: None,
             stats: Stats::default(),
             frame_buf: Vec::new(),
@@ -1573,7 +1579,10 @@ impl<S: Storage> Site<S> {
         }
         self.settle_snapshot();
         match self.role {
-            Role::Master => self.progress_commits(),
+            Role::Master => {
+                self.send_updates();
+                self.progress_commits();
+            }
             Role::Client => self.maybe_ack(),
             Role::Idle => {}
         }
