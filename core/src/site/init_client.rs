@@ -497,13 +497,13 @@ impl<S: Storage> Site<S> {
     }
 
     /// Open with the metadata saying an initialisation was under way: keep
-    /// the disk's state if it is consistent — the snapshot's record is in
-    /// the log, or the log is whole from its first record (a crash before
-    /// the old log went, or a new log from the very start) — else remove
-    /// the log and keep only the snapshot's store and membership in memory
-    /// until the site is initialised again. (Of the states a crash can
-    /// leave, only a new snapshot over a log that stops short of it is not
-    /// consistent; see the module's steps.)
+    /// the disk's state if its snapshot's record is in its log (the old
+    /// state, or the new one once the log reached it), else remove the log
+    /// and keep only the snapshot's store and membership in memory until
+    /// the site is initialised again. A log that could be replayed alone
+    /// (whole from its first record) is removed too: the site may have
+    /// acknowledged records past it in the log it gave up, and only the
+    /// snapshot still stands for them (see `init_may_vote_for`).
     pub(super) fn reopen_init(
         &mut self,
         first: Lsn,
@@ -511,8 +511,7 @@ impl<S: Storage> Site<S> {
     ) -> Result<(), LogError<S::Error>> {
         let keep = base.clone();
         self.rebuild(first, base)?;
-        let whole = !self.index.is_empty() && self.has_full_history();
-        if !self.snapshot_lsn.is_zero() || whole {
+        if !self.snapshot_lsn.is_zero() {
             self.meta.init_in_progress = false;
             self.save_meta();
             return Ok(());
@@ -531,9 +530,9 @@ impl<S: Storage> Site<S> {
                 self.members = s.members;
             }
             None => {
-                // Not a state a crash leaves (the snapshot is written
-                // before the log goes); with nothing to vouch for, this
-                // site does not vote until it is initialised.
+                // A crash before the first snapshot was written, over a
+                // log that was whole: with nothing to vouch for what it
+                // held, this site does not vote until it is initialised.
                 self.held = None;
                 self.store = Store::new();
                 self.members.clear();
