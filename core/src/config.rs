@@ -175,6 +175,12 @@ pub struct Limits {
     pub max_outputs: u32,
     /// Largest channel message (all parts together), in bytes (W2).
     pub max_channel_message: u32,
+    /// Largest store snapshot a client receives in an internal
+    /// initialisation (S6), in bytes: the client holds the pages in memory
+    /// until the last one has come, so its old data stays intact meanwhile.
+    /// A master's snapshot above it cannot initialise this site
+    /// (JOIN_FAILURE).
+    pub max_init_bytes: u32,
 }
 
 impl Default for Limits {
@@ -195,6 +201,7 @@ impl Default for Limits {
             max_pending_commits: 4096,
             max_outputs: 65536,
             max_channel_message: 64 * 1024,
+            max_init_bytes: 256 << 20,
         }
     }
 }
@@ -218,6 +225,7 @@ impl Limits {
             max_pending_commits: 32,
             max_outputs: 256,
             max_channel_message: 1024,
+            max_init_bytes: 64 * 1024,
         }
     }
 
@@ -225,7 +233,7 @@ impl Limits {
     pub fn validate(&self) -> Result<(), ConfigError> {
         use crate::log::record::RECORD_HEADER_LEN;
         use crate::log::segment::SEGMENT_HEADER_LEN;
-        let nonzero: [(&'static str, u32); 15] = [
+        let nonzero: [(&'static str, u32); 16] = [
             ("max_sites", self.max_sites as u32),
             ("max_databases", self.max_databases as u32),
             ("max_key", self.max_key),
@@ -241,6 +249,7 @@ impl Limits {
             ("max_pending_commits", self.max_pending_commits),
             ("max_outputs", self.max_outputs),
             ("max_channel_message", self.max_channel_message),
+            ("max_init_bytes", self.max_init_bytes),
         ];
         for (name, v) in nonzero {
             if v == 0 {

@@ -280,10 +280,10 @@ fn r8_checkpoints_snapshot_the_store_and_archive_old_segments() {
     }
 }
 
-#[test]
-fn r8_a_new_client_after_archiving_has_no_overlap_and_says_so() {
-    let cfg = small_log_config();
-    let mut net = Net::group(2, cfg);
+/// A group whose master archived the start of its log, and a third site
+/// that joins afterwards with `cfg` (S6, S7).
+fn join_after_archiving(cfg: Config) -> Net {
+    let mut net = Net::group(2, small_log_config());
     let value = "v".repeat(200);
     for round in 0..4 {
         for k in 0..40 {
@@ -291,20 +291,52 @@ fn r8_a_new_client_after_archiving_has_no_overlap_and_says_so() {
         }
         net.advance(Duration::from_millis(250));
     }
-    // A third site joins after the master removed the start of its log:
-    // without internal initialisation (S6) it cannot be built from the log,
-    // and it reports JOIN_FAILURE with its (empty) data intact.
     net.sites
         .push(Site::open(cfg, "s2", MemStorage::new(64 << 20), net.now).expect("open"));
     let now = net.now;
     net.sites[2].join(now, "s0");
     net.run();
     net.advance(Duration::from_millis(100));
+    net
+}
+
+/// S6: a site that joins after the master removed the start of its log
+/// cannot be built from the log: the master sends it the whole database.
+#[test]
+fn s6_a_new_client_after_archiving_is_initialised() {
+    let net = join_after_archiving(small_log_config());
+    assert!(!net
+        .events
+        .iter()
+        .any(|(i, e)| *i == 2 && *e == Event::JoinFailure));
+    assert!(net
+        .events
+        .iter()
+        .any(|(i, e)| *i == 2 && *e == Event::InitDone));
+    assert_eq!(net.sites[2].store().digest(), net.sites[0].store().digest());
+    assert_eq!(net.sites[2].last_lsn(), net.sites[0].last_lsn());
+    assert!(!net.sites[2].store().is_empty());
+}
+
+/// S7: with AUTOINIT off the same site reports JOIN_FAILURE and keeps its
+/// (empty) data.
+#[test]
+fn s7_a_new_client_after_archiving_without_autoinit_says_join_failure() {
+    let cfg = Config {
+        autoinit: false,
+        ..small_log_config()
+    };
+    let net = join_after_archiving(cfg);
     assert!(net
         .events
         .iter()
         .any(|(i, e)| *i == 2 && *e == Event::JoinFailure));
+    assert!(!net
+        .events
+        .iter()
+        .any(|(i, e)| *i == 2 && *e == Event::InitDone));
     assert!(net.sites[2].store().is_empty());
+    assert_eq!(net.sites[0].stats().inits_served, 0);
 }
 
 /// R4/R5: commits made without sync travel as PERMANENT|NO_SYNC; a client

@@ -311,7 +311,8 @@ async fn follow(node: Arc<SiteNode>, tcp: TcpTransport) {
             Event::DupMaster => warn!("another master found; stepping down"),
             Event::MasterFailure => warn!("the master stopped answering; electing"),
             Event::ElectionFailed => info!("election produced no master; will retry"),
-            Event::JoinFailure => warn!("no log overlap with the master and internal initialisation is not available: this site cannot catch up"),
+            Event::JoinFailure => warn!("no log overlap with the master and internal initialisation is off (--no-autoinit) or impossible (the master's database is above max_init_bytes): this site cannot catch up; its data is left as it was"),
+            Event::InitDone => info!("initialised from the master's database and caught up"),
             Event::WouldRollback => warn!("synchronising would roll back commits and autorollback is off"),
             e => info!(event = ?e),
         }
@@ -675,6 +676,10 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 ("elections", stats.elections),
                 ("step_downs", stats.step_downs),
                 ("segments_archived", stats.segments_archived),
+                ("inits_served", stats.inits_served),
+                ("pages_sent", stats.pages_sent),
+                ("inits_installed", stats.inits_installed),
+                ("inits_done", stats.inits_done),
             ];
             Status {
                 id: s.id().0,

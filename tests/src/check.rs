@@ -11,7 +11,9 @@
 //! (b) **In-order, gap-free logs.** Every site's log index is contiguous
 //!     (each record starts where the previous one ends, or at the start of
 //!     the next segment) and only ever grows at its end, except by a
-//!     rollback the site announces with a ROLLBACK event, or by a crash.
+//!     rollback the site announces with a ROLLBACK event, by a crash, or
+//!     by an internal initialisation (S6), which restarts the log at the
+//!     first record of a segment (counted in `Stats::inits_installed`).
 //!     The site's last LSN is its last indexed record.
 //! (c) **Permanent commits are never lost** while the promised conditions
 //!     hold: at most `nsites - min_votes` sites are failed at once (a site
@@ -236,6 +238,13 @@ impl Sim {
         let Some(site) = slot.site.as_mut() else {
             return;
         };
+        let installs = site.stats().inits_installed;
+        if installs != slot.installs {
+            // An installed snapshot (S6) restarted the log: it is checked
+            // afresh from its first record.
+            slot.installs = installs;
+            slot.mirror.clear();
+        }
         let idx = site.log_index();
         // Archiving (R8) removes whole segments from the front of the log:
         // compare from the log's first record on.

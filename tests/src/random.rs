@@ -57,6 +57,11 @@ pub struct RunSummary {
     pub forwards: u64,
     /// Forwarded writes the master committed (W1).
     pub forwards_served: u64,
+    /// The master archived its log (small segments, short retention), so
+    /// a client that falls behind may need initialising (S6).
+    pub archiving: bool,
+    /// Internal initialisations completed (INIT_DONE events, S6).
+    pub inits: u64,
 }
 
 /// What the randomized run is allowed to do.
@@ -92,9 +97,7 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
     let mut c = Config {
         elections: opts.elections,
         step_down_without_majority: opts.elections,
-        // Archiving (R8) would leave a site that must roll back or catch up
-        // past the archived segments with JOIN_FAILURE until internal
-        // initialisation (S6) exists; keep the whole log.
+        // The whole log, unless the seed archives (below).
         log_retention_segments: None,
         ack_policy: *r
             .pick(&[
@@ -146,7 +149,17 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
         max_pending_commits: 64,
         max_outputs: 65536,
         max_channel_message: 1024,
+        max_init_bytes: 1 << 20,
     };
+    // A third of the seeds archive: small segments and a short retention,
+    // so clients that fall behind through crashes and partitions must be
+    // initialised from the master's snapshot (S6). Drawn from a stream of
+    // its own, so the other seeds keep the configuration they always had.
+    let mut ar = Rng::fork(seed, 13);
+    if ar.chance(330_000) {
+        c.log_retention_segments = Some(ar.range(0, 2) as u32);
+        c.limits.segment_size = *ar.pick(&[2048u32, 4096]).expect("nonempty");
+    }
     let lat_min = r.range(300, 3000);
     let link = LinkConfig {
         latency_min: Duration::from_micros(lat_min),
@@ -443,6 +456,15 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         .up()
         .iter()
         .map(|&i| sim.site(i).stats().forwards_served)
+        .sum();
+    sum.archiving = sim.cfg.site.log_retention_segments.is_some();
+    sum.inits = (0..sim.len())
+        .map(|i| {
+            sim.events(i)
+                .iter()
+                .filter(|(_, e)| *e == shoal_core::site::Event::InitDone)
+                .count() as u64
+        })
         .sum();
     (sim, sum)
 }

@@ -145,6 +145,9 @@ pub(crate) struct Slot {
     pub(crate) was_master: bool,
     pub(crate) rolled_back: bool,
     pub(crate) opened: bool,
+    /// Snapshots the site had installed at its last check (S6): a new one
+    /// replaces its log, as a restart does.
+    pub(crate) installs: u64,
     pub(crate) last_generation: Generation,
 }
 
@@ -209,6 +212,7 @@ impl Sim {
                     was_master: false,
                     rolled_back: false,
                     opened: true,
+                    installs: 0,
                     last_generation: Generation(0),
                 }
             })
@@ -951,6 +955,7 @@ impl Sim {
         slot.flush_want = Lsn::ZERO;
         slot.reported.clear();
         slot.mirror.clear();
+        slot.installs = 0;
         slot.was_master = false;
         slot.members_len = 0;
         self.conn_dirty = true;
@@ -1109,6 +1114,8 @@ impl Sim {
             .into_iter()
             .filter(|&i| self.site(i).id().0 != 0)
             .filter(|&i| self.site(i).config().effective_priority() > 0)
+            // A site whose store is ahead of its log (S6) cannot lead.
+            .filter(|&i| !self.site(i).initializing())
             .max_by_key(|&i| {
                 let s = self.site(i);
                 let g = s.log_index().last().map_or(Generation(0), |e| e.generation);

@@ -65,7 +65,7 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
     failed.sort_by_key(|f| f.0);
     let total = |f: fn(&RunSummary) -> u64| ok.iter().map(f).sum::<u64>();
     println!(
-        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), promises broken in {} runs",
+        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), initialisations {} (in {} of {} archiving runs), promises broken in {} runs",
         seeds.len(),
         started.elapsed(),
         ok.len(),
@@ -82,6 +82,9 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
         total(|s| s.peer_served),
         total(|s| s.forwards),
         total(|s| s.forwards_served),
+        total(|s| s.inits),
+        ok.iter().filter(|s| s.inits > 0).count(),
+        ok.iter().filter(|s| s.archiving).count(),
         ok.iter().filter(|s| !s.promises_held).count(),
     );
     if !failed.is_empty() {
@@ -121,6 +124,8 @@ fn random_seeds() {
         assert!(sum(|s| s.peer_served) > 0);
         // Clients forwarded writes that masters committed (W1).
         assert!(sum(|s| s.forwards_served) > 0);
+        // Clients were initialised from the master's snapshot (S6).
+        assert!(sum(|s| s.inits) > 0);
     }
 }
 
@@ -174,6 +179,18 @@ fn a_seed_replays_byte_for_byte() {
 /// 72463 and 34183 (elections) — the checker held a no-sync commit to
 /// survive although a site whose ack it counted had lost power after
 /// sending it (the commit was answered after the power loss).
+///
+/// 8581 (operator mode), 10963 and 14488 (elections), archiving seeds
+/// (S6) — a client that archived its log while it verified against the
+/// master kept bisecting over index positions that no longer named the
+/// same records; its probe fell off the index and its timer spun.
+///
+/// 107151 (elections, archiving) — a site whose initialisation had
+/// replaced its log (which held a permanent commit it had written as
+/// master) voted for a candidate lacking that commit, which won: a site
+/// being initialised now votes only for a candidate whose log reaches its
+/// snapshot's record, and a master sends UPDATE only once that record is
+/// durable (S6).
 #[test]
 fn seeds_that_once_failed() {
     // As they ran when they failed: before write forwarding (W1).
@@ -181,14 +198,14 @@ fn seeds_that_once_failed() {
         forwarding: false,
         ..RandomOpts::default()
     };
-    run_many("seeds_that_once_failed", vec![8403], before);
+    run_many("seeds_that_once_failed", vec![8403, 8581], before);
     let elections = RandomOpts {
         elections: true,
         ..before
     };
     run_many(
         "seeds_that_once_failed_elections",
-        vec![72463, 34183],
+        vec![72463, 34183, 10963, 14488, 107151],
         elections,
     );
 }

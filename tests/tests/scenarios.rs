@@ -926,20 +926,21 @@ fn r7_a_site_whose_join_was_not_durable_rejoins_through_a_helper() {
     assert_eq!(sim.site(0).members().len(), 3);
 }
 
-/// Regression (R8/S7): a restarted master whose diverged tail holds its
-/// latest checkpoint, with the segments before it archived, cannot roll
-/// back to the common point without internal initialisation. It must say
-/// so (JOIN_FAILURE) and leave its data intact. It used to truncate its
-/// whole log first and only then find it had nothing to rebuild from.
-#[test]
-fn r8_a_rollback_below_the_archived_log_leaves_the_data_intact() {
+/// A restarted master whose diverged tail holds its latest checkpoint,
+/// with the segments before it archived: it cannot roll back to the common
+/// point and rebuild its store from its own log. Returns the simulator
+/// with s0 restarted as a client configured by `s0_cfg`, and s0's last LSN
+/// and store digest as it restarted.
+fn rollback_below_the_archived_log(
+    name: &str,
+    s0_cfg: impl Fn(Config) -> Config,
+) -> (Sim, shoal_core::Lsn, u32) {
     let mut cfg = Config {
         log_retention_segments: Some(1),
         ..Config::default()
     };
     cfg.timeouts.checkpoint_delay = ms(50);
     cfg.limits = small_segments();
-    let name = "r8_a_rollback_below_the_archived_log_leaves_the_data_intact";
     let mut sim = sim(name, 3, cfg);
     sim.start_group();
     sim.write(0, "a", "1");
@@ -955,12 +956,44 @@ fn r8_a_rollback_below_the_archived_log_leaves_the_data_intact() {
     sim.heal();
     let m = sim.promote_best();
     sim.write(m, "new", "1");
+    sim.set_site_config(0, s0_cfg(operator_mode(cfg)));
     sim.restart(0, Start::Client);
     let (last, digest) = (sim.site(0).last_lsn(), sim.site(0).store().digest());
+    (sim, last, digest)
+}
+
+/// Regression (R8/S7): with AUTOINIT off, such a site must say so
+/// (JOIN_FAILURE) and leave its data intact. It used to truncate its whole
+/// log first and only then find it had nothing to rebuild from.
+#[test]
+fn r8_a_rollback_below_the_archived_log_leaves_the_data_intact() {
+    let name = "r8_a_rollback_below_the_archived_log_leaves_the_data_intact";
+    let (mut sim, last, digest) = rollback_below_the_archived_log(name, |c| Config {
+        autoinit: false,
+        ..c
+    });
     sim.run_for(ms(1000));
     assert!(has_event(&sim, 0, |e| *e == Event::JoinFailure));
+    assert!(!has_event(&sim, 0, |e| *e == Event::InitDone));
     assert_eq!(sim.site(0).last_lsn(), last, "the log is intact");
     assert_eq!(sim.site(0).store().digest(), digest, "the store is intact");
+}
+
+/// S6: with AUTOINIT on (the default) the same site takes the new
+/// master's whole database instead: its lost tail is gone, the new
+/// master's commits are there, and the group converges.
+#[test]
+fn s6_a_rollback_below_the_archived_log_initialises_the_site() {
+    let name = "s6_a_rollback_below_the_archived_log_initialises_the_site";
+    let (mut sim, _, _) = rollback_below_the_archived_log(name, |c| c);
+    sim.run_until_true(ms(5_000), "s0 is initialised", |sim| {
+        has_event(sim, 0, |e| *e == Event::InitDone)
+    });
+    assert!(!has_event(&sim, 0, |e| *e == Event::JoinFailure));
+    sim.converge(ms(10_000));
+    assert_eq!(sim.site(0).store().get("db", b"lost0"), None);
+    assert_eq!(sim.site(0).store().get("db", b"new"), Some(&b"1"[..]));
+    assert_eq!(sim.site(0).store().get("db", b"a"), Some(&b"1"[..]));
 }
 
 /// Regression (P2/R2): a rollback whose first removed record began a new
@@ -1559,16 +1592,8 @@ fn w1_forwarded_writes_survive_a_master_crash() {
     // Writes in flight when the master dies.
     let mut in_flight = Vec::new();
     for k in 0..4 {
-        let key = format!("flight{k}");
-        let op = Op::Put {
-            db: "db",
-            key: key.as_bytes(),
-            value: b"v",
-        };
-        in_flight.push((
-            1 + k,
-            sim.forward_write(1 + k, op, Durability::Sync).unwrap(),
-        ));
+        let id = forward_put(&mut sim, 1 + k, &format!("flight{k}"));
+        in_flight.push((1 + k, id));
     }
     sim.crash(0, CrashMode::Clean);
     sim.run_until_true(ms(10_000), "the others elect a master", |s| {
@@ -1603,6 +1628,156 @@ fn w1_forwarded_writes_survive_a_master_crash() {
     }
 }
 
+/// Small segments archived right after each checkpoint (every 50 ms), and
+/// answers of 1 KB, so a store of a few KB travels in many pages (S6).
+fn archiving() -> Config {
+    let mut cfg = Config {
+        log_retention_segments: Some(0),
+        ..Config::default()
+    };
+    cfg.timeouts.checkpoint_delay = ms(50);
+    cfg.limits = small_segments();
+    cfg.limits.max_answer_bytes = 1024;
+    cfg
+}
+
+/// Site `c` crashes (`mode`); the group writes on until the master has
+/// archived the log `c` stopped at.
+fn fall_behind_archived_log(sim: &mut Sim, c: usize, mode: CrashMode) {
+    let last = sim.site(c).last_lsn();
+    sim.crash(c, mode);
+    let m = sim.master().expect("a master");
+    for k in 0..60 {
+        sim.write(m, &format!("k{k:03}"), &"v".repeat(150));
+        sim.run_for(ms(5));
+    }
+    sim.run_for(ms(200));
+    let first = sim.site(m).log_index()[0].lsn;
+    assert!(
+        first > last,
+        "the master archived the log s{c} stopped at ({first:?} > {last:?})"
+    );
+}
+
+/// Events site `i` raised from time `t` on.
+fn events_since(sim: &Sim, i: usize, t: shoal_core::Instant) -> Vec<Event> {
+    sim.events(i)
+        .iter()
+        .filter(|(at, _)| *at >= t)
+        .map(|(_, e)| e.clone())
+        .collect()
+}
+
+/// S6: a client crashes, the group writes on and archives; back, it has no
+/// overlap with the master's log and is initialised from the master's
+/// snapshot: INIT_DONE, then STARTUPDONE, and the group converges (every
+/// invariant checked after every step, the final state reopened from
+/// every disk).
+#[test]
+fn s6_a_client_back_after_the_group_archived_is_initialised() {
+    let mut sim = sim(
+        "s6_a_client_back_after_the_group_archived_is_initialised",
+        3,
+        archiving(),
+    );
+    sim.start_group();
+    sim.write(0, "early", "1");
+    fall_behind_archived_log(&mut sim, 2, CrashMode::Clean);
+    let t = sim.now();
+    sim.restart(2, Start::Rejoin);
+    sim.run_until_true(ms(5_000), "s2 is initialised", |sim| {
+        has_event(sim, 2, |e| *e == Event::InitDone)
+    });
+    let ev = events_since(&sim, 2, t);
+    let init = ev.iter().position(|e| *e == Event::InitDone);
+    let startup = ev.iter().position(|e| *e == Event::StartupDone);
+    assert!(startup.is_none() || init < startup, "{ev:?}");
+    assert!(!ev.contains(&Event::JoinFailure));
+    sim.converge(ms(10_000));
+    assert_eq!(sim.site(2).stats().inits_done, 1);
+    assert!(sim.site(0).stats().inits_served >= 1);
+    assert!(sim.site(0).stats().pages_sent >= 5, "many pages");
+    assert_eq!(sim.site(2).store().get("db", b"early"), Some(&b"1"[..]));
+    assert_eq!(
+        sim.site(2).store().get("db", b"k059"),
+        Some(&b"v".repeat(150)[..])
+    );
+}
+
+/// Where a crash strikes an initialisation.
+#[derive(Clone, Copy, Debug)]
+enum InitPoint {
+    /// Some pages in, not all: storage untouched yet.
+    MidPages,
+    /// The snapshot installed, the log from F not yet there.
+    Installed,
+}
+
+/// Run until the initialisation of site `c` reaches `point`.
+fn run_to(sim: &mut Sim, c: usize, point: InitPoint) {
+    match point {
+        InitPoint::MidPages => sim.run_until_true(ms(5_000), "pages are coming", |sim| {
+            sim.site(c)
+                .init_pages()
+                .is_some_and(|(got, of)| got >= 1 && got < of)
+        }),
+        InitPoint::Installed => sim.run_until_true(ms(5_000), "the snapshot is installed", |sim| {
+            sim.site(c).initializing()
+        }),
+    };
+}
+
+/// S6: a client crashes in the middle of its initialisation, in every
+/// crash mode (torn and reordered writes included), while taking pages or
+/// just after installing the snapshot. It reopens consistently (the old
+/// state, or a flagged initialisation with its partial log removed),
+/// initialises again, and the group converges.
+#[test]
+fn s6_a_client_crashing_mid_initialisation_reopens_consistently_and_finishes() {
+    let name = "s6_a_client_crashing_mid_initialisation_reopens_consistently_and_finishes";
+    for mode in [
+        CrashMode::Process,
+        CrashMode::Clean,
+        CrashMode::Torn,
+        CrashMode::Reordered,
+    ] {
+        for point in [InitPoint::MidPages, InitPoint::Installed] {
+            let mut sim = sim(name, 3, archiving());
+            sim.start_group();
+            fall_behind_archived_log(&mut sim, 2, CrashMode::Clean);
+            sim.restart(2, Start::Rejoin);
+            run_to(&mut sim, 2, point);
+            let old = (sim.site(2).last_lsn(), sim.site(2).store().digest());
+            sim.crash(2, mode);
+            sim.restart(2, Start::Rejoin);
+            let s = sim.site(2);
+            match point {
+                // Nothing was replaced: the old state reopens.
+                InitPoint::MidPages => {
+                    assert!(!s.initializing(), "{mode:?} {point:?}");
+                    assert_eq!((s.last_lsn(), s.store().digest()), old, "{mode:?}");
+                }
+                // The log from F stops short of S: removed, and flagged.
+                InitPoint::Installed => {
+                    assert!(s.initializing(), "{mode:?} {point:?}");
+                    assert!(s.log_index().is_empty(), "{mode:?} {point:?}");
+                    assert!(s.members().len() == 3, "{mode:?}: the group is known");
+                }
+            }
+            let t = sim.now();
+            sim.run_until_true(ms(5_000), "s2 is initialised after the crash", |sim| {
+                events_since(sim, 2, t).contains(&Event::InitDone)
+            });
+            sim.converge(ms(10_000));
+            assert_eq!(
+                sim.site(2).store().get("db", b"k059"),
+                Some(&b"v".repeat(150)[..]),
+                "{mode:?} {point:?}"
+            );
+        }
+    }
+}
+
 /// Put `key` = "v" on site `i` outside a transaction (forwarded by a
 /// client, W1).
 fn forward_put(sim: &mut Sim, i: usize, key: &str) -> shoal_core::site::RequestId {
@@ -1613,4 +1788,41 @@ fn forward_put(sim: &mut Sim, i: usize, key: &str) -> shoal_core::site::RequestI
     };
     sim.forward_write(i, op, Durability::Sync)
         .unwrap_or_else(|e| panic!("write {key} on s{i} refused: {e}"))
+}
+
+/// S6: the master crashes while it initialises a client; the operator
+/// promotes another site, and the new master serves the initialisation
+/// from the start.
+#[test]
+fn s6_a_new_master_serves_an_initialisation_its_predecessor_began() {
+    let name = "s6_a_new_master_serves_an_initialisation_its_predecessor_began";
+    for point in [InitPoint::MidPages, InitPoint::Installed] {
+        let mut sim = sim(name, 5, archiving());
+        sim.start_group();
+        fall_behind_archived_log(&mut sim, 4, CrashMode::Clean);
+        sim.restart(4, Start::Rejoin);
+        run_to(&mut sim, 4, point);
+        sim.crash(0, CrashMode::Torn);
+        let m = sim.promote_best();
+        assert_ne!(m, 4, "an initialising site is never promoted");
+        let archived = sim.site(m).log_index()[0].lsn.file > 1;
+        let t = sim.now();
+        sim.write(m, "after", "1");
+        sim.converge(ms(20_000));
+        assert_eq!(sim.site(4).store().get("db", b"after"), Some(&b"1"[..]));
+        assert_eq!(
+            sim.site(4).store().get("db", b"k059"),
+            Some(&b"v".repeat(150)[..])
+        );
+        // Installed: only a new snapshot can mend the log. Mid-pages, the
+        // site's old log is intact and the new master initialises it if it
+        // archived too (else the site catches up from its log).
+        if matches!(point, InitPoint::Installed) || archived {
+            assert!(
+                events_since(&sim, 4, t).contains(&Event::InitDone),
+                "{point:?}"
+            );
+            assert!(sim.site(m).stats().inits_served >= 1, "{point:?}");
+        }
+    }
 }

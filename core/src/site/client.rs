@@ -108,6 +108,11 @@ impl<S: Storage> Site<S> {
 
     /// Begin synchronising with the known master.
     pub(super) fn start_sync(&mut self) {
+        if self.meta.init_in_progress {
+            // A log replaced part-way (S6): only a new snapshot mends it.
+            return self.begin_init();
+        }
+        self.init = None;
         let target = self.sync_target;
         match self.index.len().checked_sub(1) {
             None => {
@@ -225,9 +230,15 @@ impl<S: Storage> Site<S> {
 
     /// The first `keep` records match the master: cut the rest and catch up.
     fn verified(&mut self, keep: usize) {
-        if !self.rollback_to(keep) {
-            self.sync = SyncState::Stuck;
-            return;
+        match self.rollback_to(keep) {
+            Ok(()) => {}
+            // Nothing below the archived log to rebuild from: the master's
+            // whole database is needed (S6), or JOIN_FAILURE (S7).
+            Err(Refused::NoBase) => return self.no_overlap(),
+            Err(Refused::WouldRollback | Refused::Storage) => {
+                self.sync = SyncState::Stuck;
+                return;
+            }
         }
         let target = self.sync_target;
         self.sync = SyncState::CatchUp { target };
@@ -236,17 +247,16 @@ impl<S: Storage> Site<S> {
         self.check_caught_up();
     }
 
-    /// This site's log shares nothing the master can still send.
-    /// Internal initialisation (S6) is not built yet, so the client stops
-    /// here with its data intact and says so.
+    /// This site's log shares nothing the master can still send: it takes
+    /// the master's whole database (internal initialisation, S6), or with
+    /// AUTOINIT off stops here with its data intact and says JOIN_FAILURE
+    /// (S7).
     fn no_overlap(&mut self) {
-        self.sync = SyncState::Stuck;
-        self.want = None;
-        self.event(Event::JoinFailure);
+        self.begin_init();
     }
 
     /// Ask the master for the log from this site's next position.
-    fn want_log(&mut self, to: Lsn, until: Lsn) {
+    pub(super) fn want_log(&mut self, to: Lsn, until: Lsn) {
         let wait = self.cfg.timeouts.rerequest_min;
         self.want = Some(Want {
             to,
@@ -267,11 +277,7 @@ impl<S: Storage> Site<S> {
         let (Some(master), Some(w)) = (self.master, self.want) else {
             return;
         };
-        let mine = if self.index.is_empty() {
-            Lsn::ZERO
-        } else {
-            self.writer.next_lsn()
-        };
+        let mine = self.log_position();
         let from = match ahead {
             Some(a) if a > mine && (w.to.is_zero() || a < w.to) => a,
             _ => mine,
@@ -280,6 +286,27 @@ impl<S: Storage> Site<S> {
         let (dest, flags) = self.log_request_dest(master, rerequest);
         self.stats.log_requests += 1;
         self.send(dest, flags, &Message::LogReq { from, to: w.to });
+    }
+
+    /// Where this site's log continues: zero for an empty log, which may
+    /// start wherever the master's does; a log restarted for an installed
+    /// snapshot continues at F (S6).
+    fn log_position(&self) -> Lsn {
+        if self.index.is_empty() && self.base_lsn.is_zero() {
+            Lsn::ZERO
+        } else {
+            self.writer.next_lsn()
+        }
+    }
+
+    /// Does the record at `lsn`, after `prev` in the sender's log, go next
+    /// in this log? A log restarted at F takes the record at F whatever
+    /// came before it in the master's log (S6).
+    fn continues_log(&self, lsn: Lsn, prev: Lsn) -> bool {
+        if self.index.is_empty() && !self.base_lsn.is_zero() {
+            return lsn == self.writer.next_lsn();
+        }
+        prev == self.writer.last_lsn()
     }
 
     /// One LOG record from the master.
@@ -320,7 +347,7 @@ impl<S: Storage> Site<S> {
             return Err(Drop::Duplicate);
         }
         let flags = env.flags;
-        if e.prev == last {
+        if self.continues_log(e.lsn, e.prev) {
             self.apply_entry(e.lsn, e.record, flags)?;
             self.drain_pending();
             self.after_progress();
@@ -402,7 +429,7 @@ impl<S: Storage> Site<S> {
                 dup_flushed |= self.flushed >= e.lsn;
                 continue;
             }
-            if e.prev == last {
+            if self.continues_log(e.lsn, e.prev) {
                 // The record's kind says whether it is permanent.
                 match self.apply_entry(e.lsn, e.record, Flags::NONE) {
                     Ok(()) => applied = true,
@@ -445,7 +472,7 @@ impl<S: Storage> Site<S> {
     }
 
     fn apply_entry(&mut self, lsn: Lsn, record: &[u8], flags: Flags) -> Result<(), Drop> {
-        if self.index.is_empty() && lsn != self.writer.next_lsn() {
+        if self.index.is_empty() && self.base_lsn.is_zero() && lsn != self.writer.next_lsn() {
             // The master's log starts later than this empty log's default.
             if self.writer.restart_at(&mut self.storage, lsn).is_err() {
                 return Err(Drop::Duplicate);
@@ -478,7 +505,7 @@ impl<S: Storage> Site<S> {
                 self.pending_bytes -= record.len();
                 continue;
             }
-            if prev != last {
+            if !self.continues_log(lsn, prev) {
                 break;
             }
             self.pending.remove(&lsn);
@@ -513,6 +540,7 @@ impl<S: Storage> Site<S> {
                 self.want_log(Lsn::ZERO, target);
             }
         }
+        self.init_log_progress();
         self.check_caught_up();
         self.check_waiters();
         self.maybe_take_over();
@@ -522,10 +550,7 @@ impl<S: Storage> Site<S> {
         if let SyncState::CatchUp { target } = self.sync {
             if self.writer.last_lsn() >= target {
                 self.sync = SyncState::Ready;
-                if !self.startup_done {
-                    self.startup_done = true;
-                    self.event(Event::StartupDone);
-                }
+                self.startup_check();
                 self.maybe_ack();
             }
         }
@@ -563,6 +588,11 @@ impl<S: Storage> Site<S> {
     /// written out first.
     pub(super) fn maybe_ack(&mut self) {
         if self.cfg.view || !matches!(self.sync, SyncState::Ready | SyncState::CatchUp { .. }) {
+            return;
+        }
+        if self.init_active() {
+            // Nothing is acknowledged from a log an interrupted
+            // initialisation would remove (S6).
             return;
         }
         let Some(master) = self.master else {
@@ -610,6 +640,7 @@ impl<S: Storage> Site<S> {
                 self.send_probe();
             }
         }
+        self.init_timeouts();
         if self.monitor_deadline().is_some_and(|d| d <= now) {
             // R9: the master went quiet: elect (E1). Until it is heard from
             // again, count it as unreachable, so the election does not wait

@@ -90,6 +90,8 @@ impl<S: Storage> Site<S> {
         // A planned switchover's target outranks equally current sites (E7).
         let priority = match self.cfg.effective_priority() {
             0 => 0,
+            // Its store may be ahead of its log (S6): it must not lead.
+            _ if self.meta.init_in_progress => 0,
             _ if self.boost => u32::MAX,
             p => p,
         };
@@ -274,6 +276,15 @@ impl<S: Storage> Site<S> {
             // Nobody here can become master (E2).
             return;
         }
+        if !e
+            .vote1s
+            .get(&candidate)
+            .is_some_and(|v| self.init_may_vote_for(v))
+        {
+            // This site gave up its log for a snapshot (S6): it may not
+            // help elect a site that lacks what it held.
+            return;
+        }
         // The vote is durable before it is sent (E1).
         self.meta.voted_for = Some(candidate);
         self.save_meta();
@@ -317,7 +328,10 @@ impl<S: Storage> Site<S> {
         if !e.vote2s.contains(&voter) {
             e.vote2s.push(voter);
         }
-        if (e.vote2s.len() as u32) < e.nvotes || self.cfg.effective_priority() == 0 {
+        if (e.vote2s.len() as u32) < e.nvotes
+            || self.cfg.effective_priority() == 0
+            || self.meta.init_in_progress
+        {
             return;
         }
         // Won (E1): rep_start_master takes generation max(gen + 1, egen).
@@ -368,6 +382,7 @@ impl<S: Storage> Site<S> {
         self.master = None;
         self.sync = SyncState::NoMaster;
         self.want = None;
+        self.init = None;
         self.event(Event::MasterFailure);
         if self.cfg.elections {
             self.start_election(None);

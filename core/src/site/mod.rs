@@ -19,6 +19,9 @@ pub mod acks;
 mod client;
 mod election;
 mod forward;
+mod init_client;
+mod init_master;
+pub use init_master::SNAPSHOT_DB;
 mod lease;
 pub use lease::Handle;
 mod master;
@@ -163,6 +166,16 @@ pub struct Stats {
     pub elections: u64,
     /// Times this master stepped down for want of a majority (P3).
     pub step_downs: u64,
+    /// Internal initialisations this master began serving: UPDATEs sent
+    /// in answer to UPDATE_REQ (S6).
+    pub inits_served: u64,
+    /// Snapshot pages this master sent (S6).
+    pub pages_sent: u64,
+    /// Snapshots this client installed: its log restarted at the master's
+    /// first LSN (S6).
+    pub inits_installed: u64,
+    /// Internal initialisations this client completed (INIT_DONE, S6).
+    pub inits_done: u64,
 }
 
 /// A commit the master is waiting on.
@@ -225,10 +238,25 @@ enum SyncState {
     },
     /// Fetching the master's log until `target` is reached.
     CatchUp { target: Lsn },
+    /// Internal initialisation (S6): asking for the master's snapshot and
+    /// taking its pages (the log phase after the install is `CatchUp`).
+    Init,
     /// In step with the master.
     Ready,
     /// No overlap with the master's log and no way to initialise.
     Stuck,
+}
+
+/// Why a rollback was not made.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Refused {
+    /// AUTOROLLBACK is off and commits would go (WOULD_ROLLBACK raised).
+    WouldRollback,
+    /// The cut is below the snapshot and the log before it is archived:
+    /// nothing to rebuild the store from; the site needs initialising.
+    NoBase,
+    /// The storage failed.
+    Storage,
 }
 
 /// A join under way.
@@ -334,6 +362,20 @@ pub struct Site<S: Storage> {
     /// Flushes asked for now only raise the target; the client issues
     /// them once it is no longer catching up (see `on_bulk_log`).
     hold_flushes: bool,
+    /// This client's internal initialisation, while one is under way (S6).
+    init: Option<init_client::Incoming>,
+    /// Records up to this LSN are in the store already, from an installed
+    /// snapshot: they are logged, not applied (S6). Zero: none.
+    base_lsn: Lsn,
+    /// An initialisation completed; INIT_DONE is raised once caught up.
+    init_owed: bool,
+    /// While an initialisation replaces the log (`init_in_progress`): the
+    /// record (generation, LSN) its snapshot reflects. The site held what
+    /// it acknowledged in the log it gave up, and the snapshot stands for
+    /// it now: it votes only for a candidate at least that far (S6).
+    held: Option<(Generation, Lsn)>,
+    /// The snapshot this master serves to initialising clients (S6).
+    serving: Option<init_master::Serving>,
     stats: Stats,
     frame_buf: Vec<u8>,
     /// Log bytes read back to answer a log request (master).
@@ -424,6 +466,11 @@ impl<S: Storage> Site<S> {
             pending_snapshot: None,
             snapshot_taken_at: None,
             hold_flushes: false,
+            init: None,
+            base_lsn: Lsn::ZERO,
+            init_owed: false,
+            held: None,
+            serving: None,
             stats: Stats::default(),
             frame_buf: Vec::new(),
             read_buf: Vec::new(),
@@ -437,8 +484,15 @@ impl<S: Storage> Site<S> {
             Some(bytes) => Some(crate::snapshot::decode(&bytes).map_err(OpenError::Snapshot)?),
             None => None,
         };
-        site.rebuild(recovered.first, base)
-            .map_err(OpenError::Log)?;
+        if site.meta.init_in_progress {
+            // An initialisation was under way (S6): keep what is
+            // consistent, clean up the rest.
+            site.reopen_init(recovered.first, base)
+                .map_err(OpenError::Log)?;
+        } else {
+            site.rebuild(recovered.first, base)
+                .map_err(OpenError::Log)?;
+        }
         if !site.index.is_empty() && !site.has_full_history() && site.snapshot_lsn.is_zero() {
             return Err(OpenError::NoBase);
         }
@@ -634,13 +688,14 @@ impl<S: Storage> Site<S> {
         self.storage
     }
 
-    /// A client that is synchronising: reads wait (or fail with NOWAIT).
+    /// A client that is synchronising (verifying, catching up, or being
+    /// initialised): reads wait (or fail with NOWAIT).
     pub fn is_synchronizing(&self) -> bool {
         self.role == Role::Client
-            && matches!(
+            && (matches!(
                 self.sync,
-                SyncState::Verify { .. } | SyncState::CatchUp { .. }
-            )
+                SyncState::Verify { .. } | SyncState::CatchUp { .. } | SyncState::Init
+            ) || self.init_active())
     }
 
     /// Read a key (S5: refused with LOCKOUT while synchronising under
@@ -698,6 +753,8 @@ impl<S: Storage> Site<S> {
         }
         at(self.forward_deadline());
         at(self.want.map(|w| w.next_at));
+        at(self.init_deadline());
+        at(self.serving_deadline());
         at(self.heartbeat_at);
         at(self.checkpoint_at);
         at(self.joining.as_ref().map(|j| j.next_at));
@@ -887,6 +944,8 @@ impl<S: Storage> Site<S> {
         };
         self.index.push(entry);
         match decoded {
+            // Already in the installed snapshot (S6).
+            _ if lsn <= self.base_lsn => {}
             Record::Commit(c) => self.store.apply(&c)?,
             Record::Membership(m) => self.apply_membership(&m),
             Record::Checkpoint(_) if self.replicated_snapshot_due() => self.take_snapshot(entry),
@@ -949,7 +1008,11 @@ impl<S: Storage> Site<S> {
         if self.snapshot_lsn.is_zero() {
             return;
         }
-        let oldest = self.snapshot_lsn.file.saturating_sub(keep);
+        let mut oldest = self.snapshot_lsn.file.saturating_sub(keep);
+        if let Some(f) = self.serving_keeps() {
+            // A client being initialised will ask for the log from there.
+            oldest = oldest.min(f);
+        }
         let Ok(segs) = self.storage.segments() else {
             return;
         };
@@ -963,6 +1026,11 @@ impl<S: Storage> Site<S> {
             let cut = self.index.partition_point(|e| e.lsn.file < oldest);
             self.index.drain(..cut);
             self.stats.segments_archived += 1;
+            if cut > 0 && matches!(self.sync, SyncState::Verify { .. }) {
+                // The bisection's positions name index entries that moved:
+                // verify again over the log that is left.
+                self.start_sync();
+            }
         }
     }
 
@@ -1008,10 +1076,11 @@ impl<S: Storage> Site<S> {
 
     /// Cut the log after index position `keep` (exclusive: entries
     /// `0..keep` stay), reporting rolled-back commits and rebuilding the
-    /// store. Returns false when AUTOROLLBACK is off and commits would go.
-    fn rollback_to(&mut self, keep: usize) -> bool {
+    /// store. Refused when AUTOROLLBACK is off and commits would go, or
+    /// when the store cannot be rebuilt at the cut.
+    fn rollback_to(&mut self, keep: usize) -> Result<(), Refused> {
         if keep >= self.index.len() {
-            return true;
+            return Ok(());
         }
         let commits: Vec<CommitToken> = self.index[keep..]
             .iter()
@@ -1023,15 +1092,14 @@ impl<S: Storage> Site<S> {
             .collect();
         if !commits.is_empty() && !self.cfg.autorollback {
             self.event(Event::WouldRollback);
-            return false;
+            return Err(Refused::WouldRollback);
         }
         let at = self.index[keep].lsn;
         if (self.snapshot_lsn.is_zero() || self.snapshot_lsn >= at) && !self.has_full_history() {
             // The rollback would go below the snapshot and the log before
             // it is gone: nothing to rebuild the store from. Say so before
-            // cutting anything, and leave the data intact (S7).
-            self.event(Event::JoinFailure);
-            return false;
+            // cutting anything, and leave the data intact (S6, S7).
+            return Err(Refused::NoBase);
         }
         let (prev, prev_gen) = match keep.checked_sub(1).map(|p| self.index[p]) {
             Some(e) => (e.lsn, e.generation),
@@ -1050,7 +1118,7 @@ impl<S: Storage> Site<S> {
             .truncate(&mut self.storage, cut, prev, prev_gen)
             .is_err()
         {
-            return false;
+            return Err(Refused::Storage);
         }
         self.flushed = self.flushed.min(prev);
         self.written = self.written.min(prev);
@@ -1088,8 +1156,7 @@ impl<S: Storage> Site<S> {
         if self.snapshot_lsn.is_zero() && !had_full_history {
             // The rollback went below the snapshot and the log before it
             // is gone: nothing to rebuild the store from.
-            self.event(Event::JoinFailure);
-            return false;
+            return Err(Refused::NoBase);
         }
         if self.snapshot_lsn.is_zero() && keep > 0 {
             // The stored snapshot reflected rolled-back records: replace it
@@ -1115,7 +1182,7 @@ impl<S: Storage> Site<S> {
             self.finish_waiter(id, Err(WaitError::RolledBack));
         }
         self.event(Event::Rollback(Rollback { from: at, commits }));
-        true
+        Ok(())
     }
 
     // ----- application calls ------------------------------------------------
@@ -1194,7 +1261,8 @@ impl<S: Storage> Site<S> {
     /// Become master (R1). A new generation starts: max(gen+1, egen).
     pub fn rep_start_master(&mut self, now: Instant) -> Result<(), CommitError> {
         self.now = now;
-        if self.meta.site.0 == 0 {
+        if self.meta.site.0 == 0 || self.meta.init_in_progress {
+            // No id yet, or a store ahead of the log (S6).
             return Err(CommitError::Unavailable);
         }
         let gen = Generation((self.meta.generation.0 + 1).max(self.meta.egen.0));
@@ -1214,6 +1282,8 @@ impl<S: Storage> Site<S> {
         self.boost = false;
         self.sync = SyncState::Ready;
         self.want = None;
+        self.init = None;
+        self.serving = None;
         self.pending.clear();
         self.pending_bytes = 0;
         for m in self.members.iter_mut() {
@@ -1247,6 +1317,8 @@ impl<S: Storage> Site<S> {
         self.role = Role::Client;
         self.master = None;
         self.sync = SyncState::NoMaster;
+        self.init = None;
+        self.serving = None;
         self.heartbeat_at = None;
         self.checkpoint_at = None;
         self.lease_req_at = None;
@@ -1478,6 +1550,12 @@ impl<S: Storage> Site<S> {
             Message::VerifyReq { lsn } => self.serve_verify(env, *lsn),
             Message::Verify(e) => self.on_verify(env, Some(e)),
             Message::VerifyFail { lsn } => self.on_verify_fail(env, *lsn),
+            Message::UpdateReq => self.on_update_req(env),
+            Message::Update(u) => self.on_update(env, u),
+            Message::PageReq { db, page } => self.on_page_req(env, db, *page),
+            Message::Page(p) => self.on_page(env, p),
+            Message::PageMore { db, next } => self.on_page_more(env, db, *next),
+            Message::PageFail { db, .. } => self.on_page_fail(env, db),
             Message::Ack { lsn } => self.on_ack(env, *lsn),
             Message::RemoveReq { site } => {
                 if self.role == Role::Master {
@@ -1493,9 +1571,8 @@ impl<S: Storage> Site<S> {
             Message::ForwardAnswer { request, result } => {
                 self.on_forward_answer(env, *request, *result)
             }
-            // Elections, leases, initialisation, channels and forwarding
-            // belong to later parts of the engine; their messages are
-            // decoded and validated but not acted on yet.
+            // Channels (W2) belong to a later part of the engine: their
+            // messages are decoded and validated but not acted on yet.
             _ => Ok(()),
         }
     }
@@ -1504,6 +1581,7 @@ impl<S: Storage> Site<S> {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.master_timeouts();
+        self.serving_timeouts();
         self.check_majority();
         self.client_timeouts();
         self.election_timeouts();
@@ -1539,7 +1617,10 @@ impl<S: Storage> Site<S> {
         }
         self.settle_snapshot();
         match self.role {
-            Role::Master => self.progress_commits(),
+            Role::Master => {
+                self.send_updates();
+                self.progress_commits();
+            }
             Role::Client => self.maybe_ack(),
             Role::Idle => {}
         }

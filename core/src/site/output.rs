@@ -55,9 +55,13 @@ pub enum Event {
     StartupDone,
     /// A commit could not get the acks its policy asks for.
     PermFailed(Lsn),
-    /// A client has no log overlap with the master and may not initialise.
+    /// A client has no log overlap with the master and may not initialise
+    /// (AUTOINIT off, S7), or cannot (the master's snapshot is above
+    /// `max_init_bytes`); its data is left as it was.
     JoinFailure,
-    /// Internal initialisation finished.
+    /// Internal initialisation finished (S6): the master's snapshot is
+    /// installed, durable, and the client has caught up from it. Raised
+    /// once per initialisation, before STARTUPDONE.
     InitDone,
     /// A connection to a site opened.
     ConnectEstablished(SiteId),
@@ -245,4 +249,13 @@ pub enum Drop {
     Duplicate,
     /// The early-record buffer is full.
     PendingFull,
+    /// Not asked for, or of no use in this site's state: an UPDATE, PAGE,
+    /// PAGE_MORE or PAGE_FAIL outside the phase of an internal
+    /// initialisation (S6) that expects it.
+    Unexpected,
+    /// An initialisation message that does not fit the snapshot being
+    /// fetched (S6): an unknown database, a page out of range, an UPDATE
+    /// that does not describe a usable snapshot, or pages that do not
+    /// decode to the snapshot announced.
+    BadInit,
 }

@@ -1,0 +1,749 @@
+//! Internal initialisation (S6) and AUTOINIT off (S7) through the Site
+//! state machine over an instant test network whose frames a test can
+//! watch, lose or forge: a client far behind an archived master takes the
+//! master's snapshot in pages (bounded per frame and per answer, PAGE_MORE
+//! ahead), re-requests a lost page, starts over on PAGE_FAIL, cleans up an
+//! interrupted initialisation when it reopens, and drops bad input with a
+//! typed reason. The simulator (shoal-tests) adds crashes of every kind.
+
+use shoal_core::config::{AckPolicy, Config, Durability, Limits};
+use shoal_core::log::Op;
+use shoal_core::mem::MemStorage;
+use shoal_core::site::{Dest, Drop, Event, Output, Role, Site, SNAPSHOT_DB};
+use shoal_core::wire::{
+    decode_frame, encode_frame, DbSummary, DecodeError, Envelope, Flags, Message, MessageKind,
+    Page, Update,
+};
+use shoal_core::{Instant, Lsn};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// One frame sent: who to whom, its type, and the page numbers it names.
+#[derive(Clone, Debug)]
+struct Sent {
+    from: usize,
+    to: usize,
+    kind: MessageKind,
+    len: usize,
+    /// PAGE / PAGE_REQ: its page; PAGE_MORE: its `next`; UPDATE: its
+    /// page count.
+    page: Option<u32>,
+    /// PAGE: its data's length.
+    data: usize,
+}
+
+struct Net {
+    sites: Vec<Option<Site<MemStorage>>>,
+    cfgs: Vec<Config>,
+    now: Instant,
+    sent: Vec<Sent>,
+    events: Vec<(usize, Event)>,
+    down: Vec<usize>,
+}
+
+type Filter<'a> = &'a mut dyn FnMut(&Sent) -> bool;
+
+fn all(_: &Sent) -> bool {
+    true
+}
+
+impl Net {
+    fn group(cfgs: Vec<Config>) -> Net {
+        let sites = cfgs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Some(
+                    Site::open(*c, &format!("s{i}"), MemStorage::new(1 << 30), Instant(0))
+                        .expect("open"),
+                )
+            })
+            .collect();
+        let mut net = Net {
+            sites,
+            cfgs,
+            now: Instant(0),
+            sent: vec![],
+            events: vec![],
+            down: vec![],
+        };
+        net.site(0).create_group(Instant(0)).unwrap();
+        net.run(&mut all);
+        for i in 1..net.sites.len() {
+            let now = net.now;
+            net.site(i).join(now, "s0");
+            net.run(&mut all);
+        }
+        net.links();
+        net.advance(Duration::from_millis(100), &mut all);
+        net
+    }
+
+    fn site(&mut self, i: usize) -> &mut Site<MemStorage> {
+        self.sites[i].as_mut().expect("up")
+    }
+
+    fn s(&self, i: usize) -> &Site<MemStorage> {
+        self.sites[i].as_ref().expect("up")
+    }
+
+    fn links(&mut self) {
+        let now = self.now;
+        let ids: Vec<_> = self
+            .sites
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.id()))
+            .collect();
+        for a in 0..self.sites.len() {
+            for (b, id) in ids.iter().enumerate() {
+                if a == b || self.down.contains(&a) || self.down.contains(&b) {
+                    continue;
+                }
+                if let (Some(s), Some(id)) = (self.sites[a].as_mut(), *id) {
+                    s.handle_connection(now, id, true);
+                }
+            }
+        }
+    }
+
+    fn describe(&self, from: usize, to: usize, frame: &[u8]) -> Sent {
+        let limits = self.cfgs[from].limits;
+        let (_, msg) = decode_frame(frame, &limits).expect("every frame sent decodes");
+        let (page, data) = match &msg {
+            Message::Page(p) => (Some(p.page), p.data.len()),
+            Message::PageReq { page, .. } => (Some(*page), 0),
+            Message::PageMore { next, .. } => (Some(*next), 0),
+            Message::Update(u) => (u.databases.first().map(|d| d.pages), 0),
+            _ => (None, 0),
+        };
+        Sent {
+            from,
+            to,
+            kind: msg.kind(),
+            len: frame.len(),
+            page,
+            data,
+        }
+    }
+
+    fn target(&self, d: &Dest) -> Option<usize> {
+        self.sites.iter().position(|s| match (s, d) {
+            (Some(s), Dest::Site(id)) => s.id() == *id,
+            (Some(s), Dest::Address(a)) => s.address() == a,
+            _ => false,
+        })
+    }
+
+    /// Stop delivering to and from site `i` (its connections stay up, as
+    /// on a link that went silent).
+    fn silence(&mut self, i: usize) {
+        self.down.push(i);
+    }
+
+    fn collect(&mut self, i: usize, q: &mut VecDeque<(usize, Vec<u8>)>, keep: Filter) {
+        while let Some(o) = self.sites[i].as_mut().and_then(|s| s.poll_output()) {
+            match o {
+                Output::Send { to, frame } => {
+                    let Some(t) = self.target(&to) else { continue };
+                    let s = self.describe(i, t, &frame);
+                    if self.down.contains(&t) || self.down.contains(&i) {
+                        // Sent into the void: noted, not delivered.
+                        self.sent.push(s);
+                        continue;
+                    }
+                    let pass = keep(&s);
+                    self.sent.push(s);
+                    if pass {
+                        q.push_back((t, frame));
+                    }
+                }
+                Output::Flush { lsn } => {
+                    let now = self.now;
+                    self.site(i).handle_flushed(now, lsn);
+                }
+                Output::Event(e) => self.events.push((i, e)),
+                Output::Answer(_) => {}
+            }
+        }
+    }
+
+    fn run(&mut self, keep: Filter) {
+        let mut q = VecDeque::new();
+        for i in 0..self.sites.len() {
+            self.collect(i, &mut q, keep);
+        }
+        while let Some((to, frame)) = q.pop_front() {
+            let now = self.now;
+            if let Some(s) = self.sites[to].as_mut() {
+                let _ = s.handle_frame(now, &frame);
+            }
+            for i in 0..self.sites.len() {
+                self.collect(i, &mut q, keep);
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration, keep: Filter) {
+        let end = self.now + d;
+        loop {
+            let next = self
+                .sites
+                .iter()
+                .flatten()
+                .filter_map(|s| s.poll_timeout())
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for s in self.sites.iter_mut().flatten() {
+                        s.handle_timeout(now);
+                    }
+                    self.run(keep);
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    fn commit(&mut self, key: &str, value: &[u8]) {
+        let now = self.now;
+        let ops = [Op::Put {
+            db: "db",
+            key: key.as_bytes(),
+            value,
+        }];
+        self.site(0)
+            .commit(now, &ops, Durability::Sync)
+            .expect("commit");
+        self.run(&mut all);
+    }
+
+    /// Site `c` stops and the master writes `rounds` rounds of commits,
+    /// with a checkpoint after each, until it has archived the start of
+    /// its log. The storage of `c` is returned.
+    fn fall_far_behind(&mut self, c: usize, rounds: usize) -> MemStorage {
+        let storage = self.sites[c].take().expect("up").into_storage();
+        self.down.push(c);
+        let value = vec![b'v'; 200];
+        for round in 0..rounds {
+            for k in 0..30 {
+                self.commit(&format!("r{round}k{k:03}"), &value);
+            }
+            self.advance(Duration::from_millis(120), &mut all);
+        }
+        let first = self.s(0).log_index()[0].lsn;
+        assert!(first.file > 2, "the master archived its log ({first:?})");
+        storage
+    }
+
+    /// Reopen site `c` over `storage` as a client and let it find the
+    /// master. Returns the index of the first frame sent after.
+    fn restart(&mut self, c: usize, storage: MemStorage) -> usize {
+        let now = self.now;
+        let mut s = Site::open(self.cfgs[c], &format!("s{c}"), storage, now).expect("reopen");
+        s.rep_start_client(now);
+        self.sites[c] = Some(s);
+        self.down.retain(|&d| d != c);
+        let mark = self.sent.len();
+        self.links();
+        mark
+    }
+
+    fn count(&self, from: usize, kind: MessageKind) -> usize {
+        self.sent
+            .iter()
+            .filter(|s| s.from == from && s.kind == kind)
+            .count()
+    }
+
+    fn events_of(&self, i: usize) -> Vec<Event> {
+        self.events
+            .iter()
+            .filter(|(s, _)| *s == i)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// A frame from site `from` as it would send it now.
+    fn forge(&self, from: usize, msg: &Message<'_>) -> Vec<u8> {
+        let s = self.s(from);
+        let env = Envelope {
+            from: s.id(),
+            generation: s.generation(),
+            egen: s.egen(),
+            lsn: s.last_lsn(),
+            flags: Flags::NONE,
+        };
+        let mut out = Vec::new();
+        encode_frame(&env, msg, &mut out, &self.cfgs[from].limits).expect("encodes");
+        out
+    }
+}
+
+/// Small segments archived soon after each checkpoint; acks are not what
+/// these tests look at. The master keeps its role alone.
+fn cfg() -> Config {
+    let mut c = Config {
+        ack_policy: AckPolicy::None,
+        step_down_without_majority: false,
+        log_retention_segments: Some(0),
+        ..Config::default()
+    };
+    c.limits.max_key = 64;
+    c.limits.max_value = 256;
+    c.limits.max_record = 4096;
+    c.limits.max_frame = 8192;
+    c.limits.segment_size = 8192;
+    c.limits.max_channel_message = 1024;
+    c.limits.max_answer_bytes = 4096;
+    c.limits.max_bulk_bytes = 4096;
+    c.timeouts.checkpoint_delay = Duration::from_millis(100);
+    c.timeouts.heartbeat_send = Duration::from_secs(60);
+    c.timeouts.heartbeat_monitor = Duration::from_secs(300);
+    c
+}
+
+/// Same log tail as the master from the client's first record on, same
+/// store, and the client's disk reopens to the same state.
+fn assert_initialised(net: &mut Net, c: usize) {
+    let m = net.s(0);
+    let s = net.s(c);
+    assert_eq!(s.last_lsn(), m.last_lsn(), "s{c}'s log ends elsewhere");
+    assert_eq!(
+        s.store().digest(),
+        m.store().digest(),
+        "s{c}'s store differs"
+    );
+    assert_eq!(s.members().len(), m.members().len());
+    let first = s.log_index()[0].lsn;
+    assert_eq!(
+        first.offset, 20,
+        "the log starts at a segment's first record"
+    );
+    let from = m.log_index().partition_point(|e| e.lsn < first);
+    assert_eq!(s.log_index(), &m.log_index()[from..], "the logs differ");
+    assert!(!s.initializing() && !s.is_synchronizing());
+    let events = net.events_of(c);
+    let init = events.iter().position(|e| *e == Event::InitDone);
+    let started = events.iter().rposition(|e| *e == Event::StartupDone);
+    assert_eq!(
+        events.iter().filter(|e| **e == Event::InitDone).count(),
+        1,
+        "INIT_DONE once: {events:?}"
+    );
+    assert!(init < started, "INIT_DONE before STARTUPDONE: {events:?}");
+    assert!(!events.contains(&Event::JoinFailure));
+    // The disk holds the snapshot and the log from F: it reopens to the
+    // same state.
+    let cfg = net.cfgs[c];
+    let storage = net.site(c).storage_mut().clone();
+    let re = Site::open(cfg, "again", storage, Instant(0)).expect("reopens");
+    let s = net.s(c);
+    assert_eq!(re.log_index(), s.log_index());
+    assert_eq!(re.store().digest(), s.store().digest());
+    assert!(!re.initializing());
+}
+
+/// S6: a client that was away while the master wrote on and archived the
+/// log it would need is sent the whole database, then the log from F, and
+/// ends with the master's store and log tail.
+#[test]
+fn s6_a_client_far_behind_an_archived_master_is_initialised() {
+    let mut net = Net::group(vec![cfg(); 3]);
+    net.commit("before", b"1");
+    let storage = net.fall_far_behind(2, 6);
+    let mark = net.restart(2, storage);
+    net.advance(Duration::from_millis(500), &mut all);
+    assert_initialised(&mut net, 2);
+    let after = &net.sent[mark..];
+    let count = |kind| after.iter().filter(|s| s.kind == kind).count();
+    assert_eq!(count(MessageKind::UpdateReq), 1);
+    assert_eq!(count(MessageKind::Update), 1);
+    assert!(count(MessageKind::Page) >= 1);
+    assert_eq!(count(MessageKind::PageFail), 0);
+    let m = net.s(0).stats();
+    assert_eq!(m.inits_served, 1);
+    assert_eq!(m.pages_sent as usize, count(MessageKind::Page));
+    let c = net.s(2).stats();
+    assert_eq!((c.inits_installed, c.inits_done), (1, 1));
+    assert_eq!(net.s(2).store().get("db", b"before"), Some(&b"1"[..]));
+    // It replicates as usual afterwards.
+    net.commit("after", b"2");
+    assert_eq!(net.s(2).store().get("db", b"after"), Some(&b"2"[..]));
+}
+
+/// S6: with a device's small frames the snapshot comes in many pages,
+/// none larger than a frame allows, over several answers each announced
+/// by PAGE_MORE; no answer carries more than `max_answer_bytes` of pages.
+#[test]
+fn s6_pages_are_bounded_by_device_limits_and_come_in_several_answers() {
+    let mut c = cfg();
+    c.limits = Limits {
+        segment_size: 8192,
+        max_answer_bytes: 3 * 2048,
+        max_frame: 2048 + 512,
+        max_record: 1024,
+        max_value: 256,
+        max_channel_message: 512,
+        max_bulk_bytes: 1024,
+        ..Limits::device()
+    };
+    let mut net = Net::group(vec![c; 2]);
+    let storage = net.fall_far_behind(1, 6);
+    let mark = net.restart(1, storage);
+    net.advance(Duration::from_millis(500), &mut all);
+    assert_initialised(&mut net, 1);
+    let page = shoal_core::wire::max_page_bytes(&c.limits);
+    assert_eq!(page, 2048);
+    let after = net.sent[mark..].to_vec();
+    let pages: Vec<&Sent> = after
+        .iter()
+        .filter(|s| s.kind == MessageKind::Page)
+        .collect();
+    assert!(pages.len() >= 6, "{} pages", pages.len());
+    for p in &pages {
+        assert!(p.len <= c.limits.max_frame as usize);
+        assert!(p.data <= page);
+    }
+    // Every page but the last is full.
+    for p in &pages[..pages.len() - 1] {
+        assert_eq!(p.data, page);
+    }
+    let reqs = after
+        .iter()
+        .filter(|s| s.kind == MessageKind::PageReq)
+        .count();
+    let mores = after
+        .iter()
+        .filter(|s| s.kind == MessageKind::PageMore)
+        .count();
+    assert!(mores >= 2, "{mores} PAGE_MOREs");
+    assert_eq!(reqs, mores + 1, "one request per answer");
+    // One answer (the pages the network carries between two requests,
+    // which it delivers in order): at most max_answer_bytes of pages.
+    let mut run = 0usize;
+    for s in &after {
+        match s.kind {
+            MessageKind::Page => {
+                run += s.data;
+                assert!(run <= c.limits.max_answer_bytes as usize);
+            }
+            MessageKind::PageReq => run = 0,
+            _ => {}
+        }
+    }
+}
+
+/// S6: a page lost on the way leaves a gap; the next page shows it and
+/// the client asks again from the missing one.
+#[test]
+fn s6_a_lost_page_is_re_requested() {
+    let mut c = cfg();
+    c.limits.max_answer_bytes = 1024;
+    let mut net = Net::group(vec![c; 2]);
+    let storage = net.fall_far_behind(1, 4);
+    let mark = net.restart(1, storage);
+    let mut lost = false;
+    let mut lose_page_one = |s: &Sent| {
+        if s.kind == MessageKind::Page && s.page == Some(1) && !lost {
+            lost = true;
+            return false;
+        }
+        true
+    };
+    net.advance(Duration::from_millis(500), &mut lose_page_one);
+    assert!(lost, "page 1 was sent");
+    assert_initialised(&mut net, 1);
+    let asked_for_one = net.sent[mark..]
+        .iter()
+        .filter(|s| s.kind == MessageKind::PageReq && s.page == Some(1))
+        .count();
+    assert!(asked_for_one >= 2, "page 1 was asked for again");
+    let sent_one = net.sent[mark..]
+        .iter()
+        .filter(|s| s.kind == MessageKind::Page && s.page == Some(1))
+        .count();
+    assert!(sent_one >= 2, "page 1 was sent again");
+}
+
+/// S6: a client whose snapshot the master no longer keeps (its requests
+/// were lost for longer than the master keeps an unused snapshot) gets
+/// PAGE_FAIL, asks again, and is initialised from a new snapshot.
+#[test]
+fn s6_page_fail_makes_the_client_start_over() {
+    let mut net = Net::group(vec![cfg(); 2]);
+    let storage = net.fall_far_behind(1, 4);
+    let mark = net.restart(1, storage);
+    // Every PAGE_REQ is lost for a while.
+    let mut no_page_reqs = |s: &Sent| s.kind != MessageKind::PageReq;
+    net.advance(Duration::from_secs(8), &mut no_page_reqs);
+    assert!(net.s(1).is_synchronizing());
+    assert_eq!(net.count(1, MessageKind::PageFail), 0);
+    // The master has dropped the snapshot by now; the client's next
+    // request is answered PAGE_FAIL and it starts over.
+    net.advance(Duration::from_secs(3), &mut all);
+    assert!(net.sent[mark..]
+        .iter()
+        .any(|s| s.kind == MessageKind::PageFail && s.from == 0));
+    let asks = net.sent[mark..]
+        .iter()
+        .filter(|s| s.kind == MessageKind::UpdateReq)
+        .count();
+    assert_eq!(asks, 2, "one UPDATE_REQ, and one after PAGE_FAIL");
+    assert_eq!(net.s(0).stats().inits_served, 2);
+    assert_initialised(&mut net, 1);
+}
+
+/// S7: with AUTOINIT off a client with no overlap says JOIN_FAILURE, asks
+/// for nothing, and keeps its log and store exactly as they were.
+#[test]
+fn s7_autoinit_off_reports_join_failure_and_keeps_the_data() {
+    let off = Config {
+        autoinit: false,
+        ..cfg()
+    };
+    let mut net = Net::group(vec![cfg(), cfg(), off]);
+    net.commit("mine", b"1");
+    let storage = net.fall_far_behind(2, 6);
+    let mark = net.restart(2, storage);
+    let (last, digest, index) = (
+        net.s(2).last_lsn(),
+        net.s(2).store().digest(),
+        net.s(2).log_index().to_vec(),
+    );
+    net.advance(Duration::from_millis(500), &mut all);
+    assert!(net.events_of(2).contains(&Event::JoinFailure));
+    assert!(!net.events_of(2).contains(&Event::InitDone));
+    assert!(!net.sent[mark..]
+        .iter()
+        .any(|s| s.kind == MessageKind::UpdateReq));
+    assert_eq!(net.s(2).last_lsn(), last);
+    assert_eq!(net.s(2).store().digest(), digest);
+    assert_eq!(net.s(2).log_index(), index.as_slice());
+    assert_eq!(net.s(2).store().get("db", b"mine"), Some(&b"1"[..]));
+    assert_eq!(net.s(0).stats().inits_served, 0);
+    // Its disk still opens to the same state.
+    let storage = net.site(2).storage_mut().clone();
+    let re = Site::open(net.cfgs[2], "again", storage, Instant(0)).expect("reopens");
+    assert_eq!(re.store().digest(), digest);
+}
+
+/// S6: a client that stops after it installed the snapshot but before its
+/// log reached the snapshot's record reopens with its log removed and the
+/// initialisation flagged; it initialises again and ends consistent. One
+/// that stops after the log reached the record reopens as it was.
+#[test]
+fn s6_an_interrupted_initialisation_is_cleaned_up_on_reopen() {
+    let mut net = Net::group(vec![cfg(); 2]);
+    let storage = net.fall_far_behind(1, 4);
+    net.restart(1, storage);
+    // The log from F never comes.
+    let mut no_log =
+        |s: &Sent| !(s.from == 0 && matches!(s.kind, MessageKind::BulkLog | MessageKind::Log));
+    net.advance(Duration::from_millis(300), &mut no_log);
+    assert!(net.s(1).initializing(), "installed, the log not yet there");
+    assert_eq!(net.s(1).stats().inits_installed, 1);
+    assert!(net.s(1).log_index().is_empty());
+    let storage = net.sites[1].take().expect("up").into_storage();
+    net.down.push(1);
+    let re = Site::open(net.cfgs[1], "s1", storage, net.now).expect("reopens");
+    assert!(re.initializing(), "still to be initialised");
+    assert!(re.log_index().is_empty(), "the partial log is removed");
+    assert!(
+        re.members().len() == 2,
+        "the group is known from the snapshot"
+    );
+    let storage = re.into_storage();
+    net.restart(1, storage);
+    net.advance(Duration::from_millis(500), &mut all);
+    assert_initialised(&mut net, 1);
+}
+
+/// S6: a site whose store is ahead of its log (initialisation flagged)
+/// neither becomes master nor stands for election.
+#[test]
+fn s6_an_initialising_site_does_not_become_master() {
+    let mut net = Net::group(vec![cfg(); 2]);
+    let storage = net.fall_far_behind(1, 4);
+    net.restart(1, storage);
+    let mut no_log =
+        |s: &Sent| !(s.from == 0 && matches!(s.kind, MessageKind::BulkLog | MessageKind::Log));
+    net.advance(Duration::from_millis(300), &mut no_log);
+    assert!(net.s(1).initializing());
+    let now = net.now;
+    assert!(net.site(1).rep_start_master(now).is_err());
+    assert_eq!(net.s(1).role(), Role::Client);
+}
+
+/// S6: initialisation messages that do not fit are dropped with a typed
+/// reason and change nothing; nothing panics.
+#[test]
+fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
+    let mut net = Net::group(vec![cfg(); 3]);
+    let now = net.now;
+    // An UPDATE nobody asked for.
+    let update = |first: Lsn, pages: u32, name: &'static str| {
+        let mut databases = heapless::Vec::new();
+        databases.push(DbSummary { name, pages }).unwrap();
+        Message::Update(Update {
+            first_lsn: first,
+            snapshot_lsn: Lsn::new(3, 20),
+            databases,
+        })
+    };
+    let f = net.forge(0, &update(Lsn::new(3, 20), 1, SNAPSHOT_DB));
+    assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::Unexpected));
+    let page =
+        |db: &'static str, page: u32, data: &'static [u8]| Message::Page(Page { db, page, data });
+    let f = net.forge(0, &page(SNAPSHOT_DB, 0, b"x"));
+    assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::Unexpected));
+    // Only a master serves initialisations.
+    let f = net.forge(2, &Message::UpdateReq);
+    assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
+    let f = net.forge(2, &Message::PageReq { db: "", page: 0 });
+    assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
+    // A page request for a snapshot the master never gave the requester.
+    let f = net.forge(1, &Message::PageReq { db: "", page: 0 });
+    assert_eq!(net.site(0).handle_frame(now, &f), Ok(()));
+    net.run(&mut all);
+    assert_eq!(net.count(0, MessageKind::PageFail), 1);
+
+    // s2 falls behind and starts an initialisation; its pages are held.
+    let storage = net.fall_far_behind(2, 4);
+    net.restart(2, storage);
+    let mut no_pages = |s: &Sent| s.kind != MessageKind::Page;
+    net.advance(Duration::from_millis(50), &mut no_pages);
+    assert!(net.s(2).is_synchronizing());
+    let now = net.now;
+    let before = (net.s(2).last_lsn(), net.s(2).store().digest());
+    // Unknown database, page out of range, from a site that is not its
+    // master, an UPDATE while taking pages.
+    let f = net.forge(0, &page("db", 0, b"x"));
+    assert_eq!(net.site(2).handle_frame(now, &f), Err(Drop::BadInit));
+    let f = net.forge(0, &page(SNAPSHOT_DB, 1_000_000, b"x"));
+    assert_eq!(net.site(2).handle_frame(now, &f), Err(Drop::BadInit));
+    let f = net.forge(1, &page(SNAPSHOT_DB, 0, b"x"));
+    assert_eq!(net.site(2).handle_frame(now, &f), Err(Drop::Unexpected));
+    let f = net.forge(0, &update(Lsn::new(3, 20), 1, SNAPSHOT_DB));
+    assert_eq!(net.site(2).handle_frame(now, &f), Err(Drop::Unexpected));
+    let f = net.forge(0, &Message::PageMore { db: "db", next: 1 });
+    assert_eq!(net.site(2).handle_frame(now, &f), Err(Drop::BadInit));
+    // An oversized page is refused when it is decoded.
+    let mut big_limits = net.cfgs[0].limits;
+    big_limits.max_frame *= 4;
+    big_limits.max_answer_bytes *= 4;
+    let data = vec![0u8; shoal_core::wire::max_page_bytes(&net.cfgs[0].limits) + 1];
+    let s0 = net.s(0);
+    let env = Envelope {
+        from: s0.id(),
+        generation: s0.generation(),
+        egen: s0.egen(),
+        lsn: s0.last_lsn(),
+        flags: Flags::NONE,
+    };
+    let mut f = Vec::new();
+    let msg = Message::Page(Page {
+        db: SNAPSHOT_DB,
+        page: 0,
+        data: &data,
+    });
+    encode_frame(&env, &msg, &mut f, &big_limits).unwrap();
+    assert_eq!(
+        net.site(2).handle_frame(now, &f),
+        Err(Drop::Malformed(DecodeError::LimitExceeded("page")))
+    );
+    assert_eq!(
+        (net.s(2).last_lsn(), net.s(2).store().digest()),
+        before,
+        "nothing changed"
+    );
+    // Pages that do not decode to the announced snapshot: the client
+    // starts over with a new UPDATE_REQ rather than install them.
+    let asks = net.count(2, MessageKind::UpdateReq);
+    let pages = net
+        .sent
+        .iter()
+        .rev()
+        .find(|s| s.kind == MessageKind::Update && s.to == 2)
+        .and_then(|s| s.page)
+        .expect("an UPDATE was sent");
+    for p in 0..pages {
+        let f = net.forge(0, &page(SNAPSHOT_DB, p, b"not a snapshot"));
+        let _ = net.site(2).handle_frame(now, &f);
+    }
+    net.run(&mut no_pages);
+    assert_eq!(net.count(2, MessageKind::UpdateReq), asks + 1);
+    assert_eq!(net.s(2).stats().inits_installed, 0);
+    assert_eq!(
+        (net.s(2).last_lsn(), net.s(2).store().digest()),
+        before,
+        "nothing installed"
+    );
+    // Let it finish properly.
+    net.advance(Duration::from_millis(500), &mut all);
+    assert_initialised(&mut net, 2);
+}
+
+/// S6: a site that gave up its log for a snapshot votes only for a
+/// candidate whose log reaches the snapshot's record: it held what it
+/// acknowledged in the log it gave up, and must not help elect a site that
+/// lacks it.
+#[test]
+fn s6_an_initialising_site_votes_only_for_a_candidate_holding_its_snapshot() {
+    use shoal_core::wire::Vote1;
+    for (behind, votes) in [(true, false), (false, true)] {
+        let mut net = Net::group(vec![cfg(); 3]);
+        let storage = net.fall_far_behind(2, 4);
+        net.restart(2, storage);
+        let mut no_log =
+            |s: &Sent| !(s.from == 0 && matches!(s.kind, MessageKind::BulkLog | MessageKind::Log));
+        net.advance(Duration::from_millis(300), &mut no_log);
+        assert!(net.s(2).initializing());
+        // The snapshot reflects the master's log as it was.
+        let (gen, last) = {
+            let m = net.s(0);
+            (m.log_index().last().unwrap().generation, m.last_lsn())
+        };
+        net.silence(0);
+        net.silence(1);
+        // s2 loses the master and calls an election; s1 answers, claiming
+        // a log behind the snapshot or at it.
+        let (now, m) = (net.now, net.s(0).id());
+        let mark = net.sent.len();
+        net.site(2).handle_connection(now, m, false);
+        net.run(&mut all);
+        assert!(net.sent[mark..]
+            .iter()
+            .any(|s| s.from == 2 && s.kind == MessageKind::Vote1));
+        let claim = if behind { Lsn::new(1, 20) } else { last };
+        let s1 = net.s(1);
+        let env = Envelope {
+            from: s1.id(),
+            generation: s1.generation(),
+            egen: net.s(2).egen(),
+            lsn: claim,
+            flags: Flags::NONE,
+        };
+        let msg = Message::Vote1(Vote1 {
+            data_generation: gen,
+            last_lsn: claim,
+            priority: 100,
+            tiebreaker: 1,
+            nsites: 3,
+            nvotes: 2,
+        });
+        let mut f = Vec::new();
+        encode_frame(&env, &msg, &mut f, &net.cfgs[1].limits).unwrap();
+        let now = net.now;
+        let mark = net.sent.len();
+        let _ = net.site(2).handle_frame(now, &f);
+        net.run(&mut all);
+        net.advance(Duration::from_secs(5), &mut all);
+        let voted = net.sent[mark..]
+            .iter()
+            .any(|s| s.from == 2 && s.kind == MessageKind::Vote2);
+        assert_eq!(voted, votes, "candidate behind the snapshot: {behind}");
+    }
+}
