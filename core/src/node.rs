@@ -123,6 +123,7 @@ use crate::site::{
     WaitError,
 };
 use crate::traits::{Clock, SendError, Storage, Transport};
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::cell::RefCell;
@@ -329,6 +330,9 @@ pub struct Node<S: Storage, T, C, M: RawMutex> {
     limits: Limits,
     node_limits: NodeLimits,
     nowait: bool,
+    /// Makes what the storage wrote out durable without the core lock
+    /// ([`Node::with_syncer`]); `None`: [`Storage::sync`] under the lock.
+    syncer: Option<Syncer>,
 }
 
 /// A reserved answer slot; dropping it frees the slot.
@@ -378,6 +382,9 @@ impl<M: RawMutex> Drop for SlotGuard<'_, M> {
         });
     }
 }
+
+/// The host's fsync for [`Node::with_syncer`].
+type Syncer = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// Complete when either future completes.
 async fn either<A: Future, B: Future>(a: A, b: B) {
@@ -463,7 +470,21 @@ where
             limits,
             node_limits,
             nowait,
+            syncer: None,
         }
+    }
+
+    /// Sync the log with `sync` instead of [`Storage::sync`]: the driver
+    /// hands the records to the operating system with
+    /// [`Storage::write_out`] under the core lock, then calls `sync`
+    /// without it, so commits, incoming frames and reads go on during the
+    /// fsync (the next flush then serves everything they added). `sync`
+    /// must make durable everything written out before it was called, may
+    /// block, may run on any thread, and returns false when it failed (the
+    /// flush is retried like a failed [`Storage::sync`]).
+    pub fn with_syncer(mut self, sync: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.syncer = Some(Box::new(sync));
+        self
     }
 
     /// Take the node apart (shutdown, or a simulated crash). Queued frames,
@@ -691,6 +712,10 @@ where
             paused = self.drain(core, &mut st);
         }
         // Group commit: one sync for every flush asked for so far.
+        if self.syncer.is_some() {
+            (paused, guard) = self.sync_unlocked(guard, now, paused, &mut st).await;
+        }
+        let core = &mut *guard;
         while let Some(lsn) = core.flush {
             if core.flush_retry.is_some_and(|t| t > now) {
                 break;
@@ -739,6 +764,51 @@ where
         });
         drop(guard);
         next
+    }
+
+    /// Group commit with the fsync outside the core lock (see
+    /// [`Node::with_syncer`]). Returns whether the node must pause, and the
+    /// lock taken again.
+    async fn sync_unlocked<'a>(
+        &'a self,
+        mut guard: CoreGuard<'a, M, S, T>,
+        now: Instant,
+        mut paused: bool,
+        st: &mut StepStats,
+    ) -> (bool, CoreGuard<'a, M, S, T>) {
+        let Some(sync) = &self.syncer else {
+            return (paused, guard);
+        };
+        while let Some(lsn) = guard.flush {
+            if guard.flush_retry.is_some_and(|t| t > now) {
+                break;
+            }
+            if guard.site.storage_mut().write_out().is_err() {
+                st.flush_failures += 1;
+                guard.flush_retry = Some(now + FLUSH_RETRY);
+                break;
+            }
+            guard.flush = None;
+            drop(guard);
+            let synced = sync();
+            guard = self.lock_core().await;
+            if !synced {
+                st.flush_failures += 1;
+                // What was asked meanwhile joins the retry.
+                guard.flush = Some(guard.flush.map_or(lsn, |f| f.max(lsn)));
+                guard.flush_retry = Some(now + FLUSH_RETRY);
+                break;
+            }
+            st.flushes += 1;
+            guard.flush_retry = None;
+            let at = self.clock.now();
+            guard.site.handle_flushed(at, lsn);
+            if paused {
+                break;
+            }
+            paused = self.drain(&mut guard, st);
+        }
+        (paused, guard)
     }
 
     /// Hand the site's outputs to their destinations. Returns true when an

@@ -24,6 +24,8 @@ use shoal_core::{CommitToken, Instant, Lsn, SiteId};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 // ----- manual time ---------------------------------------------------------
@@ -168,6 +170,21 @@ struct World {
 
 impl World {
     fn new(n: usize, cfg: Config, node_limits: NodeLimits) -> World {
+        Self::build(n, cfg, node_limits, None)
+    }
+
+    /// Nodes that sync through `sync` (called with the node's index)
+    /// instead of `Storage::sync`.
+    fn with_syncer(n: usize, cfg: Config, sync: Arc<dyn Fn(usize) -> bool + Send + Sync>) -> World {
+        Self::build(n, cfg, NodeLimits::default(), Some(sync))
+    }
+
+    fn build(
+        n: usize,
+        cfg: Config,
+        node_limits: NodeLimits,
+        sync: Option<Arc<dyn Fn(usize) -> bool + Send + Sync>>,
+    ) -> World {
         let clock = ManualClock::default();
         let net = Rc::new(Net {
             addresses: (0..n).map(|i| format!("s{i}")).collect(),
@@ -187,7 +204,14 @@ impl World {
                     net: net.clone(),
                     limits: cfg.limits,
                 };
-                Rc::new(Node::with_limits(site, t, clock.clone(), node_limits))
+                let node = Node::with_limits(site, t, clock.clone(), node_limits);
+                Rc::new(match &sync {
+                    Some(f) => {
+                        let f = f.clone();
+                        node.with_syncer(move || f(i))
+                    }
+                    None => node,
+                })
             })
             .collect();
         let pool = LocalPool::new();
@@ -433,6 +457,47 @@ fn many_concurrent_commits_share_flushes_and_all_replicate() {
     });
     assert_eq!(reads.len(), 40);
     assert!(reads.iter().all(|r| *r == Ok(Some(b"x".to_vec()))));
+}
+
+/// With a syncer (`Node::with_syncer`) the driver syncs through it, not
+/// `Storage::sync`, and commits are answered flushed and permanent as
+/// before; a failed sync is retried and the commits still finish.
+#[test]
+fn a_syncer_makes_the_log_durable_and_a_failed_sync_is_retried() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    // The master's first sync fails.
+    let sync = Arc::new(move |i: usize| {
+        let n = c.fetch_add(1, Ordering::Relaxed);
+        !(i == 0 && n == 0)
+    });
+    let mut w = World::with_syncer(3, Config::default(), sync);
+    let nodes = w.nodes.clone();
+    w.run(Duration::from_secs(10), async move {
+        nodes[0].create_group().await.expect("create group");
+    });
+    for i in 1..3 {
+        let nodes = w.nodes.clone();
+        w.run(Duration::from_secs(10), async move {
+            nodes[i].join("s0").await.expect("join");
+        });
+    }
+    let nodes = w.nodes.clone();
+    let outcomes = w.run(Duration::from_secs(10), async move {
+        let futs = (0..10).map(|k| {
+            let n = nodes[0].clone();
+            async move { n.put("db", format!("k{k}").as_bytes(), b"x").await }
+        });
+        futures::future::join_all(futs).await
+    });
+    for o in &outcomes {
+        let o = o.as_ref().expect("commit");
+        assert!(o.permanent && o.flushed, "{o:?}");
+    }
+    let st = w.nodes[0].stats();
+    assert!(st.flush_failures >= 1, "the failed sync was not counted");
+    assert!(st.flushes >= 1);
+    assert!(calls.load(Ordering::Relaxed) as u64 >= st.flushes + st.flush_failures);
 }
 
 #[test]

@@ -124,6 +124,9 @@ pub async fn start(s: Settings) -> Result<Running, String> {
     let origin = std::time::Instant::now();
     let clock = SysClock(origin);
     let storage = FileStorage::open(&s.home).map_err(|e| e.to_string())?;
+    // The driver fsyncs through this handle without the node's lock, so
+    // commits and replication go on during the fsync.
+    let syncer = storage.sync_handle();
     let site = Site::open(s.config, &s.advertise, storage, clock.now())
         .map_err(|e| format!("cannot open the site in {}: {e}", s.home.display()))?;
     let member = site.id().0 != 0 && !site.members().is_empty();
@@ -150,7 +153,11 @@ pub async fn start(s: Settings) -> Result<Running, String> {
         events: 256,
         waiters: 256,
     };
-    let node = Arc::new(SiteNode::with_limits(site, gate.clone(), clock, limits));
+    let node = Arc::new(
+        SiteNode::with_limits(site, gate.clone(), clock, limits)
+            // The fsync blocks: other tasks move off this worker meanwhile.
+            .with_syncer(move || tokio::task::block_in_place(|| syncer.sync().is_ok())),
+    );
     // Frames go straight from the connection's task into the node's queue.
     {
         let (node, gate) = (node.clone(), gate.clone());

@@ -23,12 +23,13 @@
 //! # Group commit
 //!
 //! The core's [`Node`](shoal_core::node::Node) driver merges flush requests
-//! and calls [`Storage::sync`] once per step, so one fsync serves every
-//! commit queued before it. A host that wants the fsync off the driver's
-//! thread can split it: [`FileStorage::write_out`] (cheap, under the node's
+//! syncs once per step, so one fsync serves every commit queued before it.
+//! `shoal node` splits the sync so the fsync runs without the node's lock
+//! (`Node::with_syncer`): [`FileStorage::write_out`] (cheap, under the
 //! lock) hands the bytes to the kernel, and [`SyncHandle::sync`] (from
 //! [`FileStorage::sync_handle`], on any thread, without `&mut` access)
-//! fsyncs everything written out before it was called.
+//! fsyncs everything written out before it was called, while commits and
+//! replication go on.
 //!
 //! # A failed fsync
 //!
