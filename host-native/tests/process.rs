@@ -7,6 +7,9 @@
 //! - A writing node is SIGKILLed at random moments, 200+ times: after each
 //!   restart the node starts (its log is valid) and every commit answered
 //!   `flushed: true` is there.
+//! - Writes on clients are forwarded to the master (W1).
+//! - A client back after the group archived its log is initialised from
+//!   the master's snapshot (S6).
 
 use shoal_native::api::Client;
 use shoal_native::procs::{self, Cluster, Start};
@@ -268,6 +271,76 @@ async fn writes_on_clients_are_forwarded_to_the_master() {
     assert!(!r.ok);
     let e = r.error.unwrap_or_default();
     assert!(e.contains("not the master"), "{e}");
+}
+
+/// S6 over real processes: a client is SIGKILLed, the group writes on with
+/// small segments and archives the log it stopped at, and the restarted
+/// client, with no overlap left, is initialised from the master's snapshot
+/// in pages over TCP and converges with every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_back_after_archiving_is_initialised_from_the_masters_snapshot() {
+    let mut args = fast_args();
+    for a in [
+        "--segment-size",
+        "1200000",
+        "--log-retention-segments",
+        "0",
+        "--checkpoint-delay-ms",
+        "100",
+    ] {
+        args.push(a.into());
+    }
+    let mut c = Cluster::new(BIN, 3, args).unwrap();
+    c.start_group(WAIT).await.unwrap();
+    c.call(0, &procs::put_req("early", "1")).await.unwrap();
+    procs::converge(&mut c, &[0, 1, 2], WAIT).await.unwrap();
+    c.kill(2);
+    let load = shoal_native::api::Request::Load {
+        db: procs::DB.into(),
+        writers: 8,
+        count: 30_000,
+        first: 0,
+        key_prefix: "k".into(),
+        value_bytes: 100,
+        sync: Some("no-sync".into()),
+    };
+    let mut api = c.client(0).await.unwrap();
+    api.set_timeout(Duration::from_secs(120));
+    let r = api.call(&load).await.unwrap();
+    let l = r.load.expect("a load report");
+    assert_eq!((l.commits, l.failed), (30_000, 0), "{:?}", r.error);
+    let counter = |st: &shoal_native::api::Status, name: &str| {
+        st.counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |x| x.1)
+    };
+    // A checkpoint archives the segments behind it.
+    let t = Instant::now();
+    loop {
+        let st = procs::status_at(&c.nodes[0].api).await.unwrap();
+        if counter(&st, "segments_archived") > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < WAIT,
+            "the master archived nothing: {:?}",
+            st.counters
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.start(2, Start::Restart).unwrap();
+    let sts = procs::converge(&mut c, &[0, 1, 2], WAIT).await.unwrap();
+    assert!(
+        sts.iter().all(|s| s.keys == 30_001),
+        "keys: {:?}",
+        sts.iter().map(|s| s.keys).collect::<Vec<_>>()
+    );
+    let st = procs::status_at(&c.nodes[2].api).await.unwrap();
+    assert_eq!(counter(&st, "inits_done"), 1, "{:?}", st.counters);
+    assert!(counter(&st, "inits_installed") >= 1);
+    let g = c.call(2, &procs::get_req("early")).await.unwrap();
+    assert_eq!(g.value.as_deref(), Some("1"));
 }
 
 /// Run `shoal ARGS`, which must fail: returns its stderr.
