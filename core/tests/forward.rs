@@ -67,6 +67,7 @@ fn w1_a_put_on_a_client_is_committed_by_the_master() {
     assert!(o.token.lsn > before, "the master's log did not grow");
     assert_eq!(net.site(0).last_lsn(), o.token.lsn);
     assert!(o.permanent, "QUORUM met with every site up");
+    assert!(o.forwarded, "the outcome says the write was forwarded");
     assert_eq!(o.needed, 1, "QUORUM of 3 needs one ack besides the master");
     assert!(o.acks >= 1);
     for i in 0..3 {
@@ -193,7 +194,8 @@ fn w1_transactions_are_never_forwarded() {
         .contains("transaction"));
     // On the master, `write` is a plain commit.
     let id = write(&mut net, 0, put("m", "1"), Durability::Sync).unwrap();
-    answer(&net, 0, id).expect("answered").expect("committed");
+    let o = answer(&net, 0, id).expect("answered").expect("committed");
+    assert!(!o.forwarded);
     assert_eq!(net.site(0).stats().forwards_served, 0);
 }
 

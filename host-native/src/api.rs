@@ -145,7 +145,7 @@ pub struct LoadReport {
 }
 
 /// What a commit achieved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitInfo {
     /// The commit's LSN, e.g. "[1][320]".
     pub lsn: String,
@@ -163,6 +163,9 @@ pub struct CommitInfo {
     pub needed: u32,
     /// Durable on the master's disk.
     pub flushed: bool,
+    /// Made on a client and committed by the master (W1).
+    #[serde(default)]
+    pub forwarded: bool,
 }
 
 /// One known site in a status report.

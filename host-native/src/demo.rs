@@ -61,7 +61,23 @@ pub const NODE_ARGS: &[&str] = &[
     "--forward-writes",
 ];
 
+/// Settings of the demo's nodes beyond [`NODE_ARGS`]: 4 MB log segments,
+/// a checkpoint at most every 200 ms, and nothing kept before the latest
+/// one, so the last step's writes archive the log a stopped client needs
+/// (the story before it stays within the first segment).
+pub const ARCHIVE_ARGS: &[&str] = &[
+    "--segment-size",
+    "4000000",
+    "--checkpoint-delay-ms",
+    "200",
+    "--log-retention-segments",
+    "0",
+];
+
 const FIRST_WRITES: usize = 5_000;
+/// Writes made while a client is away in the last step: more than a
+/// segment, so the master archives the log the client stopped at.
+const ARCHIVE_WRITES: u64 = 30_000;
 const MORE_WRITES: usize = 1_000;
 /// Writes made on each client and forwarded to the master (W1).
 const FORWARDED_PER_CLIENT: usize = 25;
@@ -84,7 +100,11 @@ pub async fn run_with_binary(args: DemoArgs, binary: impl Into<PathBuf>) -> Resu
             args.sites
         ));
     }
-    let common: Vec<String> = NODE_ARGS.iter().map(|s| s.to_string()).collect();
+    let common: Vec<String> = NODE_ARGS
+        .iter()
+        .chain(ARCHIVE_ARGS)
+        .map(|s| s.to_string())
+        .collect();
     let cluster = Cluster::new(binary, args.sites, common)
         .map_err(|e| format!("cannot create the demo's temporary directory: {e}"))?;
     let mut demo = Demo {
@@ -433,7 +453,11 @@ impl Demo {
                 letter(n - 1)
             );
             println!("  homes and logs in {}", self.cluster.dir().display());
-            println!("  node settings: {}", NODE_ARGS.join(" "));
+            println!(
+                "  node settings: {} {}",
+                NODE_ARGS.join(" "),
+                ARCHIVE_ARGS.join(" ")
+            );
         }
         let mut p = Partition::default();
         let finished = self.form_group().await
@@ -443,7 +467,8 @@ impl Demo {
             && self.failover().await
             && self.old_master_returns().await
             && self.partition_with(&mut p).await
-            && self.heal_with(&p).await;
+            && self.heal_with(&p).await
+            && self.initialised_after_archiving().await;
         if !finished && !self.out.json {
             println!("\nthe story stops here: the next steps need this one");
         }
@@ -1005,16 +1030,7 @@ impl Demo {
         let mut ok = true;
         match r {
             Ok(r) if r.ok => {
-                let c = r.commit.clone().unwrap_or_else(|| crate::api::CommitInfo {
-                    lsn: String::new(),
-                    file: 0,
-                    offset: 0,
-                    generation: 0,
-                    permanent: false,
-                    acks: 0,
-                    needed: 0,
-                    flushed: false,
-                });
+                let c = r.commit.clone().unwrap_or_default();
                 p.isolated_write = !c.permanent;
                 ok &= self.out.check(
                     !c.permanent,
@@ -1166,6 +1182,127 @@ impl Demo {
                     format!("the unacknowledged isolated write is still present on {}", found.join(", "))
                 },
             );
+        }
+        self.end_step().await;
+        ok
+    }
+
+    /// S6: a client is away while the group writes more than a log
+    /// segment and archives the log it stopped at; back, it has no log in
+    /// common with the master and is initialised from the master's
+    /// snapshot, sent in pages, then catches up from the log.
+    async fn initialised_after_archiving(&mut self) -> bool {
+        let Some(master) = self.master().await else {
+            self.out
+                .begin("a client away while the log is archived is initialised");
+            return self.abort("no master".into()).await;
+        };
+        let Some(c) = (1..self.cluster.len()).rev().find(|&i| i != master) else {
+            return true;
+        };
+        let (mn, cn) = (self.name(master), self.name(c));
+        self.out.begin(&format!(
+            "{cn} misses {} writes and the archived log; it is initialised from a snapshot",
+            thousands(ARCHIVE_WRITES)
+        ));
+        let counter = |st: &crate::api::Status, name: &str| {
+            st.counters
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or(0, |(_, v)| *v)
+        };
+        let (archived_before, pages_before) = match self.cluster.status(master).await {
+            Ok(s) => (counter(&s, "segments_archived"), counter(&s, "pages_sent")),
+            Err(e) => return self.abort(e).await,
+        };
+        self.cluster.kill(c);
+        self.out.say(format!("{cn} killed with SIGKILL"));
+        let t = Instant::now();
+        let load = Request::Load {
+            db: procs::DB.into(),
+            writers: 32,
+            count: ARCHIVE_WRITES,
+            first: 0,
+            key_prefix: "archive-".into(),
+            value_bytes: 100,
+            sync: None,
+        };
+        let mut ok = match self.cluster.client(master).await {
+            Ok(mut api) => {
+                api.set_timeout(WAIT);
+                match api.call(&load).await {
+                    Ok(r) => match r.load {
+                        Some(l) => self.out.check(
+                            l.commits == ARCHIVE_WRITES && l.failed == 0 && l.not_permanent == 0,
+                            format!(
+                                "{}/{} writes made inside {mn} acknowledged as permanent in {} ms",
+                                thousands(l.commits),
+                                thousands(ARCHIVE_WRITES),
+                                t.elapsed().as_millis()
+                            ),
+                        ),
+                        None => self.out.check(false, r.error.unwrap_or_default()),
+                    },
+                    Err(e) => self.out.check(false, e.to_string()),
+                }
+            }
+            Err(e) => self.out.check(false, e),
+        };
+        // A checkpoint in the new segment archives the ones before it.
+        let t = Instant::now();
+        let mut archived = archived_before;
+        while archived == archived_before && t.elapsed() < WAIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(s) = self.cluster.status(master).await {
+                archived = counter(&s, "segments_archived");
+            }
+        }
+        ok &= self.out.check(
+            archived > archived_before,
+            format!(
+                "{mn} archived {} log segment(s) after a checkpoint; the log {cn} stopped at is gone",
+                archived - archived_before
+            ),
+        );
+        let t = Instant::now();
+        if let Err(e) = self.cluster.start(c, Start::Restart) {
+            return self.abort(e).await;
+        }
+        self.out.say(format!("{cn} restarted on its home"));
+        let running = self.cluster.running();
+        match procs::converge(&mut self.cluster, &running, WAIT).await {
+            Ok(sts) => {
+                let ms = t.elapsed().as_millis();
+                self.out.figure("init_ms", ms as u64);
+                ok &= self.out.check(
+                    true,
+                    format!(
+                        "all {} sites converged {ms} ms after {cn} restarted: LSN {}, digest {}, {} keys",
+                        sts.len(),
+                        sts[0].last_lsn,
+                        short(&sts[0].digest),
+                        thousands(sts[0].keys)
+                    ),
+                );
+            }
+            Err(e) => ok &= self.out.check(false, format!("{cn} did not converge: {e}")),
+        }
+        match (
+            self.cluster.status(c).await,
+            self.cluster.status(master).await,
+        ) {
+            (Ok(cs), Ok(ms)) => {
+                let pages = counter(&ms, "pages_sent") - pages_before;
+                self.out.figure("init_pages", pages);
+                ok &= self.out.check(
+                    counter(&cs, "inits_done") == 1 && pages > 0,
+                    format!(
+                        "{cn} was initialised from {mn}'s snapshot ({} pages), then caught up from the log (INIT_DONE)",
+                        thousands(pages)
+                    ),
+                );
+            }
+            (Err(e), _) | (_, Err(e)) => ok &= self.out.check(false, e),
         }
         self.end_step().await;
         ok

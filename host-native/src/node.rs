@@ -645,6 +645,7 @@ async fn answer_commit(
                 acks: o.acks,
                 needed: o.needed,
                 flushed: o.flushed,
+                forwarded: o.forwarded,
             }),
             ..Default::default()
         },

@@ -716,16 +716,7 @@ pub async fn write_many(
                 match r {
                     Ok(r) if r.ok => {
                         w.latencies_us.push(us);
-                        let c = r.commit.unwrap_or_else(|| api::CommitInfo {
-                            lsn: String::new(),
-                            file: 0,
-                            offset: 0,
-                            generation: 0,
-                            permanent: false,
-                            acks: 0,
-                            needed: 0,
-                            flushed: false,
-                        });
+                        let c = r.commit.unwrap_or_default();
                         if c.flushed {
                             w.flushed += 1;
                         }
@@ -830,7 +821,8 @@ pub async fn count_present(
 }
 
 /// Try a put of `key` on every candidate at once, again and again, until
-/// one answers ok and permanent (the new master accepting writes) or
+/// one answers ok and permanent with a commit of its own (the new master
+/// accepting writes; a client forwarding the write does not count) or
 /// `timeout` passes. Returns the index that took it, when its answer
 /// arrived, and the answer.
 pub async fn first_write(
@@ -852,7 +844,15 @@ pub async fn first_write(
                 }
                 if let Some(c) = client.as_mut() {
                     match c.call(&req).await {
-                        Ok(r) if r.ok && r.commit.as_ref().is_some_and(|c| c.permanent) => {
+                        // A client that forwards writes (W1) answers too
+                        // once a master exists; only the master's own
+                        // answer names the master.
+                        Ok(r)
+                            if r.ok
+                                && r.commit
+                                    .as_ref()
+                                    .is_some_and(|c| c.permanent && !c.forwarded) =>
+                        {
                             return (i, Instant::now(), r);
                         }
                         Ok(_) => {}

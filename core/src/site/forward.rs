@@ -211,6 +211,7 @@ impl<S: Storage> Site<S> {
                     acks,
                     needed,
                     flushed: false,
+                    forwarded: true,
                 });
                 self.check_forwards();
                 return Ok(());

@@ -313,6 +313,7 @@ impl<S: Storage> Site<S> {
                     acks: c.acks,
                     needed: c.needed,
                     flushed,
+                    forwarded: false,
                 }),
             });
         }
@@ -332,6 +333,7 @@ impl<S: Storage> Site<S> {
                     acks: c.acks,
                     needed: c.needed,
                     flushed: self.flushed >= c.token.lsn,
+                    forwarded: false,
                 }),
             });
         }

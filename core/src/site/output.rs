@@ -144,6 +144,9 @@ pub struct CommitOutcome {
     pub needed: u32,
     /// The record is durable on this site's disk.
     pub flushed: bool,
+    /// The write was made on this client and committed by the master
+    /// (W1).
+    pub forwarded: bool,
 }
 
 /// Why a commit was refused or did not finish.
