@@ -224,7 +224,9 @@ async fn writes_on_clients_are_forwarded_to_the_master() {
             let r = api.call(&procs::put_req(&k, &v)).await.unwrap();
             assert!(r.ok, "put {k} on a client: {:?}", r.error);
             assert!(
-                r.commit.as_ref().is_some_and(|ci| ci.permanent && ci.forwarded),
+                r.commit
+                    .as_ref()
+                    .is_some_and(|ci| ci.permanent && ci.forwarded),
                 "{k}: {:?}",
                 r.commit
             );
