@@ -1,1 +1,4 @@
-//! Small programs that embed shoal; see `examples/`.
+//! Small programs that embed shoal; see `examples/`. The bodies the
+//! examples run live here, so the tests in `tests/` run them too.
+
+pub mod embedded_group;
