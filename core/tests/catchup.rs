@@ -5,13 +5,14 @@
 //! for the next part before it has applied this one. A lost frame is
 //! re-requested. Every frame the sites exchange is decoded and checked.
 
+mod common;
+
+use common::traced::{self, Traced};
 use shoal_core::config::{Config, Durability, Limits};
 use shoal_core::log::Op;
-use shoal_core::mem::MemStorage;
-use shoal_core::site::{Dest, Output, Site};
+use shoal_core::site::Site;
 use shoal_core::wire::{decode_frame, Flags, Message, MessageKind, FRAME_OVERHEAD};
-use shoal_core::{Instant, Lsn};
-use std::collections::VecDeque;
+use shoal_core::Lsn;
 use std::time::Duration;
 
 /// One frame delivered: who sent it, to whom, what it was, and the kind of
@@ -31,197 +32,44 @@ struct Sent {
     cause: Option<(usize, MessageKind, u64)>,
 }
 
-struct Net {
-    sites: Vec<Option<Site<MemStorage>>>,
-    cfg: Config,
-    now: Instant,
-    sent: Vec<Sent>,
-    /// Frames handled so far (identifies a cause).
-    handled: u64,
-    /// Sites whose links are down.
-    down: Vec<usize>,
-    /// Every flush asked for: (site, LSN).
-    flushes: Vec<(usize, Lsn)>,
+type Net = Traced<Sent>;
+
+/// `n` sites over `cfg`, the group formed, every link up.
+fn group(n: usize, cfg: Config) -> Net {
+    Traced::group(vec![cfg; n], describe, false)
 }
 
-type Filter<'a> = &'a mut dyn FnMut(&Sent) -> bool;
+/// The record of one frame: what the catch-up checks look at.
+fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], cause: traced::Cause) -> Sent {
+    let (env, msg) = decode_frame(frame, limits).expect("every frame sent decodes");
+    let mut records = vec![];
+    let mut lsn = None;
+    match &msg {
+        Message::Log(e) => records.push((e.lsn, e.record.len())),
+        Message::BulkLog(b) => {
+            for e in b.entries() {
+                let e = e.expect("entries decode");
+                records.push((e.lsn, e.record.len()));
+            }
+        }
+        Message::LogMore { next } => lsn = Some(*next),
+        Message::LogReq { from, .. } => lsn = Some(*from),
+        Message::Ack { lsn: l } => lsn = Some(*l),
+        _ => {}
+    }
+    Sent {
+        from,
+        to,
+        kind: msg.kind(),
+        flags: env.flags,
+        len: frame.len(),
+        records,
+        lsn,
+        cause,
+    }
+}
 
 impl Net {
-    fn group(n: usize, cfg: Config) -> Net {
-        let sites = (0..n)
-            .map(|i| {
-                Some(
-                    Site::open(cfg, &format!("s{i}"), MemStorage::new(1 << 30), Instant(0))
-                        .expect("open"),
-                )
-            })
-            .collect();
-        let mut net = Net {
-            sites,
-            cfg,
-            now: Instant(0),
-            sent: vec![],
-            handled: 0,
-            down: vec![],
-            flushes: vec![],
-        };
-        net.site(0).create_group(Instant(0)).unwrap();
-        net.run(&mut |_| true);
-        for i in 1..n {
-            let now = net.now;
-            net.site(i).join(now, "s0");
-            net.run(&mut |_| true);
-        }
-        net.links(true);
-        net.advance(Duration::from_millis(100), &mut |_| true);
-        net
-    }
-
-    fn site(&mut self, i: usize) -> &mut Site<MemStorage> {
-        self.sites[i].as_mut().expect("up")
-    }
-
-    fn links(&mut self, up: bool) {
-        let now = self.now;
-        let ids: Vec<_> = self
-            .sites
-            .iter()
-            .map(|s| s.as_ref().map(|s| s.id()))
-            .collect();
-        for a in 0..self.sites.len() {
-            for (b, id) in ids.iter().enumerate() {
-                if a == b || self.down.contains(&a) || self.down.contains(&b) {
-                    continue;
-                }
-                if let (Some(s), Some(id)) = (self.sites[a].as_mut(), *id) {
-                    s.handle_connection(now, id, up);
-                }
-            }
-        }
-    }
-
-    fn describe(
-        &self,
-        from: usize,
-        to: usize,
-        frame: &[u8],
-        cause: Option<(usize, MessageKind, u64)>,
-    ) -> Sent {
-        let (env, msg) = decode_frame(frame, &self.cfg.limits).expect("every frame sent decodes");
-        let mut records = vec![];
-        let mut lsn = None;
-        match &msg {
-            Message::Log(e) => records.push((e.lsn, e.record.len())),
-            Message::BulkLog(b) => {
-                for e in b.entries() {
-                    let e = e.expect("entries decode");
-                    records.push((e.lsn, e.record.len()));
-                }
-            }
-            Message::LogMore { next } => lsn = Some(*next),
-            Message::LogReq { from, .. } => lsn = Some(*from),
-            Message::Ack { lsn: l } => lsn = Some(*l),
-            _ => {}
-        }
-        Sent {
-            from,
-            to,
-            kind: msg.kind(),
-            flags: env.flags,
-            len: frame.len(),
-            records,
-            lsn,
-            cause,
-        }
-    }
-
-    fn target(&self, d: &Dest) -> Option<usize> {
-        self.sites.iter().position(|s| match (s, d) {
-            (Some(s), Dest::Site(id)) => s.id() == *id,
-            (Some(s), Dest::Address(a)) => s.address() == a,
-            _ => false,
-        })
-    }
-
-    /// Collect site `i`'s outputs: frames into `q`, flushes completed.
-    fn collect(
-        &mut self,
-        i: usize,
-        cause: Option<(usize, MessageKind, u64)>,
-        q: &mut VecDeque<(usize, usize, Vec<u8>)>,
-        keep: Filter,
-    ) {
-        while let Some(o) = self.sites[i].as_mut().and_then(|s| s.poll_output()) {
-            match o {
-                Output::Send { to, frame } => {
-                    let Some(t) = self.target(&to) else { continue };
-                    if self.down.contains(&t) || self.down.contains(&i) {
-                        continue;
-                    }
-                    let s = self.describe(i, t, &frame, cause);
-                    let pass = keep(&s);
-                    self.sent.push(s);
-                    if pass {
-                        q.push_back((i, t, frame));
-                    }
-                }
-                Output::Flush { lsn } => {
-                    self.flushes.push((i, lsn));
-                    let now = self.now;
-                    self.site(i).handle_flushed(now, lsn);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Deliver every frame, one at a time, until quiet. `keep` sees each
-    /// frame sent and returns false to lose it.
-    fn run(&mut self, keep: Filter) {
-        let mut q = VecDeque::new();
-        for i in 0..self.sites.len() {
-            self.collect(i, None, &mut q, keep);
-        }
-        while let Some((from, to, frame)) = q.pop_front() {
-            let now = self.now;
-            let kind = decode_frame(&frame, &self.cfg.limits).unwrap().1.kind();
-            self.handled += 1;
-            let id = self.handled;
-            if let Some(s) = self.sites[to].as_mut() {
-                let _ = s.handle_frame(now, &frame);
-            }
-            let _ = from;
-            self.collect(to, Some((from, kind, id)), &mut q, keep);
-            for i in 0..self.sites.len() {
-                self.collect(i, None, &mut q, keep);
-            }
-        }
-    }
-
-    fn advance(&mut self, d: Duration, keep: Filter) {
-        let end = self.now + d;
-        loop {
-            let next = self
-                .sites
-                .iter()
-                .flatten()
-                .filter_map(|s| s.poll_timeout())
-                .min();
-            match next {
-                Some(t) if t <= end => {
-                    self.now = self.now.max(t);
-                    let now = self.now;
-                    for s in self.sites.iter_mut().flatten() {
-                        s.handle_timeout(now);
-                    }
-                    self.run(keep);
-                }
-                _ => break,
-            }
-        }
-        self.now = end;
-    }
-
     fn commit(&mut self, key: &str, value: &[u8]) {
         let now = self.now;
         let ops = [Op::Put {
@@ -250,7 +98,7 @@ impl Net {
         self.run(&mut |_| true);
         self.advance(Duration::from_millis(10), &mut |_| true);
         let now = self.now;
-        let mut s = Site::open(self.cfg, &format!("s{c}"), storage, now).expect("reopen");
+        let mut s = Site::open(self.cfgs[0], &format!("s{c}"), storage, now).expect("reopen");
         s.rep_start_client(now);
         self.sites[c] = Some(s);
         self.down.retain(|&d| d != c);
@@ -270,7 +118,7 @@ impl Net {
 
 /// The checks every catch-up must pass, for the frames sent from `mark`.
 fn check_answers(net: &Net, mark: usize, c: usize) {
-    let l = net.cfg.limits;
+    let l = net.cfgs[0].limits;
     let bulk_cap = (l.max_bulk_bytes as usize).min(l.max_frame as usize - FRAME_OVERHEAD);
     let sent = &net.sent[mark..];
     for s in sent {
@@ -335,7 +183,7 @@ fn config(limits: Limits) -> Config {
 
 #[test]
 fn r11_a_far_behind_client_catches_up_through_bulk_frames() {
-    let mut net = Net::group(3, config(Limits::default()));
+    let mut net = group(3, config(Limits::default()));
     let mark = net.fall_behind_and_restart(1, 20_000, 100);
     net.run(&mut |_| true);
     net.advance(Duration::from_millis(100), &mut |_| true);
@@ -385,7 +233,7 @@ fn r11_a_far_behind_client_catches_up_through_bulk_frames() {
 
 #[test]
 fn r11_device_limits_are_honoured_during_a_catch_up() {
-    let mut net = Net::group(3, config(Limits::device()));
+    let mut net = group(3, config(Limits::device()));
     let mark = net.fall_behind_and_restart(2, 400, 100);
     net.run(&mut |_| true);
     net.advance(Duration::from_millis(100), &mut |_| true);
@@ -414,7 +262,7 @@ fn r11_a_record_too_big_for_a_bulk_goes_alone() {
         max_bulk_bytes: 1024,
         ..Limits::default()
     };
-    let mut net = Net::group(3, config(limits));
+    let mut net = group(3, config(limits));
     let storage = net.sites[1].take().unwrap().into_storage();
     net.down.push(1);
     for k in 0..10 {
@@ -423,7 +271,7 @@ fn r11_a_record_too_big_for_a_bulk_goes_alone() {
         net.run(&mut |_| true);
     }
     let now = net.now;
-    let mut s = Site::open(net.cfg, "s1", storage, now).unwrap();
+    let mut s = Site::open(net.cfgs[0], "s1", storage, now).unwrap();
     s.rep_start_client(now);
     net.sites[1] = Some(s);
     net.down.clear();
@@ -453,7 +301,7 @@ fn r11_a_record_too_big_for_a_bulk_goes_alone() {
 
 #[test]
 fn r13_a_lost_bulk_frame_is_re_requested() {
-    let mut net = Net::group(3, config(Limits::default()));
+    let mut net = group(3, config(Limits::default()));
     let mark = net.fall_behind_and_restart(1, 20_000, 100);
     // The first BULK_LOG to the client is lost; the pipelined request for
     // the next part goes on, and its records wait as early records.
@@ -481,7 +329,7 @@ fn r13_a_lost_bulk_frame_is_re_requested() {
 
 #[test]
 fn r13_a_lost_log_more_is_covered_by_the_re_request() {
-    let mut net = Net::group(3, config(Limits::default()));
+    let mut net = group(3, config(Limits::default()));
     let mark = net.fall_behind_and_restart(1, 20_000, 100);
     let mut lost = 0;
     let mut drop_first = |s: &Sent| {
@@ -507,7 +355,7 @@ fn r8_a_catching_up_client_snapshots_once_caught_up_not_at_every_checkpoint() {
     use shoal_core::traits::Storage;
     let mut cfg = config(Limits::default());
     cfg.timeouts.checkpoint_delay = Duration::from_secs(1);
-    let mut net = Net::group(3, cfg);
+    let mut net = group(3, cfg);
     let storage = net.sites[1].take().unwrap().into_storage();
     net.down.push(1);
     for round in 0..5 {
@@ -530,7 +378,7 @@ fn r8_a_catching_up_client_snapshots_once_caught_up_not_at_every_checkpoint() {
         "the master checkpointed: {checkpoints:?}"
     );
     let now = net.now;
-    let mut s = Site::open(net.cfg, "s1", storage, now).unwrap();
+    let mut s = Site::open(net.cfgs[0], "s1", storage, now).unwrap();
     s.rep_start_client(now);
     net.sites[1] = Some(s);
     net.down.clear();
@@ -565,7 +413,7 @@ fn r8_a_catching_up_client_snapshots_once_caught_up_not_at_every_checkpoint() {
 /// asks for one that covers the whole log, and acknowledges it.
 #[test]
 fn r5_a_catching_up_client_flushes_once_caught_up() {
-    let mut net = Net::group(3, config(Limits::default()));
+    let mut net = group(3, config(Limits::default()));
     let mark = net.fall_behind_and_restart(1, 20_000, 100);
     let flushes_before = net.flushes.len();
     net.run(&mut |_| true);

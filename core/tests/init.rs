@@ -6,16 +6,18 @@
 //! interrupted initialisation when it reopens, and drops bad input with a
 //! typed reason. The simulator (shoal-tests) adds crashes of every kind.
 
+mod common;
+
+use common::traced::{self, Traced};
 use shoal_core::config::{AckPolicy, Config, Durability, Limits};
 use shoal_core::log::Op;
 use shoal_core::mem::MemStorage;
-use shoal_core::site::{Dest, Drop, Event, Output, Role, Site, SNAPSHOT_DB};
+use shoal_core::site::{Drop, Event, Role, Site, SNAPSHOT_DB};
 use shoal_core::wire::{
     decode_frame, encode_frame, DbSummary, DecodeError, Envelope, Flags, Message, MessageKind,
     Page, Update,
 };
 use shoal_core::{Instant, Lsn};
-use std::collections::VecDeque;
 use std::time::Duration;
 
 /// One frame sent: who to whom, its type, and the page numbers it names.
@@ -32,179 +34,39 @@ struct Sent {
     data: usize,
 }
 
-struct Net {
-    sites: Vec<Option<Site<MemStorage>>>,
-    cfgs: Vec<Config>,
-    now: Instant,
-    sent: Vec<Sent>,
-    events: Vec<(usize, Event)>,
-    down: Vec<usize>,
+type Net = Traced<Sent>;
+
+/// Sites over `cfgs`, the group formed, every link up; frames to or from a
+/// silenced site are recorded (sent into the void), not delivered.
+fn group(cfgs: Vec<Config>) -> Net {
+    Traced::group(cfgs, describe, true)
 }
 
-type Filter<'a> = &'a mut dyn FnMut(&Sent) -> bool;
-
-fn all(_: &Sent) -> bool {
-    true
+/// The record of one frame: its type and the page numbers it names.
+fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], _: traced::Cause) -> Sent {
+    let (_, msg) = decode_frame(frame, limits).expect("every frame sent decodes");
+    let (page, data) = match &msg {
+        Message::Page(p) => (Some(p.page), p.data.len()),
+        Message::PageReq { page, .. } => (Some(*page), 0),
+        Message::PageMore { next, .. } => (Some(*next), 0),
+        Message::Update(u) => (u.databases.first().map(|d| d.pages), 0),
+        _ => (None, 0),
+    };
+    Sent {
+        from,
+        to,
+        kind: msg.kind(),
+        len: frame.len(),
+        page,
+        data,
+    }
 }
 
 impl Net {
-    fn group(cfgs: Vec<Config>) -> Net {
-        let sites = cfgs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                Some(
-                    Site::open(*c, &format!("s{i}"), MemStorage::new(1 << 30), Instant(0))
-                        .expect("open"),
-                )
-            })
-            .collect();
-        let mut net = Net {
-            sites,
-            cfgs,
-            now: Instant(0),
-            sent: vec![],
-            events: vec![],
-            down: vec![],
-        };
-        net.site(0).create_group(Instant(0)).unwrap();
-        net.run(&mut all);
-        for i in 1..net.sites.len() {
-            let now = net.now;
-            net.site(i).join(now, "s0");
-            net.run(&mut all);
-        }
-        net.links();
-        net.advance(Duration::from_millis(100), &mut all);
-        net
-    }
-
-    fn site(&mut self, i: usize) -> &mut Site<MemStorage> {
-        self.sites[i].as_mut().expect("up")
-    }
-
-    fn s(&self, i: usize) -> &Site<MemStorage> {
-        self.sites[i].as_ref().expect("up")
-    }
-
-    fn links(&mut self) {
-        let now = self.now;
-        let ids: Vec<_> = self
-            .sites
-            .iter()
-            .map(|s| s.as_ref().map(|s| s.id()))
-            .collect();
-        for a in 0..self.sites.len() {
-            for (b, id) in ids.iter().enumerate() {
-                if a == b || self.down.contains(&a) || self.down.contains(&b) {
-                    continue;
-                }
-                if let (Some(s), Some(id)) = (self.sites[a].as_mut(), *id) {
-                    s.handle_connection(now, id, true);
-                }
-            }
-        }
-    }
-
-    fn describe(&self, from: usize, to: usize, frame: &[u8]) -> Sent {
-        let limits = self.cfgs[from].limits;
-        let (_, msg) = decode_frame(frame, &limits).expect("every frame sent decodes");
-        let (page, data) = match &msg {
-            Message::Page(p) => (Some(p.page), p.data.len()),
-            Message::PageReq { page, .. } => (Some(*page), 0),
-            Message::PageMore { next, .. } => (Some(*next), 0),
-            Message::Update(u) => (u.databases.first().map(|d| d.pages), 0),
-            _ => (None, 0),
-        };
-        Sent {
-            from,
-            to,
-            kind: msg.kind(),
-            len: frame.len(),
-            page,
-            data,
-        }
-    }
-
-    fn target(&self, d: &Dest) -> Option<usize> {
-        self.sites.iter().position(|s| match (s, d) {
-            (Some(s), Dest::Site(id)) => s.id() == *id,
-            (Some(s), Dest::Address(a)) => s.address() == a,
-            _ => false,
-        })
-    }
-
     /// Stop delivering to and from site `i` (its connections stay up, as
     /// on a link that went silent).
     fn silence(&mut self, i: usize) {
         self.down.push(i);
-    }
-
-    fn collect(&mut self, i: usize, q: &mut VecDeque<(usize, Vec<u8>)>, keep: Filter) {
-        while let Some(o) = self.sites[i].as_mut().and_then(|s| s.poll_output()) {
-            match o {
-                Output::Send { to, frame } => {
-                    let Some(t) = self.target(&to) else { continue };
-                    let s = self.describe(i, t, &frame);
-                    if self.down.contains(&t) || self.down.contains(&i) {
-                        // Sent into the void: noted, not delivered.
-                        self.sent.push(s);
-                        continue;
-                    }
-                    let pass = keep(&s);
-                    self.sent.push(s);
-                    if pass {
-                        q.push_back((t, frame));
-                    }
-                }
-                Output::Flush { lsn } => {
-                    let now = self.now;
-                    self.site(i).handle_flushed(now, lsn);
-                }
-                Output::Event(e) => self.events.push((i, e)),
-                Output::Answer(_) => {}
-            }
-        }
-    }
-
-    fn run(&mut self, keep: Filter) {
-        let mut q = VecDeque::new();
-        for i in 0..self.sites.len() {
-            self.collect(i, &mut q, keep);
-        }
-        while let Some((to, frame)) = q.pop_front() {
-            let now = self.now;
-            if let Some(s) = self.sites[to].as_mut() {
-                let _ = s.handle_frame(now, &frame);
-            }
-            for i in 0..self.sites.len() {
-                self.collect(i, &mut q, keep);
-            }
-        }
-    }
-
-    fn advance(&mut self, d: Duration, keep: Filter) {
-        let end = self.now + d;
-        loop {
-            let next = self
-                .sites
-                .iter()
-                .flatten()
-                .filter_map(|s| s.poll_timeout())
-                .min();
-            match next {
-                Some(t) if t <= end => {
-                    self.now = self.now.max(t);
-                    let now = self.now;
-                    for s in self.sites.iter_mut().flatten() {
-                        s.handle_timeout(now);
-                    }
-                    self.run(keep);
-                }
-                _ => break,
-            }
-        }
-        self.now = end;
     }
 
     fn commit(&mut self, key: &str, value: &[u8]) {
@@ -217,7 +79,7 @@ impl Net {
         self.site(0)
             .commit(now, &ops, Durability::Sync)
             .expect("commit");
-        self.run(&mut all);
+        self.run(&mut traced::all);
     }
 
     /// Site `c` stops and the master writes `rounds` rounds of commits,
@@ -231,7 +93,7 @@ impl Net {
             for k in 0..30 {
                 self.commit(&format!("r{round}k{k:03}"), &value);
             }
-            self.advance(Duration::from_millis(120), &mut all);
+            self.advance(Duration::from_millis(120), &mut traced::all);
         }
         let first = self.s(0).log_index()[0].lsn;
         assert!(first.file > 2, "the master archived its log ({first:?})");
@@ -247,7 +109,7 @@ impl Net {
         self.sites[c] = Some(s);
         self.down.retain(|&d| d != c);
         let mark = self.sent.len();
-        self.links();
+        self.links(true);
         mark
     }
 
@@ -351,11 +213,11 @@ fn assert_initialised(net: &mut Net, c: usize) {
 /// ends with the master's store and log tail.
 #[test]
 fn s6_a_client_far_behind_an_archived_master_is_initialised() {
-    let mut net = Net::group(vec![cfg(); 3]);
+    let mut net = group(vec![cfg(); 3]);
     net.commit("before", b"1");
     let storage = net.fall_far_behind(2, 6);
     let mark = net.restart(2, storage);
-    net.advance(Duration::from_millis(500), &mut all);
+    net.advance(Duration::from_millis(500), &mut traced::all);
     assert_initialised(&mut net, 2);
     let after = &net.sent[mark..];
     let count = |kind| after.iter().filter(|s| s.kind == kind).count();
@@ -390,10 +252,10 @@ fn s6_pages_are_bounded_by_device_limits_and_come_in_several_answers() {
         max_bulk_bytes: 1024,
         ..Limits::device()
     };
-    let mut net = Net::group(vec![c; 2]);
+    let mut net = group(vec![c; 2]);
     let storage = net.fall_far_behind(1, 6);
     let mark = net.restart(1, storage);
-    net.advance(Duration::from_millis(500), &mut all);
+    net.advance(Duration::from_millis(500), &mut traced::all);
     assert_initialised(&mut net, 1);
     let page = shoal_core::wire::max_page_bytes(&c.limits);
     assert_eq!(page, 2048);
@@ -442,7 +304,7 @@ fn s6_pages_are_bounded_by_device_limits_and_come_in_several_answers() {
 fn s6_a_lost_page_is_re_requested() {
     let mut c = cfg();
     c.limits.max_answer_bytes = 1024;
-    let mut net = Net::group(vec![c; 2]);
+    let mut net = group(vec![c; 2]);
     let storage = net.fall_far_behind(1, 4);
     let mark = net.restart(1, storage);
     let mut lost = false;
@@ -473,7 +335,7 @@ fn s6_a_lost_page_is_re_requested() {
 /// PAGE_FAIL, asks again, and is initialised from a new snapshot.
 #[test]
 fn s6_page_fail_makes_the_client_start_over() {
-    let mut net = Net::group(vec![cfg(); 2]);
+    let mut net = group(vec![cfg(); 2]);
     let storage = net.fall_far_behind(1, 4);
     let mark = net.restart(1, storage);
     // Every PAGE_REQ is lost for a while.
@@ -483,7 +345,7 @@ fn s6_page_fail_makes_the_client_start_over() {
     assert_eq!(net.count(1, MessageKind::PageFail), 0);
     // The master has dropped the snapshot by now; the client's next
     // request is answered PAGE_FAIL and it starts over.
-    net.advance(Duration::from_secs(3), &mut all);
+    net.advance(Duration::from_secs(3), &mut traced::all);
     assert!(net.sent[mark..]
         .iter()
         .any(|s| s.kind == MessageKind::PageFail && s.from == 0));
@@ -504,7 +366,7 @@ fn s7_autoinit_off_reports_join_failure_and_keeps_the_data() {
         autoinit: false,
         ..cfg()
     };
-    let mut net = Net::group(vec![cfg(), cfg(), off]);
+    let mut net = group(vec![cfg(), cfg(), off]);
     net.commit("mine", b"1");
     let storage = net.fall_far_behind(2, 6);
     let mark = net.restart(2, storage);
@@ -513,7 +375,7 @@ fn s7_autoinit_off_reports_join_failure_and_keeps_the_data() {
         net.s(2).store().digest(),
         net.s(2).log_index().to_vec(),
     );
-    net.advance(Duration::from_millis(500), &mut all);
+    net.advance(Duration::from_millis(500), &mut traced::all);
     assert!(net.events_of(2).contains(&Event::JoinFailure));
     assert!(!net.events_of(2).contains(&Event::InitDone));
     assert!(!net.sent[mark..]
@@ -536,7 +398,7 @@ fn s7_autoinit_off_reports_join_failure_and_keeps_the_data() {
 /// that stops after the log reached the record reopens as it was.
 #[test]
 fn s6_an_interrupted_initialisation_is_cleaned_up_on_reopen() {
-    let mut net = Net::group(vec![cfg(); 2]);
+    let mut net = group(vec![cfg(); 2]);
     let storage = net.fall_far_behind(1, 4);
     net.restart(1, storage);
     // The log from F never comes.
@@ -557,7 +419,7 @@ fn s6_an_interrupted_initialisation_is_cleaned_up_on_reopen() {
     );
     let storage = re.into_storage();
     net.restart(1, storage);
-    net.advance(Duration::from_millis(500), &mut all);
+    net.advance(Duration::from_millis(500), &mut traced::all);
     assert_initialised(&mut net, 1);
 }
 
@@ -565,7 +427,7 @@ fn s6_an_interrupted_initialisation_is_cleaned_up_on_reopen() {
 /// neither becomes master nor stands for election.
 #[test]
 fn s6_an_initialising_site_does_not_become_master() {
-    let mut net = Net::group(vec![cfg(); 2]);
+    let mut net = group(vec![cfg(); 2]);
     let storage = net.fall_far_behind(1, 4);
     net.restart(1, storage);
     let mut no_log =
@@ -581,7 +443,7 @@ fn s6_an_initialising_site_does_not_become_master() {
 /// reason and change nothing; nothing panics.
 #[test]
 fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
-    let mut net = Net::group(vec![cfg(); 3]);
+    let mut net = group(vec![cfg(); 3]);
     let now = net.now;
     // An UPDATE nobody asked for.
     let update = |first: Lsn, pages: u32, name: &'static str| {
@@ -607,7 +469,7 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
     // A page request for a snapshot the master never gave the requester.
     let f = net.forge(1, &Message::PageReq { db: "", page: 0 });
     assert_eq!(net.site(0).handle_frame(now, &f), Ok(()));
-    net.run(&mut all);
+    net.run(&mut traced::all);
     assert_eq!(net.count(0, MessageKind::PageFail), 1);
 
     // s2 falls behind and starts an initialisation; its pages are held.
@@ -682,7 +544,7 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
         "nothing installed"
     );
     // Let it finish properly.
-    net.advance(Duration::from_millis(500), &mut all);
+    net.advance(Duration::from_millis(500), &mut traced::all);
     assert_initialised(&mut net, 2);
 }
 
@@ -694,7 +556,7 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
 fn s6_an_initialising_site_votes_only_for_a_candidate_holding_its_snapshot() {
     use shoal_core::wire::Vote1;
     for (behind, votes) in [(true, false), (false, true)] {
-        let mut net = Net::group(vec![cfg(); 3]);
+        let mut net = group(vec![cfg(); 3]);
         let storage = net.fall_far_behind(2, 4);
         net.restart(2, storage);
         let mut no_log =
@@ -713,7 +575,7 @@ fn s6_an_initialising_site_votes_only_for_a_candidate_holding_its_snapshot() {
         let (now, m) = (net.now, net.s(0).id());
         let mark = net.sent.len();
         net.site(2).handle_connection(now, m, false);
-        net.run(&mut all);
+        net.run(&mut traced::all);
         assert!(net.sent[mark..]
             .iter()
             .any(|s| s.from == 2 && s.kind == MessageKind::Vote1));
@@ -739,8 +601,8 @@ fn s6_an_initialising_site_votes_only_for_a_candidate_holding_its_snapshot() {
         let now = net.now;
         let mark = net.sent.len();
         let _ = net.site(2).handle_frame(now, &f);
-        net.run(&mut all);
-        net.advance(Duration::from_secs(5), &mut all);
+        net.run(&mut traced::all);
+        net.advance(Duration::from_secs(5), &mut traced::all);
         let voted = net.sent[mark..]
             .iter()
             .any(|s| s.from == 2 && s.kind == MessageKind::Vote2);

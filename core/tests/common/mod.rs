@@ -4,6 +4,8 @@
 //! in shoal-tests.)
 #![allow(dead_code)]
 
+pub mod traced;
+
 use shoal_core::config::{Config, Durability};
 use shoal_core::log::Op;
 use shoal_core::mem::MemStorage;
