@@ -376,7 +376,13 @@ async fn serve_client(
 }
 
 fn commit_error(e: CommitError) -> String {
-    e.to_string()
+    match e {
+        // A master is known: say how to reach it.
+        CommitError::NotMaster(Some(_)) => format!(
+            "{e} (send writes to the master's API, or run every node with --forward-writes)"
+        ),
+        e => e.to_string(),
+    }
 }
 
 fn read_error(e: ReadError) -> String {

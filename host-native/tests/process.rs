@@ -272,7 +272,10 @@ async fn writes_on_clients_are_forwarded_to_the_master() {
     let r = c.call(1, &procs::put_req("k", "v")).await.unwrap();
     assert!(!r.ok);
     let e = r.error.unwrap_or_default();
-    assert!(e.contains("not the master"), "{e}");
+    assert!(
+        e.contains("not the master") && e.contains("--forward-writes"),
+        "{e}"
+    );
 }
 
 /// S6 over real processes: a client is SIGKILLed, the group writes on with
