@@ -399,6 +399,11 @@ fn read_error(e: ReadError) -> String {
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A request's durability: the one it names, or the node's default.
+fn durability_of(sync: Option<&str>, default: Durability) -> Result<Durability, String> {
+    sync.map_or(Ok(default), parse_durability)
+}
+
 async fn handle(node: &SiteNode, gate: &Gate, durability: Durability, req: Request) -> Response {
     match req {
         Request::Put {
@@ -407,10 +412,9 @@ async fn handle(node: &SiteNode, gate: &Gate, durability: Durability, req: Reque
             value,
             sync,
         } => {
-            let d = match sync.as_deref().map(parse_durability) {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Response::error(e),
-                None => durability,
+            let d = match durability_of(sync.as_deref(), durability) {
+                Ok(d) => d,
+                Err(e) => return Response::error(e),
             };
             let op = Op::Put {
                 db: &db,
@@ -493,10 +497,9 @@ async fn handle(node: &SiteNode, gate: &Gate, durability: Durability, req: Reque
             value_bytes,
             sync,
         } => {
-            let d = match sync.as_deref().map(parse_durability) {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Response::error(e),
-                None => durability,
+            let d = match durability_of(sync.as_deref(), durability) {
+                Ok(d) => d,
+                Err(e) => return Response::error(e),
             };
             if writers == 0 || writers > api::MAX_LOAD_WRITERS {
                 return Response::error(format!(
