@@ -4,7 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use shoal_native::api::{self, Request, Response, Status};
-use shoal_native::settings::NodeArgs;
+use shoal_native::settings::{NodeArgs, Settings};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -100,8 +100,21 @@ struct SiteArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A node's settings are read first: they say how many threads its
+    // runtime has. The other commands are clients (the bench drives 64
+    // API connections) and keep two.
+    let (threads, command) = match cli.command {
+        Command::Node(args) => match (*args).resolve() {
+            Ok(s) => (s.worker_threads, Run::Node(Box::new(s))),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        other => (2, Run::Other(other)),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
     {
@@ -111,7 +124,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(run(cli.command));
+    let result = rt.block_on(async {
+        match command {
+            Run::Node(settings) => run_node(*settings).await,
+            Run::Other(cmd) => run(cmd).await,
+        }
+    });
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -134,18 +152,27 @@ async fn call(api: &ApiArgs, req: Request) -> Result<Response, String> {
     }
 }
 
+/// What `main` runs once the runtime is built.
+enum Run {
+    Node(Box<Settings>),
+    Other(Command),
+}
+
+async fn run_node(settings: Settings) -> Result<ExitCode, String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    shoal_native::node::run(settings).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cmd: Command) -> Result<ExitCode, String> {
     match cmd {
-        Command::Node(args) => {
-            let settings = (*args).resolve()?;
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .try_init();
-            shoal_native::node::run(settings).await?;
-        }
+        // `main` resolves a node's settings and runs it through `run_node`.
+        Command::Node(_) => return Err("a node is started through run_node".into()),
         Command::Put(a) => {
             let r = call(
                 &a.api,

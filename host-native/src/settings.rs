@@ -132,6 +132,12 @@ pub struct NodeArgs {
     /// Log level filter (error, warn, info, debug, trace; default info).
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Threads of the node's async runtime (default 2, at most 64). With 1,
+    /// a lone writer's commits wait on fewer wake-ups between threads, but
+    /// while the site takes a checkpoint nothing else moves, not even the
+    /// frames already queued for its peers.
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 }
 
 /// Settings checked and combined.
@@ -159,7 +165,15 @@ pub struct Settings {
     pub config: Config,
     /// Log level.
     pub log_level: String,
+    /// Threads of the node's async runtime.
+    pub worker_threads: usize,
 }
+
+/// Runtime threads of a node by default.
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+
+/// Most runtime threads a node may ask for.
+pub const MAX_WORKER_THREADS: usize = 64;
 
 /// Parse an ack policy name.
 pub fn parse_ack(s: &str) -> Result<AckPolicy, String> {
@@ -344,6 +358,15 @@ impl NodeArgs {
         if let Some(n) = a.segment_size.or(f.segment_size) {
             c.limits.segment_size = n;
         }
+        let worker_threads = a
+            .worker_threads
+            .or(f.worker_threads)
+            .unwrap_or(DEFAULT_WORKER_THREADS);
+        if !(1..=MAX_WORKER_THREADS).contains(&worker_threads) {
+            return Err(format!(
+                "--worker-threads {worker_threads} is out of range: use 1 to {MAX_WORKER_THREADS}"
+            ));
+        }
         c.seed = seed();
         c.validate()
             .map_err(|e| format!("invalid configuration: {e}"))?;
@@ -359,6 +382,7 @@ impl NodeArgs {
             durability,
             config: c,
             log_level: a.log_level.or(f.log_level).unwrap_or_else(|| "info".into()),
+            worker_threads,
         })
     }
 }
@@ -437,6 +461,31 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.contains("--peer"), "{e}");
+        let e = NodeArgs {
+            worker_threads: Some(0),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("--worker-threads 0 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn runtime_threads_come_from_the_default_flags_or_the_file() {
+        assert_eq!(
+            args().resolve().unwrap().worker_threads,
+            DEFAULT_WORKER_THREADS
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shoal.toml");
+        std::fs::write(&p, "worker_threads = 4\n").unwrap();
+        let s = NodeArgs {
+            config: Some(p),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.worker_threads, 4);
     }
 
     #[test]
