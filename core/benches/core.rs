@@ -1,5 +1,6 @@
 //! Benchmarks of shoal-core alone (issue 2, item 5): log append into
-//! `MemStorage`, recovery scan, and wire frame encode/decode.
+//! `MemStorage`, recovery scan, wire frame encode/decode, and the
+//! checkpoint's store snapshot.
 //!
 //! Run with `cargo bench -p shoal-core --bench core`. The whole run is kept
 //! to a couple of minutes: short warm-ups, 3 s measurements, small sample
@@ -344,9 +345,51 @@ fn wire(c: &mut Criterion) {
     g.finish();
 }
 
+/// Keys in the store whose snapshot is encoded.
+const SNAPSHOT_KEYS: u32 = 100_000;
+
+/// A checkpoint's store snapshot (R8): it is encoded under the site's lock,
+/// so its time is a pause of the whole site, growing with the store.
+fn snapshot(c: &mut Criterion) {
+    let mut store = shoal_core::store::Store::new();
+    let value = [b'v'; VALUE_LEN];
+    for i in 0..SNAPSHOT_KEYS {
+        let mut key = [b'k'; KEY_LEN];
+        key[KEY_LEN - 4..].copy_from_slice(&i.to_be_bytes());
+        store.apply_op(&Op::Put {
+            db: DB,
+            key: &key,
+            value: &value,
+        });
+    }
+    let mut members = shoal_core::site::members::Members::default();
+    members.apply(&shoal_core::log::Membership {
+        action: shoal_core::log::MemberAction::Add,
+        site: SiteId(1),
+        address: "127.0.0.1:7000",
+        flags: 0,
+    });
+    let mut g = c.benchmark_group("snapshot_encode");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20)
+        .throughput(Throughput::Elements(u64::from(SNAPSHOT_KEYS)));
+    g.bench_function(BenchmarkId::from_parameter("100k_keys"), |b| {
+        b.iter(|| {
+            black_box(shoal_core::snapshot::encode(
+                Lsn::new(1, 64),
+                GEN,
+                black_box(&store),
+                &members,
+            ))
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().nresamples(20_000);
-    targets = log_append, log_append_bytes, recovery, wire
+    targets = log_append, log_append_bytes, recovery, wire, snapshot
 }
 criterion_main!(benches);

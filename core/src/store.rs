@@ -70,6 +70,11 @@ impl Store {
             .flat_map(|d| d.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
     }
 
+    /// Number of keys in one database (0 if it does not exist).
+    pub fn db_len(&self, db: &str) -> usize {
+        self.dbs.get(db).map_or(0, |d| d.len())
+    }
+
     /// Number of keys over all databases.
     pub fn len(&self) -> usize {
         self.dbs.values().map(|d| d.len()).sum()
