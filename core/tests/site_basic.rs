@@ -280,6 +280,59 @@ fn r8_checkpoints_snapshot_the_store_and_archive_old_segments() {
     }
 }
 
+/// R8: a checkpoint's snapshot is encoded a turn after its record
+/// (`SNAPSHOT_DEFER`), not in the turn that appends or applies it: the
+/// record has reached the client before either site pauses to encode the
+/// whole store, and each snapshot reflects the last record applied.
+#[test]
+fn r8_a_checkpoints_snapshot_is_encoded_a_turn_after_its_record() {
+    use shoal_core::traits::Storage;
+    let mut net = Net::group(2, small_log_config());
+    net.commit(0, "a", "1");
+    let before = net.sites[0].last_lsn();
+    // One timeout turn at a time, up to the one that appends the checkpoint.
+    let mut turns = 0;
+    while net.sites[0].last_lsn() == before {
+        let t = net
+            .sites
+            .iter()
+            .filter_map(|s| s.poll_timeout())
+            .min()
+            .expect("a checkpoint is scheduled");
+        net.now = net.now.max(t);
+        for s in &mut net.sites {
+            s.handle_timeout(net.now);
+        }
+        net.run();
+        turns += 1;
+        assert!(turns < 1000, "no checkpoint came");
+    }
+    let checkpoint = net.sites[0].last_lsn();
+    assert_eq!(
+        net.sites[1].last_lsn(),
+        checkpoint,
+        "the record reached the client"
+    );
+    for (i, s) in net.sites.iter_mut().enumerate() {
+        assert!(
+            Storage::read_snapshot(s.storage_mut()).unwrap().is_none(),
+            "site {i} encoded nothing in the checkpoint's own turn"
+        );
+    }
+    net.advance(shoal_core::site::SNAPSHOT_DEFER);
+    for (i, s) in net.sites.iter_mut().enumerate() {
+        let bytes = Storage::read_snapshot(s.storage_mut())
+            .unwrap()
+            .unwrap_or_else(|| panic!("site {i} wrote its snapshot a turn later"));
+        let snap = shoal_core::snapshot::decode(&bytes).unwrap();
+        assert_eq!(
+            snap.lsn, checkpoint,
+            "site {i}'s snapshot is at the last record"
+        );
+        assert_eq!(snap.store.digest(), s.store().digest());
+    }
+}
+
 /// A group whose master archived the start of its log, and a third site
 /// that joins afterwards with `cfg` (S6, S7).
 fn join_after_archiving(cfg: Config) -> Net {

@@ -398,6 +398,7 @@ impl<S: Storage> Site<S> {
         self.perm_lsn = Lsn::ZERO;
         self.snapshot_lsn = Lsn::ZERO;
         self.pending_snapshot = None;
+        self.snapshot_due = None;
         // Reads may have seen data the snapshot does not hold (R14).
         self.rollback_epoch += 1;
         self.stats.inits_installed += 1;

@@ -46,6 +46,10 @@ use core::fmt;
 use core::time::Duration;
 use members::{Change, Members};
 
+/// How long after a checkpoint record its snapshot is encoded (R8): one
+/// turn later, once what the turn produced has left.
+pub const SNAPSHOT_DEFER: Duration = Duration::from_millis(1);
+
 /// What this site is doing in the group.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Role {
@@ -357,6 +361,10 @@ pub struct Site<S: Storage> {
     /// A snapshot taken at a checkpoint record, written once that record
     /// is durable (so a snapshot never runs ahead of the log).
     pending_snapshot: Option<(Lsn, Vec<u8>)>,
+    /// When to encode the snapshot a checkpoint record asked for: a moment
+    /// after the record, so the frames of the turn that applied it leave
+    /// before the encoding pauses the site (see `take_snapshot`).
+    snapshot_due: Option<Instant>,
     /// When this site last encoded a snapshot (None: not since it opened).
     snapshot_taken_at: Option<Instant>,
     /// Flushes asked for now only raise the target; the client issues
@@ -464,6 +472,7 @@ impl<S: Storage> Site<S> {
             permanent_lsn: Lsn::ZERO,
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
+            snapshot_due: None,
             snapshot_taken_at: None,
             hold_flushes: false,
             init: None,
@@ -757,6 +766,7 @@ impl<S: Storage> Site<S> {
         at(self.serving_deadline());
         at(self.heartbeat_at);
         at(self.checkpoint_at);
+        at(self.snapshot_due);
         at(self.joining.as_ref().map(|j| j.next_at));
         // Served only to clients (an idle site may have one pending).
         if self.role == Role::Client {
@@ -916,7 +926,7 @@ impl<S: Storage> Site<S> {
                 }
             }
             RecordBody::Membership(m) => self.apply_membership(m),
-            RecordBody::Checkpoint(_) => self.take_snapshot(entry),
+            RecordBody::Checkpoint(_) => self.take_snapshot(),
             RecordBody::NewGeneration(_) => {}
         }
         Ok(entry)
@@ -948,7 +958,7 @@ impl<S: Storage> Site<S> {
             _ if lsn <= self.base_lsn => {}
             Record::Commit(c) => self.store.apply(&c)?,
             Record::Membership(m) => self.apply_membership(&m),
-            Record::Checkpoint(_) if self.replicated_snapshot_due() => self.take_snapshot(entry),
+            Record::Checkpoint(_) if self.replicated_snapshot_due() => self.take_snapshot(),
             Record::Checkpoint(_) | Record::NewGeneration(_) => {}
         }
         self.stats.records_applied += 1;
@@ -971,10 +981,32 @@ impl<S: Storage> Site<S> {
         self.snapshot_taken_at.is_none_or(|t| self.now >= t + gap)
     }
 
-    /// A checkpoint record was just applied: encode the store as of it now,
-    /// write it once the record is durable (R8).
-    fn take_snapshot(&mut self, entry: IndexEntry) {
+    /// A checkpoint record was just applied: a snapshot is due (R8). It is
+    /// encoded at the next timeout turn, [`SNAPSHOT_DEFER`] later, not
+    /// now: encoding takes time in proportion to the whole store, and in
+    /// the meantime the records, acks and answers of this turn can already
+    /// be on their way (a host with one thread sends nothing while the
+    /// site works). The snapshot then reflects the last record applied by
+    /// then, which is as good a base for recovery as the checkpoint.
+    fn take_snapshot(&mut self) {
         self.snapshot_taken_at = Some(self.now);
+        if self.snapshot_due.is_none() {
+            self.snapshot_due = Some(self.now + SNAPSHOT_DEFER);
+        }
+    }
+
+    /// Encode the due snapshot as of the last record applied, to be written
+    /// once that record is durable.
+    fn encode_due_snapshot(&mut self) {
+        if self.snapshot_due.take().is_none() {
+            return;
+        }
+        let Some(entry) = self.index.last().copied() else {
+            return;
+        };
+        if entry.lsn <= self.base_lsn || entry.lsn <= self.snapshot_lsn {
+            return;
+        }
         let bytes =
             crate::snapshot::encode(entry.lsn, entry.generation, &self.store, &self.members);
         self.pending_snapshot = Some((entry.lsn, bytes));
@@ -1128,6 +1160,7 @@ impl<S: Storage> Site<S> {
         self.perm_lsn = self.perm_lsn.min(prev);
         let keep_first = if keep == 0 { Lsn::ZERO } else { first };
         self.pending_snapshot = None;
+        self.snapshot_due = None;
         let base = if !self.snapshot_lsn.is_zero() && self.snapshot_lsn < at {
             self.storage
                 .read_snapshot()
@@ -1588,6 +1621,9 @@ impl<S: Storage> Site<S> {
         self.lease_timeouts();
         self.transfer_timeouts();
         self.forward_timeouts();
+        if self.snapshot_due.is_some_and(|t| t <= now) {
+            self.encode_due_snapshot();
+        }
         // Waiters.
         let expired: Vec<RequestId> = self
             .waiters
