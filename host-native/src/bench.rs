@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Skip the catch-up measurement.
     #[arg(long)]
     pub no_catchup: bool,
+    /// Runtime threads of each node (`shoal node --worker-threads`;
+    /// default: the node's own default).
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
     /// Print one JSON object with every figure.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +82,7 @@ impl Default for BenchArgs {
             catchup: 100_000,
             no_failover: false,
             no_catchup: false,
+            worker_threads: None,
             json: false,
         }
     }
@@ -121,6 +126,10 @@ pub async fn run_with_binary(args: BenchArgs, binary: impl Into<PathBuf>) -> Res
     let mut common: Vec<String> = NODE_ARGS.iter().map(|s| s.to_string()).collect();
     common.push("--ack".into());
     common.push(args.ack.clone());
+    if let Some(n) = args.worker_threads {
+        common.push("--worker-threads".into());
+        common.push(n.to_string());
+    }
     let cluster = Cluster::new(binary, args.sites, common.clone())
         .map_err(|e| format!("cannot create the bench's temporary directory: {e}"))?;
     let fut = bench(args, cluster, common);
