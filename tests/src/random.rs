@@ -149,6 +149,7 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
         max_pending_commits: 64,
         max_outputs: 65536,
         max_channel_message: 1024,
+        max_channel_requests: 8,
         max_init_bytes: 1 << 20,
     };
     // A third of the seeds archive: small segments and a short retention,
