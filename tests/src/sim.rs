@@ -142,6 +142,8 @@ pub(crate) struct Slot {
     /// The application's dispatch (W2): None, no dispatch; Some(part), it
     /// answers every request with `part` (set again at every reopen).
     pub(crate) channel_reply: Option<Vec<u8>>,
+    /// The dispatch takes requests but does not answer them.
+    pub(crate) channel_silent: bool,
     reported: BTreeMap<SiteId, bool>,
     flush_busy: bool,
     flush_want: Lsn,
@@ -216,6 +218,7 @@ impl Sim {
                     answers: Vec::new(),
                     messages: Vec::new(),
                     channel_reply: None,
+                    channel_silent: false,
                     reported: BTreeMap::new(),
                     flush_busy: false,
                     flush_want: Lsn::ZERO,
@@ -502,6 +505,9 @@ impl Sim {
             let Some(part) = self.slots[i].channel_reply.clone() else {
                 continue;
             };
+            if self.slots[i].channel_silent {
+                continue;
+            }
             let what = format!("channel_respond to {} #{}", reply.site.0, reply.request);
             let r = self.act(i, &what, |s, now| s.channel_respond(now, reply, &part));
             if let Err(e) = r {
@@ -938,6 +944,12 @@ impl Sim {
         if self.is_up(i) {
             self.act(i, "set_channel_dispatch", |s, _| s.set_channel_dispatch(on));
         }
+    }
+
+    /// Make site `i`'s dispatch take requests without answering them
+    /// (`silent`), or answer them again.
+    pub fn set_channel_silent(&mut self, i: usize, silent: bool) {
+        self.slots[i].channel_silent = silent;
     }
 
     /// Channel messages site `i` received (time, incarnation, message).
