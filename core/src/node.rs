@@ -325,6 +325,9 @@ struct StepStats {
     send_failures: u64,
     flushes: u64,
     flush_failures: u64,
+    /// The last site a send to failed (an application call's own frame is
+    /// the last one it drains: its channel message, W2).
+    failed_to: Option<SiteId>,
 }
 
 /// The async driver of one site. See the module documentation.
@@ -840,6 +843,16 @@ where
                     };
                     if r.is_err() {
                         st.send_failures += 1;
+                        if let Dest::Site(id) = to {
+                            st.failed_to = Some(id);
+                        }
+                    } else if st.failed_to
+                        == Some(match to {
+                            Dest::Site(id) => id,
+                            Dest::Address(_) => SiteId(0),
+                        })
+                    {
+                        st.failed_to = None;
                     }
                 }
                 Output::Flush { lsn } => {
@@ -980,6 +993,12 @@ where
     /// (a flush, a parked event, or a deadline before the one it sleeps
     /// until).
     fn hand_over(&self, core: &mut Core<S, T>) -> bool {
+        self.hand_over_to(core).0
+    }
+
+    /// [`Node::hand_over`], also saying to which site the last failed send
+    /// went, if the last send to it failed.
+    fn hand_over_to(&self, core: &mut Core<S, T>) -> (bool, Option<SiteId>) {
         let mut st = StepStats::default();
         let paused = self.drain(core, &mut st);
         self.with_shared(|s| s.stats.send_failures += st.send_failures);
@@ -989,7 +1008,9 @@ where
         let due = core.site.poll_timeout();
         let sleeps_until = self.with_shared(|s| s.driver_wake);
         let earlier = due.is_some_and(|d| sleeps_until.is_none_or(|w| d < w));
-        paused || core.flush.is_some() || earlier
+        // Paused, the call's own frame may still be queued in the site.
+        let failed = if paused { None } else { st.failed_to };
+        (paused || core.flush.is_some() || earlier, failed)
     }
 
     /// Run a channel call on the site and hand its outputs over.
@@ -1028,19 +1049,35 @@ where
     /// Send a message on a channel, fire-and-forget (`send_msg`, W2).
     /// Returns the site it went to (this site itself for a master sending
     /// to the master: its own dispatch receives it).
+    /// Fails with `Unreachable` when the transport could not take the
+    /// message (no connection to the site now).
     pub async fn channel_send(
         &self,
         target: ChannelTarget,
         parts: &[&[u8]],
     ) -> Result<SiteId, ChannelSendError> {
-        self.channel_call(|site, now| site.channel_send(now, target, parts))
-            .await
+        let (r, wake) = {
+            let mut guard = self.lock_core().await;
+            let core = &mut *guard;
+            let r = core.site.channel_send(self.clock.now(), target, parts);
+            let (wake, failed) = self.hand_over_to(core);
+            match r {
+                Ok(to) if failed == Some(to) => (Err(ChannelSendError::Unreachable(to)), wake),
+                r => (r, wake),
+            }
+        };
+        if wake {
+            self.kick.signal(());
+        }
+        r
     }
 
     /// Send a request on a channel and wait for its one response part
     /// (`send_request`, W2), for `timeout` or the configured
     /// `channel_request` timeout. Ends early when the connection to the
-    /// site breaks or, on a channel to the master, when the master changes.
+    /// site breaks or, on a channel to the master, when the master changes,
+    /// and at once with `Send(Unreachable)` when the transport could not
+    /// take the request.
     /// Fails at once with `Send(Busy)` when [`NodeLimits::waiters`] calls
     /// already wait. Dropping the future abandons the request (its answer
     /// is discarded).
@@ -1060,7 +1097,14 @@ where
                 .site
                 .channel_request(self.clock.now(), target, parts, timeout)?;
             slot.arm(id);
-            self.hand_over(core)
+            let (wake, failed) = self.hand_over_to(core);
+            if let Some(to) = failed {
+                // The request's own frame did not leave: end it now.
+                if core.site.channel_unreachable(self.clock.now(), id, to) {
+                    self.hand_over(core);
+                }
+            }
+            wake
         };
         if wake {
             self.kick.signal(());
@@ -1073,13 +1117,29 @@ where
     }
 
     /// Answer a request the dispatch received with one part (W2).
+    /// Fails with `Unreachable` when the transport could not take the
+    /// response (no connection to the asker now).
     pub async fn channel_respond(
         &self,
         reply: ReplyTo,
         part: &[u8],
     ) -> Result<(), ChannelSendError> {
-        self.channel_call(|site, now| site.channel_respond(now, reply, part))
-            .await
+        let (r, wake) = {
+            let mut guard = self.lock_core().await;
+            let core = &mut *guard;
+            let r = core.site.channel_respond(self.clock.now(), reply, part);
+            let (wake, failed) = self.hand_over_to(core);
+            match r {
+                Ok(()) if failed == Some(reply.site) => {
+                    (Err(ChannelSendError::Unreachable(reply.site)), wake)
+                }
+                r => (r, wake),
+            }
+        };
+        if wake {
+            self.kick.signal(());
+        }
+        r
     }
 
     /// Refuse a request the dispatch received (W2); the asker gets `error`

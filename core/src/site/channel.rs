@@ -115,6 +115,9 @@ pub enum ChannelSendError {
     /// The request being answered is no longer waited for (a local
     /// request that ended), or was never made.
     NoRequest,
+    /// The host has no connection to the site now (it reports this after
+    /// trying to send, W2); retry once the site is reachable.
+    Unreachable(SiteId),
 }
 
 impl fmt::Display for ChannelSendError {
@@ -142,6 +145,9 @@ impl fmt::Display for ChannelSendError {
             ),
             ChannelSendError::NoRequest => {
                 write!(f, "that request is no longer waiting for a response")
+            }
+            ChannelSendError::Unreachable(s) => {
+                write!(f, "no connection to {s} now; retry once it is reachable")
             }
         }
     }
@@ -453,6 +459,24 @@ impl<S: Storage> Site<S> {
     fn send_channel_fail(&mut self, to: SiteId, request: u64, error: ChannelError) {
         self.stats.channel_refused += 1;
         self.send(to, Flags::NONE, &Message::ChannelFail { request, error });
+    }
+
+    /// The host could not send request `id`'s frame to `to` (no
+    /// connection): the request ends now with `Send(Unreachable)`. Returns
+    /// whether it was waiting.
+    pub fn channel_unreachable(&mut self, now: Instant, id: RequestId, to: SiteId) -> bool {
+        self.now = now;
+        let waiting = self
+            .channel_requests
+            .iter()
+            .any(|p| p.id == id && p.to == to && to != self.meta.site);
+        if waiting {
+            self.finish_channel(
+                id,
+                Err(ChannelRequestError::Send(ChannelSendError::Unreachable(to))),
+            );
+        }
+        waiting
     }
 
     /// End request `id` with `result`.
