@@ -318,7 +318,7 @@ impl Limits {
 }
 
 /// Every replication setting of one site (FEATURES.md R1-R14, E1-E7, P3,
-/// S2-S7, W1). Defaults follow the reference system.
+/// S2-S7, W1, W2). Defaults follow the reference system.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// Election priority; 0 means the site can never become master (E2).

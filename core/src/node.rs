@@ -180,7 +180,10 @@ pub trait NodeTransport: Transport {
 /// Sizes of the node's own queues (the site's are in [`Limits`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct NodeLimits {
-    /// Events queued for the application before the driver pauses.
+    /// Events queued for the application before the driver pauses; also
+    /// the channel messages queued for the dispatch ([`Node::next_message`],
+    /// W2), past which a message is dropped and a request answered
+    /// NoResponse.
     pub events: usize,
     /// Application calls that may wait for an answer at once (commits,
     /// `txn_applied`, `remove_site`); past it they fail with `Busy`.

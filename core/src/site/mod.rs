@@ -5,7 +5,8 @@
 //! ([`Site::handle_timeout`]), a finished log flush
 //! ([`Site::handle_flushed`]), a connection that opened or broke
 //! ([`Site::handle_connection`]), and application calls (`commit`, `get`,
-//! `rep_start_*`, `rep_sync`, `txn_applied`, `join`, `remove_site`).
+//! `rep_start_*`, `rep_sync`, `txn_applied`, `join`, `remove_site`,
+//! `channel_send`, `channel_request`, `channel_respond`).
 //! Outputs are pulled with [`Site::poll_output`]; the next deadline is
 //! [`Site::poll_timeout`]. The site never reads a clock, never blocks and
 //! never sleeps: the same code runs under tokio, in a browser and in the
