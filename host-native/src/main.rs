@@ -40,16 +40,14 @@ enum Command {
     Transfer(SiteArgs),
     /// Remove a site from the group (run against the master).
     Remove(SiteArgs),
-    /// Send an application message to a site or to the master, without
-    /// waiting for an answer (a message channel's send_msg).
+    /// Send an application message to a site or the master (fire-and-forget).
     #[command(after_help = "The message goes over the group's own connections. \
 Every part is one argument; the receiving node hands the parts to its \
 dispatch (an embedding application's callback, or a `shoal listen` \
 connection). Without a dispatch the message is dropped.\n\n\
 Examples:\n  shoal msg --to master hello world\n  shoal msg --to 3 --api 127.0.0.1:7101 'cache-invalidate users'")]
     Msg(MsgArgs),
-    /// Send an application request to a site or to the master and print
-    /// its response (a message channel's send_request).
+    /// Send an application request to a site or the master; print the response.
     #[command(after_help = "Waits for one response part, or fails: when the \
 receiving node has no dispatch (no listener), when its dispatch does not \
 answer, when no master is known, when the connection or the master changes \
@@ -57,8 +55,7 @@ before the answer, or at the timeout. A channel to `master` always reaches \
 the current master; a master sending to `master` receives its own request.\n\n\
 Examples:\n  shoal request --to master ping\n  shoal request --to 2 --timeout-ms 500 stats")]
     Request(RequestArgs),
-    /// Receive the application messages sent to a node: print each, and
-    /// answer requests (this connection becomes the node's dispatch).
+    /// Be a node's message dispatch: print what it receives, answer requests.
     #[command(after_help = "One line per message: the sender, whether it was \
 sent to the master, the parts, and whether it waits for a response. With \
 --reply TEXT every request is answered TEXT; with --echo, with its parts \
