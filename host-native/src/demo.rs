@@ -1450,6 +1450,13 @@ impl Demo {
             !refused.is_empty(),
             format!("with the listeners gone, a request to the master is refused: {refused}"),
         );
+        // The next step starts from a settled group under the new master.
+        let running = self.cluster.running();
+        if let Err(e) = procs::converge(&mut self.cluster, &running, WAIT).await {
+            ok &= self
+                .out
+                .check(false, format!("the group did not settle: {e}"));
+        }
         self.end_step().await;
         ok
     }
