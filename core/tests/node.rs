@@ -973,18 +973,7 @@ fn channel_requests_are_answered_through_the_dispatch() {
         net.refuse.set(false);
         // Let the plain message reach the dispatch task.
         while seen.borrow().is_empty() {
-            // Yield once, so the driver and the dispatch task run.
-            let mut yielded = false;
-            poll_fn(|cx| {
-                if yielded {
-                    Poll::Ready(())
-                } else {
-                    yielded = true;
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            })
-            .await;
+            yield_once().await;
         }
         let seen = seen.borrow().clone();
         (
@@ -1018,4 +1007,73 @@ fn channel_requests_are_answered_through_the_dispatch() {
         unreachable_msg,
         Err(ChannelSendError::Unreachable(SiteId(1)))
     );
+}
+
+/// Let every other task run once.
+async fn yield_once() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// W2: the dispatch's message queue is bounded by `NodeLimits::events`:
+/// a request that finds it full is answered NoResponse at once; turning
+/// the dispatch off refuses the requests still queued (NoDispatch).
+#[test]
+fn a_full_message_queue_answers_noresponse_and_dispatch_off_refuses_the_queued() {
+    use shoal_core::site::{ChannelRequestError, ChannelTarget};
+    const QUEUE: u64 = 16;
+    let limits = NodeLimits {
+        events: QUEUE as usize,
+        ..NodeLimits::default()
+    };
+    let mut w = World::new(2, Config::default(), limits);
+    form_group(&mut w);
+    let nodes = w.nodes.clone();
+    let (full, queued, dropped) = w.run(Duration::from_secs(30), async move {
+        let received = |n: Rc<TestNode>| async move {
+            // Events are taken too, so the driver never pauses.
+            while n.try_next_event().is_some() {}
+            n.with_site(|s| s.stats().channel_received).await
+        };
+        nodes[0].set_channel_dispatch(true).await;
+        // Nobody takes messages at node 0: fill its queue.
+        for _ in 0..QUEUE {
+            nodes[1]
+                .channel_send(ChannelTarget::Master, &[b"filler"])
+                .await
+                .expect("sent");
+        }
+        while received(nodes[0].clone()).await < QUEUE {
+            yield_once().await;
+        }
+        let full = nodes[1]
+            .channel_request(ChannelTarget::Master, &[b"two"], None)
+            .await;
+        // Room for one: a request waits in the queue until the dispatch
+        // is turned off.
+        assert!(nodes[0].try_next_message().is_some());
+        let (queued, ()) = futures::future::join(
+            nodes[1].channel_request(ChannelTarget::Master, &[b"three"], None),
+            async {
+                while received(nodes[0].clone()).await < QUEUE + 2 {
+                    yield_once().await;
+                }
+                nodes[0].set_channel_dispatch(false).await;
+            },
+        )
+        .await;
+        (full, queued, nodes[0].stats().messages_dropped)
+    });
+    assert_eq!(full, Err(ChannelRequestError::NoResponse));
+    assert_eq!(queued, Err(ChannelRequestError::NoDispatch));
+    assert_eq!(dropped, 1);
 }
