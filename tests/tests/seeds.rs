@@ -1,4 +1,5 @@
-//! The cases of seeds 003 and 004 (../shared/seeds/), each a script in the
+//! The cases of seeds 002 (message channels), 003 and 004
+//! (../shared/seeds/), each a script in the
 //! simulator with elections on, so a reader can hold the text beside the
 //! test (issue 4, item 4). Each runs with `SHOAL_SEED` (default 1); a
 //! failure names the seed and how to replay it.
