@@ -99,6 +99,9 @@ pub struct Timeouts {
     /// How long a client waits for the master to commit a forwarded write
     /// and for the write to reach the client itself (W1, 5 s).
     pub write_forward: Duration,
+    /// How long a channel request waits for its response when the caller
+    /// gives no timeout of its own (W2, 5 s).
+    pub channel_request: Duration,
 }
 
 impl Default for Timeouts {
@@ -116,6 +119,7 @@ impl Default for Timeouts {
             rerequest_min: Duration::from_millis(40),
             rerequest_max: Duration::from_millis(1280),
             write_forward: Duration::from_secs(5),
+            channel_request: Duration::from_secs(5),
         }
     }
 }
@@ -175,6 +179,9 @@ pub struct Limits {
     pub max_outputs: u32,
     /// Largest channel message (all parts together), in bytes (W2).
     pub max_channel_message: u32,
+    /// Most channel requests this site waits on at once (W2); past it a
+    /// new request is refused with `Busy`.
+    pub max_channel_requests: u32,
     /// Largest store snapshot a client receives in an internal
     /// initialisation (S6), in bytes: the client holds the pages in memory
     /// until the last one has come, so its old data stays intact meanwhile.
@@ -201,6 +208,7 @@ impl Default for Limits {
             max_pending_commits: 4096,
             max_outputs: 65536,
             max_channel_message: 64 * 1024,
+            max_channel_requests: 256,
             max_init_bytes: 256 << 20,
         }
     }
@@ -225,6 +233,7 @@ impl Limits {
             max_pending_commits: 32,
             max_outputs: 256,
             max_channel_message: 1024,
+            max_channel_requests: 8,
             max_init_bytes: 64 * 1024,
         }
     }
@@ -233,7 +242,7 @@ impl Limits {
     pub fn validate(&self) -> Result<(), ConfigError> {
         use crate::log::record::RECORD_HEADER_LEN;
         use crate::log::segment::SEGMENT_HEADER_LEN;
-        let nonzero: [(&'static str, u32); 16] = [
+        let nonzero: [(&'static str, u32); 17] = [
             ("max_sites", self.max_sites as u32),
             ("max_databases", self.max_databases as u32),
             ("max_key", self.max_key),
@@ -249,6 +258,7 @@ impl Limits {
             ("max_pending_commits", self.max_pending_commits),
             ("max_outputs", self.max_outputs),
             ("max_channel_message", self.max_channel_message),
+            ("max_channel_requests", self.max_channel_requests),
             ("max_init_bytes", self.max_init_bytes),
         ];
         for (name, v) in nonzero {
@@ -308,7 +318,7 @@ impl Limits {
 }
 
 /// Every replication setting of one site (FEATURES.md R1-R14, E1-E7, P3,
-/// S2-S7, W1). Defaults follow the reference system.
+/// S2-S7, W1, W2). Defaults follow the reference system.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// Election priority; 0 means the site can never become master (E2).
@@ -406,6 +416,7 @@ impl Config {
             ("rerequest_min", t.rerequest_min),
             ("rerequest_max", t.rerequest_max),
             ("write_forward", t.write_forward),
+            ("channel_request", t.channel_request),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));

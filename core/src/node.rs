@@ -119,10 +119,11 @@ use crate::config::{Durability, Limits};
 use crate::ids::{CommitToken, Instant, Lsn, SiteId};
 use crate::log::Op;
 use crate::site::{
-    Answer, CommitError, CommitOutcome, Dest, Event, JoinError, Output, ReadError, RequestId, Site,
-    WaitError,
+    Answer, ChannelRequestError, ChannelSendError, ChannelTarget, CommitError, CommitOutcome, Dest,
+    Event, Incoming, JoinError, Output, ReadError, ReplyTo, RequestId, Site, WaitError,
 };
 use crate::traits::{Clock, SendError, Storage, Transport};
+use crate::wire::ChannelError;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -179,7 +180,10 @@ pub trait NodeTransport: Transport {
 /// Sizes of the node's own queues (the site's are in [`Limits`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct NodeLimits {
-    /// Events queued for the application before the driver pauses.
+    /// Events queued for the application before the driver pauses; also
+    /// the channel messages queued for the dispatch ([`Node::next_message`],
+    /// W2), past which a message is dropped and a request answered
+    /// NoResponse.
     pub events: usize,
     /// Application calls that may wait for an answer at once (commits,
     /// `txn_applied`, `remove_site`); past it they fail with `Busy`.
@@ -225,6 +229,9 @@ pub struct NodeStats {
     pub events: u64,
     /// Driver steps.
     pub steps: u64,
+    /// Channel messages dropped because the message queue was full (a
+    /// request among them was answered NoResponse, W2).
+    pub messages_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -269,6 +276,10 @@ struct Shared {
     /// An event that did not fit; the driver is paused until it does.
     parked: Option<Event>,
     event_wakers: MultiWakerRegistration<WAKERS>,
+    /// Channel messages for the application's dispatch (W2), at most
+    /// [`NodeLimits::events`].
+    messages: VecDeque<Incoming>,
+    message_wakers: MultiWakerRegistration<WAKERS>,
     slots: Vec<Slot>,
     join: JoinState,
     /// Bumped after each step that ends with the site not synchronising.
@@ -317,6 +328,9 @@ struct StepStats {
     send_failures: u64,
     flushes: u64,
     flush_failures: u64,
+    /// The last site a send to failed (an application call's own frame is
+    /// the last one it drains: its channel message, W2).
+    failed_to: Option<SiteId>,
 }
 
 /// The async driver of one site. See the module documentation.
@@ -402,9 +416,10 @@ async fn either<A: Future, B: Future>(a: A, b: B) {
 
 fn answer_id(a: &Answer) -> Option<RequestId> {
     match a {
-        Answer::Commit { id, .. } | Answer::TxnApplied { id, .. } | Answer::Remove { id, .. } => {
-            Some(*id)
-        }
+        Answer::Commit { id, .. }
+        | Answer::TxnApplied { id, .. }
+        | Answer::Remove { id, .. }
+        | Answer::Channel { id, .. } => Some(*id),
         Answer::Join { .. } => None,
     }
 }
@@ -444,6 +459,8 @@ where
             events: VecDeque::new(),
             parked: None,
             event_wakers: MultiWakerRegistration::new(),
+            messages: VecDeque::new(),
+            message_wakers: MultiWakerRegistration::new(),
             slots,
             join: JoinState {
                 epoch: 0,
@@ -829,6 +846,16 @@ where
                     };
                     if r.is_err() {
                         st.send_failures += 1;
+                        if let Dest::Site(id) = to {
+                            st.failed_to = Some(id);
+                        }
+                    } else if st.failed_to
+                        == Some(match to {
+                            Dest::Site(id) => id,
+                            Dest::Address(_) => SiteId(0),
+                        })
+                    {
+                        st.failed_to = None;
                     }
                 }
                 Output::Flush { lsn } => {
@@ -851,6 +878,23 @@ where
                     }
                 }
                 Output::Answer(a) => self.route(a),
+                Output::Message(m) => {
+                    let reply = m.reply;
+                    let taken = self.with_shared(|s| {
+                        if s.messages.len() < self.node_limits.events {
+                            s.messages.push_back(m);
+                            s.message_wakers.wake();
+                            true
+                        } else {
+                            s.stats.messages_dropped += 1;
+                            false
+                        }
+                    });
+                    if let (false, Some(r)) = (taken, reply) {
+                        core.site
+                            .channel_refuse(self.clock.now(), r, ChannelError::NoResponse);
+                    }
+                }
             }
         }
         false
@@ -934,19 +978,7 @@ where
             let core = &mut *guard;
             let id = start(&mut core.site, self.clock.now())?;
             slot.arm(id);
-            // Hand the record to the transport now, on the caller's task,
-            // rather than after the driver's next wake-up: one task switch
-            // less per commit. The driver is still needed for a flush or a
-            // parked event.
-            let mut st = StepStats::default();
-            let paused = self.drain(core, &mut st);
-            self.with_shared(|s| s.stats.send_failures += st.send_failures);
-            // A deadline the commit added (its ack timeout) before the one
-            // the driver sleeps until needs the driver to look again.
-            let due = core.site.poll_timeout();
-            let sleeps_until = self.with_shared(|s| s.driver_wake);
-            let earlier = due.is_some_and(|d| sleeps_until.is_none_or(|w| d < w));
-            paused || core.flush.is_some() || earlier
+            self.hand_over(core)
         };
         if wake_driver {
             self.kick.signal(());
@@ -956,6 +988,190 @@ where
             // Ids are unique across kinds; not reached.
             _ => Err(CommitError::Unavailable),
         }
+    }
+
+    /// Hand what an application call produced to the transport now, on the
+    /// caller's task, rather than after the driver's next wake-up: one task
+    /// switch less per call. Returns whether the driver is still needed
+    /// (a flush, a parked event, or a deadline before the one it sleeps
+    /// until).
+    fn hand_over(&self, core: &mut Core<S, T>) -> bool {
+        self.hand_over_to(core).0
+    }
+
+    /// [`Node::hand_over`], also saying to which site the last failed send
+    /// went, if the last send to it failed.
+    fn hand_over_to(&self, core: &mut Core<S, T>) -> (bool, Option<SiteId>) {
+        let mut st = StepStats::default();
+        let paused = self.drain(core, &mut st);
+        self.with_shared(|s| s.stats.send_failures += st.send_failures);
+        // A deadline the call added (an ack timeout, a request's timeout)
+        // before the one the driver sleeps until needs the driver to look
+        // again.
+        let due = core.site.poll_timeout();
+        let sleeps_until = self.with_shared(|s| s.driver_wake);
+        let earlier = due.is_some_and(|d| sleeps_until.is_none_or(|w| d < w));
+        // Paused, the call's own frame may still be queued in the site.
+        let failed = if paused { None } else { st.failed_to };
+        (paused || core.flush.is_some() || earlier, failed)
+    }
+
+    /// Run a channel call on the site and hand its outputs over.
+    async fn channel_call<R>(&self, call: impl FnOnce(&mut Site<S>, Instant) -> R) -> R {
+        let (r, wake) = {
+            let mut guard = self.lock_core().await;
+            let core = &mut *guard;
+            let r = call(&mut core.site, self.clock.now());
+            (r, self.hand_over(core))
+        };
+        if wake {
+            self.kick.signal(());
+        }
+        r
+    }
+
+    /// Say whether the application has a dispatch for channel messages
+    /// (W2) and takes them with [`Node::next_message`]. Without one, a
+    /// request from another site is answered NoDispatch.
+    pub async fn set_channel_dispatch(&self, on: bool) {
+        let mut core = self.lock_core().await;
+        core.site.set_channel_dispatch(on);
+        if !on {
+            // Messages already queued will not be taken: refuse the
+            // requests among them.
+            let queued: Vec<Incoming> = self.with_shared(|s| s.messages.drain(..).collect());
+            for r in queued.into_iter().filter_map(|m| m.reply) {
+                core.site
+                    .channel_refuse(self.clock.now(), r, ChannelError::NoDispatch);
+            }
+            drop(core);
+            self.kick.signal(());
+        }
+    }
+
+    /// Send a message on a channel, fire-and-forget (`send_msg`, W2).
+    /// Returns the site it went to (this site itself for a master sending
+    /// to the master: its own dispatch receives it).
+    /// Fails with `Unreachable` when the transport could not take the
+    /// message (no connection to the site now).
+    pub async fn channel_send(
+        &self,
+        target: ChannelTarget,
+        parts: &[&[u8]],
+    ) -> Result<SiteId, ChannelSendError> {
+        let (r, wake) = {
+            let mut guard = self.lock_core().await;
+            let core = &mut *guard;
+            let r = core.site.channel_send(self.clock.now(), target, parts);
+            let (wake, failed) = self.hand_over_to(core);
+            match r {
+                Ok(to) if failed == Some(to) => (Err(ChannelSendError::Unreachable(to)), wake),
+                r => (r, wake),
+            }
+        };
+        if wake {
+            self.kick.signal(());
+        }
+        r
+    }
+
+    /// Send a request on a channel and wait for its one response part
+    /// (`send_request`, W2), for `timeout` or the configured
+    /// `channel_request` timeout. Ends early when the connection to the
+    /// site breaks or, on a channel to the master, when the master changes,
+    /// and at once with `Send(Unreachable)` when the transport could not
+    /// take the request.
+    /// Fails at once with `Send(Busy)` when [`NodeLimits::waiters`] calls
+    /// already wait. Dropping the future abandons the request (its answer
+    /// is discarded).
+    pub async fn channel_request(
+        &self,
+        target: ChannelTarget,
+        parts: &[&[u8]],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, ChannelRequestError> {
+        let slot = self
+            .reserve()
+            .ok_or(ChannelRequestError::Send(ChannelSendError::Busy))?;
+        let wake = {
+            let mut guard = self.lock_core().await;
+            let core = &mut *guard;
+            let id = core
+                .site
+                .channel_request(self.clock.now(), target, parts, timeout)?;
+            slot.arm(id);
+            let (wake, failed) = self.hand_over_to(core);
+            if let Some(to) = failed {
+                // The request's own frame did not leave: end it now.
+                if core.site.channel_unreachable(self.clock.now(), id, to) {
+                    self.hand_over(core);
+                }
+            }
+            wake
+        };
+        if wake {
+            self.kick.signal(());
+        }
+        match slot.wait().await {
+            Answer::Channel { result, .. } => result,
+            // Ids are unique across kinds; not reached.
+            _ => Err(ChannelRequestError::NoResponse),
+        }
+    }
+
+    /// Answer a request the dispatch received with one part (W2).
+    /// Fails with `Unreachable` when the transport could not take the
+    /// response (no connection to the asker now).
+    pub async fn channel_respond(
+        &self,
+        reply: ReplyTo,
+        part: &[u8],
+    ) -> Result<(), ChannelSendError> {
+        let (r, wake) = {
+            let mut guard = self.lock_core().await;
+            let core = &mut *guard;
+            let r = core.site.channel_respond(self.clock.now(), reply, part);
+            let (wake, failed) = self.hand_over_to(core);
+            match r {
+                Ok(()) if failed == Some(reply.site) => {
+                    (Err(ChannelSendError::Unreachable(reply.site)), wake)
+                }
+                r => (r, wake),
+            }
+        };
+        if wake {
+            self.kick.signal(());
+        }
+        r
+    }
+
+    /// Refuse a request the dispatch received (W2); the asker gets `error`
+    /// (NoResponse: the dispatch has no answer).
+    pub async fn channel_refuse(&self, reply: ReplyTo, error: ChannelError) {
+        self.channel_call(|site, now| site.channel_refuse(now, reply, error))
+            .await
+    }
+
+    /// The next channel message for the application's dispatch (W2), in
+    /// the order they came. At most [`NodeLimits::events`] wait; past it
+    /// a message is dropped (a request answered NoResponse), so take them
+    /// promptly. Meant for one consumer.
+    pub async fn next_message(&self) -> Incoming {
+        poll_fn(|cx| {
+            self.with_shared(|s| match s.messages.pop_front() {
+                Some(m) => Poll::Ready(m),
+                None => {
+                    s.message_wakers.register(cx.waker());
+                    Poll::Pending
+                }
+            })
+        })
+        .await
+    }
+
+    /// The next channel message if one is queued.
+    pub fn try_next_message(&self) -> Option<Incoming> {
+        self.with_shared(|s| s.messages.pop_front())
     }
 
     /// Put one key ([`Node::write`] with [`Durability::Sync`]).

@@ -92,6 +92,8 @@ struct Net {
     drop_verify_to: Cell<Option<usize>>,
     /// Drop every frame (a network that stopped).
     blackhole: Cell<bool>,
+    /// Refuse every send to a site (no connections).
+    refuse: Cell<bool>,
 }
 
 impl Net {
@@ -134,6 +136,9 @@ impl MailTransport {
 impl Transport for MailTransport {
     fn send(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
         self.learn(frame);
+        if self.net.refuse.get() {
+            return Err(SendError::Disconnected);
+        }
         let target = self.net.ids.borrow().get(&to).copied();
         match target {
             Some(t) if self.net.drop_verify_to.get() == Some(t) && self.is_verify(frame) => Ok(()),
@@ -896,4 +901,179 @@ fn a_commit_nobody_acks_is_answered_at_its_ack_timeout() {
         (100_000..1_000_000).contains(&took),
         "answered after {took} us; the ack timeout is 100 ms"
     );
+}
+
+/// A message a dispatch kept: its sender and parts.
+type Seen = (SiteId, Vec<Vec<u8>>);
+
+/// W2 through the Node: a dispatch task takes messages with
+/// `next_message` and answers with `channel_respond`; a client's request
+/// to the master is answered, the master's request to the master is
+/// answered by its own dispatch, a plain message arrives, a request to a
+/// node without a dispatch gets NoDispatch, one nobody answers times out
+/// through the timer, and one the transport cannot take fails at once
+/// with Unreachable.
+#[test]
+fn channel_requests_are_answered_through_the_dispatch() {
+    use shoal_core::site::{ChannelRequestError, ChannelSendError, ChannelTarget};
+    let mut w = World::new(3, Config::default(), NodeLimits::default());
+    let (ids, _) = form_group(&mut w);
+    let (id1, id2) = (ids[0], ids[1]);
+    let nodes = w.nodes.clone();
+    let clock = w.clock.clone();
+    let net = w.net.clone();
+    let sp = w.pool.spawner();
+    let r = w.run(Duration::from_secs(30), async move {
+        nodes[0].set_channel_dispatch(true).await;
+        nodes[2].set_channel_dispatch(true).await;
+        // Node 0's dispatch: answer "pong <first part>", keep messages.
+        let seen: Rc<RefCell<Vec<Seen>>> = Rc::default();
+        let (d, log) = (nodes[0].clone(), seen.clone());
+        sp.spawn_local(async move {
+            loop {
+                let m = d.next_message().await;
+                match m.reply {
+                    Some(r) => {
+                        let mut part = b"pong ".to_vec();
+                        part.extend_from_slice(&m.parts[0]);
+                        d.channel_respond(r, &part).await.expect("respond");
+                    }
+                    None => log.borrow_mut().push((m.from, m.parts)),
+                }
+            }
+        })
+        .expect("spawn dispatch");
+        let to_master = nodes[2]
+            .channel_request(ChannelTarget::Master, &[b"from 2"], None)
+            .await;
+        let own = nodes[0]
+            .channel_request(ChannelTarget::Master, &[b"self"], None)
+            .await;
+        let sent = nodes[1]
+            .channel_send(ChannelTarget::Master, &[b"a", b"b"])
+            .await;
+        let no_dispatch = nodes[0]
+            .channel_request(ChannelTarget::Site(id1), &[b"x"], None)
+            .await;
+        // Node 2 has a dispatch nobody takes messages from.
+        let start = clock.now();
+        let timeout = nodes[1]
+            .channel_request(
+                ChannelTarget::Site(id2),
+                &[b"x"],
+                Some(Duration::from_millis(300)),
+            )
+            .await;
+        let waited = clock.now().0 - start.0;
+        net.refuse.set(true);
+        let unreachable = nodes[1]
+            .channel_request(ChannelTarget::Master, &[b"x"], None)
+            .await;
+        let unreachable_msg = nodes[1].channel_send(ChannelTarget::Master, &[b"x"]).await;
+        net.refuse.set(false);
+        // Let the plain message reach the dispatch task.
+        while seen.borrow().is_empty() {
+            yield_once().await;
+        }
+        let seen = seen.borrow().clone();
+        (
+            to_master,
+            own,
+            sent,
+            seen,
+            no_dispatch,
+            timeout,
+            waited,
+            unreachable,
+            unreachable_msg,
+        )
+    });
+    let (to_master, own, sent, seen, no_dispatch, timeout, waited, unreachable, unreachable_msg) =
+        r;
+    assert_eq!(to_master, Ok(b"pong from 2".to_vec()));
+    assert_eq!(own, Ok(b"pong self".to_vec()), "the master's own dispatch");
+    assert_eq!(sent, Ok(SiteId(1)));
+    assert_eq!(seen, vec![(ids[0], vec![b"a".to_vec(), b"b".to_vec()])]);
+    assert_eq!(no_dispatch, Err(ChannelRequestError::NoDispatch));
+    assert_eq!(timeout, Err(ChannelRequestError::Timeout));
+    assert!(waited >= 300_000, "timed out after {waited} us");
+    assert_eq!(
+        unreachable,
+        Err(ChannelRequestError::Send(ChannelSendError::Unreachable(
+            SiteId(1)
+        )))
+    );
+    assert_eq!(
+        unreachable_msg,
+        Err(ChannelSendError::Unreachable(SiteId(1)))
+    );
+}
+
+/// Let every other task run once.
+async fn yield_once() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// W2: the dispatch's message queue is bounded by `NodeLimits::events`:
+/// a request that finds it full is answered NoResponse at once; turning
+/// the dispatch off refuses the requests still queued (NoDispatch).
+#[test]
+fn a_full_message_queue_answers_noresponse_and_dispatch_off_refuses_the_queued() {
+    use shoal_core::site::{ChannelRequestError, ChannelTarget};
+    const QUEUE: u64 = 16;
+    let limits = NodeLimits {
+        events: QUEUE as usize,
+        ..NodeLimits::default()
+    };
+    let mut w = World::new(2, Config::default(), limits);
+    form_group(&mut w);
+    let nodes = w.nodes.clone();
+    let (full, queued, dropped) = w.run(Duration::from_secs(30), async move {
+        let received = |n: Rc<TestNode>| async move {
+            // Events are taken too, so the driver never pauses.
+            while n.try_next_event().is_some() {}
+            n.with_site(|s| s.stats().channel_received).await
+        };
+        nodes[0].set_channel_dispatch(true).await;
+        // Nobody takes messages at node 0: fill its queue.
+        for _ in 0..QUEUE {
+            nodes[1]
+                .channel_send(ChannelTarget::Master, &[b"filler"])
+                .await
+                .expect("sent");
+        }
+        while received(nodes[0].clone()).await < QUEUE {
+            yield_once().await;
+        }
+        let full = nodes[1]
+            .channel_request(ChannelTarget::Master, &[b"two"], None)
+            .await;
+        // Room for one: a request waits in the queue until the dispatch
+        // is turned off.
+        assert!(nodes[0].try_next_message().is_some());
+        let (queued, ()) = futures::future::join(
+            nodes[1].channel_request(ChannelTarget::Master, &[b"three"], None),
+            async {
+                while received(nodes[0].clone()).await < QUEUE + 2 {
+                    yield_once().await;
+                }
+                nodes[0].set_channel_dispatch(false).await;
+            },
+        )
+        .await;
+        (full, queued, nodes[0].stats().messages_dropped)
+    });
+    assert_eq!(full, Err(ChannelRequestError::NoResponse));
+    assert_eq!(queued, Err(ChannelRequestError::NoDispatch));
+    assert_eq!(dropped, 1);
 }

@@ -62,6 +62,7 @@ impl Net {
                         Output::Flush { lsn } => self.sites[i].handle_flushed(self.now, lsn),
                         Output::Event(e) => self.events.push((i, e)),
                         Output::Answer(a) => self.answers.push((i, a)),
+                        Output::Message(_) => {}
                     }
                 }
             }

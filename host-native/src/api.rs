@@ -115,6 +115,60 @@ pub enum Request {
     /// its cost does not grow with the store, so it can be polled while the
     /// node works (the bench polls a catching-up client with it).
     Progress,
+    /// Send a message on a channel, fire-and-forget (W2). The answer's
+    /// `site` is the site it went to.
+    Msg {
+        /// "master" or a site id.
+        to: String,
+        /// The message parts (at least one).
+        parts: Vec<String>,
+    },
+    /// Send a request on a channel and wait for its response (W2): the
+    /// answer's `response` is the one response part.
+    #[serde(rename = "request")]
+    ChannelRequest {
+        /// "master" or a site id.
+        to: String,
+        /// The message parts (at least one).
+        parts: Vec<String>,
+        /// How long to wait (default: the node's channel-request timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// Make this connection the node's channel dispatch (W2) until it
+    /// closes: the node answers `{"ok":true}`, then writes one line per
+    /// message received, `{"ok":true,"message":{...}}`. A message with an
+    /// `id` waits for a response: answer it with `respond` or `refuse` on
+    /// this connection. Refused when the node has a dispatch already.
+    Listen,
+    /// On a `listen` connection: answer request `id` with one part.
+    Respond {
+        /// The request's `id` in the message line.
+        id: u64,
+        /// The response.
+        part: String,
+    },
+    /// On a `listen` connection: refuse request `id` (the sender gets
+    /// "no response").
+    Refuse {
+        /// The request's `id` in the message line.
+        id: u64,
+    },
+}
+
+/// A channel message written to a `listen` connection (W2).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelMessage {
+    /// The sending site (this node's own id for a master sending to the
+    /// master).
+    pub from: u32,
+    /// Sent on a channel to the master.
+    pub to_master: bool,
+    /// The parts (UTF-8; other bytes are replaced).
+    pub parts: Vec<String>,
+    /// Set when the sender waits for a response: answer with `respond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
 }
 
 /// Most writers one `load` request runs.
@@ -254,6 +308,15 @@ pub struct Response {
     /// A `load` request's measurements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadReport>,
+    /// The site a channel message went to (W2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<u32>,
+    /// A channel request's response part (W2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// A channel message, on a `listen` connection (W2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<ChannelMessage>,
 }
 
 impl Response {
@@ -333,22 +396,32 @@ impl Client {
 
     /// Send one request and wait for its answer.
     pub async fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        self.send(req).await?;
+        tokio::time::timeout(self.timeout, self.read())
+            .await
+            .map_err(|_| ClientError::Timeout(self.address.clone()))?
+    }
+
+    /// Send one request without waiting for an answer (on a `listen`
+    /// connection: `respond` and `refuse`).
+    pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
         let mut line =
             serde_json::to_string(req).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
         line.push('\n');
         let addr = self.address.clone();
         let io = |e| ClientError::Io(addr.clone(), e);
-        self.writer.write_all(line.as_bytes()).await.map_err(io)?;
+        self.writer.write_all(line.as_bytes()).await.map_err(io)
+    }
+
+    /// Wait, without a time limit, for the node's next line (on a `listen`
+    /// connection: the next message).
+    pub async fn read(&mut self) -> Result<Response, ClientError> {
         let mut answer = String::new();
-        let n = tokio::time::timeout(
-            self.timeout,
-            (&mut self.reader)
-                .take(MAX_LINE as u64)
-                .read_line(&mut answer),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout(self.address.clone()))?
-        .map_err(|e| ClientError::Io(self.address.clone(), e))?;
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64)
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| ClientError::Io(self.address.clone(), e))?;
         if n == 0 {
             return Err(ClientError::Io(
                 self.address.clone(),

@@ -468,6 +468,7 @@ impl Demo {
             && self.old_master_returns().await
             && self.partition_with(&mut p).await
             && self.heal_with(&p).await
+            && self.message_channels().await
             && self.initialised_after_archiving().await;
         if !finished && !self.out.json {
             println!("\nthe story stops here: the next steps need this one");
@@ -1235,10 +1236,11 @@ impl Demo {
                         Some(l) => self.out.check(
                             l.commits == ARCHIVE_WRITES && l.failed == 0 && l.not_permanent == 0,
                             format!(
-                                "{}/{} writes made inside {mn} acknowledged as permanent in {} ms",
+                                "{}/{} writes made inside {mn} acknowledged as permanent in {} ms{}",
                                 thousands(l.commits),
                                 thousands(ARCHIVE_WRITES),
-                                t.elapsed().as_millis()
+                                t.elapsed().as_millis(),
+                                l.error.as_deref().map(|e| format!(" (first error: {e})")).unwrap_or_default()
                             ),
                         ),
                         None => self.out.check(false, r.error.unwrap_or_default()),
@@ -1303,6 +1305,157 @@ impl Demo {
                 );
             }
             (Err(e), _) | (_, Err(e)) => ok &= self.out.check(false, e),
+        }
+        self.end_step().await;
+        ok
+    }
+}
+
+impl Demo {
+    /// W2: a listener on every node answers requests with its site's
+    /// letter; a client's request on a channel to "the master" is answered
+    /// by the master, the master's own request to the master by itself, a
+    /// note reaches one site; after a planned hand-over the same channel
+    /// reaches the new master.
+    async fn message_channels(&mut self) -> bool {
+        let Some(master) = self.master().await else {
+            self.out
+                .begin("message channels: a request to the master follows a hand-over");
+            return self.abort("no master".into()).await;
+        };
+        let running = self.cluster.running();
+        let others: Vec<usize> = running.iter().copied().filter(|&i| i != master).collect();
+        let (Some(&asker), Some(&heir)) = (others.first(), others.last()) else {
+            return true;
+        };
+        let (mn, an, hn) = (self.name(master), self.name(asker), self.name(heir));
+        self.out.begin(&format!(
+            "message channels: {an}'s requests to the master reach {mn}, then {hn} after a hand-over"
+        ));
+        let mut listeners = Vec::new();
+        for &i in &running {
+            let api = self.cluster.nodes[i].api.clone();
+            match procs::Listener::start(&api, &self.name(i)).await {
+                Ok(l) => listeners.push((i, l)),
+                Err(e) => {
+                    return self
+                        .abort(format!("listener on {}: {e}", self.name(i)))
+                        .await
+                }
+            }
+        }
+        self.out.say(format!(
+            "a `listen` connection on each of {} answers requests with its site's letter",
+            self.names(&running)
+        ));
+        let listener = |i: usize| listeners.iter().find(|(x, _)| *x == i).map(|(_, l)| l);
+        let apis: Vec<String> = self.cluster.nodes.iter().map(|n| n.api.clone()).collect();
+        let ids: Vec<Option<u32>> = self.cluster.nodes.iter().map(|n| n.site_id).collect();
+        let api = |i: usize| apis[i].clone();
+        let id = |i: usize| ids[i];
+        let t = Instant::now();
+        let first = procs::channel_request(&api(asker), "master", &["who is master?"], WAIT).await;
+        let ms = t.elapsed().as_millis();
+        let mut ok = self.out.check(
+            first.as_deref() == Ok(mn.as_str()),
+            format!(
+                "{an} asked the master channel \"who is master?\": answer {first:?} in {ms} ms"
+            ),
+        );
+        let got = listener(master).map(|l| l.messages()).unwrap_or_default();
+        ok &= self.out.check(
+            got.iter()
+                .any(|m| m.to_master && m.id.is_some() && Some(m.from) == id(asker)),
+            format!("{mn}'s listener saw the request from {an}, flagged for the master"),
+        );
+        let own = procs::channel_request(&api(master), "master", &["note to self"], WAIT).await;
+        let got = listener(master).map(|l| l.messages()).unwrap_or_default();
+        ok &= self.out.check(
+            own.as_deref() == Ok(mn.as_str())
+                && got
+                    .iter()
+                    .any(|m| m.parts == ["note to self"] && Some(m.from) == id(master)),
+            format!("{mn}, the master, sent to the master and its own listener answered: {own:?}"),
+        );
+        // A fire-and-forget note from the asker to the heir, by site id.
+        let note = Request::Msg {
+            to: id(heir).map(|x| x.to_string()).unwrap_or_default(),
+            parts: vec!["cache".into(), "invalidate users".into()],
+        };
+        let sent = self.cluster.call(asker, &note).await;
+        let t = Instant::now();
+        let mut arrived = false;
+        while !arrived && t.elapsed() < WAIT {
+            arrived = listener(heir).is_some_and(|l| {
+                l.messages()
+                    .iter()
+                    .any(|m| m.parts == ["cache", "invalidate users"] && m.id.is_none())
+            });
+            if !arrived {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        ok &= self.out.check(
+            sent.as_ref().is_ok_and(|r| r.ok) && arrived,
+            format!("a two-part note from {an} to {hn} (send_msg, no answer) arrived"),
+        );
+        // Planned hand-over to the heir; the same target follows it.
+        let Some(heir_id) = id(heir) else {
+            return self.abort(format!("{hn} has no site id")).await;
+        };
+        match self
+            .cluster
+            .call(master, &Request::Transfer { site: heir_id })
+            .await
+        {
+            Ok(r) if r.ok => self
+                .out
+                .say(format!("{mn} hands mastership to {hn} (transfer)")),
+            Ok(r) => return self.abort(r.error.unwrap_or_default()).await,
+            Err(e) => return self.abort(e).await,
+        }
+        let t = Instant::now();
+        let follows = self
+            .cluster
+            .wait_status(asker, WAIT, "it follows the new master", |s| {
+                s.master == Some(heir_id)
+            })
+            .await;
+        if let Err(e) = follows {
+            return self.abort(e).await;
+        }
+        let after = procs::channel_request(&api(asker), "master", &["who is master?"], WAIT).await;
+        ok &= self.out.check(
+            after.as_deref() == Ok(hn.as_str()),
+            format!(
+                "{hn} is master {} ms later; {an}'s same request to the master now answered {after:?}",
+                t.elapsed().as_millis()
+            ),
+        );
+        // Without a dispatch a request is refused at once.
+        drop(listeners);
+        let t = Instant::now();
+        let mut refused = String::new();
+        while t.elapsed() < WAIT {
+            match procs::channel_request(&api(asker), "master", &["anyone?"], Duration::ZERO).await
+            {
+                Err(e) if e.contains("no message dispatch") => {
+                    refused = e;
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        ok &= self.out.check(
+            !refused.is_empty(),
+            format!("with the listeners gone, a request to the master is refused: {refused}"),
+        );
+        // The next step starts from a settled group under the new master.
+        let running = self.cluster.running();
+        if let Err(e) = procs::converge(&mut self.cluster, &running, WAIT).await {
+            ok &= self
+                .out
+                .check(false, format!("the group did not settle: {e}"));
         }
         self.end_step().await;
         ok

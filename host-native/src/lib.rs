@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod channel;
 pub mod demo;
 pub mod node;
 pub mod procs;

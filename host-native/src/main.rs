@@ -1,5 +1,6 @@
 //! The `shoal` command line: run a site (`shoal node`), talk to one
 //! (`put`, `get`, `del`, `status`, `sync`, `elect`, `transfer`, `remove`),
+//! send application messages between sites (`msg`, `request`, `listen`),
 //! watch a whole group at work (`demo`), or measure one (`bench`).
 
 use clap::{Args, Parser, Subcommand};
@@ -39,6 +40,30 @@ enum Command {
     Transfer(SiteArgs),
     /// Remove a site from the group (run against the master).
     Remove(SiteArgs),
+    /// Send an application message to a site or the master (fire-and-forget).
+    #[command(after_help = "The message goes over the group's own connections. \
+Every part is one argument; the receiving node hands the parts to its \
+dispatch (an embedding application's callback, or a `shoal listen` \
+connection). Without a dispatch the message is dropped.\n\n\
+Examples:\n  shoal msg --to master hello world\n  shoal msg --to 3 --api 127.0.0.1:7101 'cache-invalidate users'")]
+    Msg(MsgArgs),
+    /// Send an application request to a site or the master; print the response.
+    #[command(after_help = "Waits for one response part, or fails: when the \
+receiving node has no dispatch (no listener), when its dispatch does not \
+answer, when no master is known, when the connection or the master changes \
+before the answer, or at the timeout. A channel to `master` always reaches \
+the current master; a master sending to `master` receives its own request.\n\n\
+Examples:\n  shoal request --to master ping\n  shoal request --to 2 --timeout-ms 500 stats")]
+    Request(RequestArgs),
+    /// Be a node's message dispatch: print what it receives, answer requests.
+    #[command(after_help = "One line per message: the sender, whether it was \
+sent to the master, the parts, and whether it waits for a response. With \
+--reply TEXT every request is answered TEXT; with --echo, with its parts \
+joined by spaces; with neither, requests are refused at once (the sender \
+gets \"no response\"). A node has one dispatch: a second listener is \
+refused. When the listener stops, requests to that node get \"no dispatch\".\n\n\
+Examples:\n  shoal listen --reply pong\n  shoal listen --echo --count 1 --api 127.0.0.1:7102")]
+    Listen(ListenArgs),
     /// Start a local 5-site group and play failures, narrated (the main demo).
     Demo(shoal_native::demo::DemoArgs),
     /// Measure a real local group: commits/s, latency, failover, catch-up.
@@ -84,6 +109,54 @@ struct PutArgs {
 #[derive(Args)]
 struct StatusArgs {
     /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct MsgArgs {
+    /// Where to send: a site id, or "master" (whichever site is master
+    /// when it is sent).
+    #[arg(long, value_name = "SITE|master")]
+    to: String,
+    /// The message parts, one per argument (at most 16).
+    #[arg(required = true, value_name = "PART")]
+    parts: Vec<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    /// Where to send: a site id, or "master" (whichever site is master
+    /// when it is sent).
+    #[arg(long, value_name = "SITE|master")]
+    to: String,
+    /// How long to wait for the response, ms (default: the node's
+    /// --channel-timeout-ms, 5000).
+    #[arg(long, value_name = "N")]
+    timeout_ms: Option<u64>,
+    /// The request parts, one per argument (at most 16).
+    #[arg(required = true, value_name = "PART")]
+    parts: Vec<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// Answer every request with this text.
+    #[arg(long, value_name = "TEXT", conflicts_with = "echo")]
+    reply: Option<String>,
+    /// Answer every request with its own parts, joined by spaces.
+    #[arg(long)]
+    echo: bool,
+    /// Stop after this many messages (default: run until interrupted).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Print each message as a JSON line instead of text.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -265,6 +338,39 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             call(&a.api, Request::Remove { site: a.site }).await?;
             println!("site {} removed", a.site);
         }
+        Command::Msg(a) => {
+            let r = call(
+                &a.api,
+                Request::Msg {
+                    to: a.to,
+                    parts: a.parts,
+                },
+            )
+            .await?;
+            match r.site {
+                Some(s) => println!("sent to site {s}"),
+                None => println!("sent"),
+            }
+        }
+        Command::Request(a) => {
+            // The node answers by the request's own timeout; wait a little
+            // longer for its answer.
+            let wait =
+                Duration::from_millis(a.timeout_ms.unwrap_or(30_000)) + Duration::from_secs(5);
+            let req = Request::ChannelRequest {
+                to: a.to,
+                parts: a.parts,
+                timeout_ms: a.timeout_ms,
+            };
+            let r = api::call(&a.api.api, &req, wait)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !r.ok {
+                return Err(r.error.unwrap_or_else(|| "the request failed".into()));
+            }
+            println!("{}", r.response.unwrap_or_default());
+        }
+        Command::Listen(a) => return listen(a).await,
         Command::Demo(a) => {
             let ok = shoal_native::demo::run(a).await?;
             return Ok(if ok {
@@ -283,6 +389,68 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             );
             config.validate().map_err(|e| e.to_string())?;
             println!("default site configuration (valid):\n{config:#?}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shoal listen`: subscribe as the node's dispatch, print every message,
+/// answer requests.
+async fn listen(a: ListenArgs) -> Result<ExitCode, String> {
+    let mut c = api::Client::connect(&a.api.api, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = c.call(&Request::Listen).await.map_err(|e| e.to_string())?;
+    if !first.ok {
+        return Err(first
+            .error
+            .unwrap_or_else(|| "the node refused to subscribe".into()));
+    }
+    if !a.json {
+        eprintln!(
+            "listening on {} ({}); Ctrl-C stops",
+            a.api.api,
+            match (&a.reply, a.echo) {
+                (Some(t), _) => format!("requests are answered {t:?}"),
+                (None, true) => "requests are answered with their own parts".into(),
+                (None, false) =>
+                    "requests are refused: pass --reply TEXT or --echo to answer".into(),
+            }
+        );
+    }
+    let mut seen = 0u64;
+    while a.count.is_none_or(|n| seen < n) {
+        let line = c.read().await.map_err(|e| e.to_string())?;
+        let Some(m) = line.message else {
+            if let Some(e) = line.error {
+                eprintln!("error: {e}");
+            }
+            continue;
+        };
+        seen += 1;
+        if a.json {
+            println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+        } else {
+            let parts: Vec<String> = m.parts.iter().map(|p| format!("{p:?}")).collect();
+            println!(
+                "from site {}{}: {}{}",
+                m.from,
+                if m.to_master { " (to the master)" } else { "" },
+                parts.join(" "),
+                if m.id.is_some() { "  [request]" } else { "" }
+            );
+        }
+        if let Some(id) = m.id {
+            let answer = match (&a.reply, a.echo) {
+                (Some(t), _) => Some(t.clone()),
+                (None, true) => Some(m.parts.join(" ")),
+                (None, false) => None,
+            };
+            let req = match answer {
+                Some(part) => Request::Respond { id, part },
+                None => Request::Refuse { id },
+            };
+            c.send(&req).await.map_err(|e| e.to_string())?;
         }
     }
     Ok(ExitCode::SUCCESS)

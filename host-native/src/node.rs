@@ -23,6 +23,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+pub use crate::channel::{Channel, DispatchFn, MsgError, ReplyChannel, RequestError};
+pub use shoal_core::site::ChannelTarget;
+
 /// The host's monotonic clock: µs since the process started.
 #[derive(Clone, Copy)]
 pub struct SysClock(pub std::time::Instant);
@@ -115,6 +118,8 @@ pub struct Running {
     pub node: Arc<SiteNode>,
     gate: Gate,
     durability: Durability,
+    /// Who receives channel messages (W2).
+    dispatch: Arc<crate::channel::Dispatch>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -183,6 +188,11 @@ pub async fn start(s: Settings) -> Result<Running, String> {
     tasks.push(tokio::spawn(async move { n.run(&timer).await }));
     tasks.push(tokio::spawn(feed(node.clone(), gate.clone(), channels)));
     tasks.push(tokio::spawn(follow(node.clone(), tcp.clone())));
+    let dispatch = Arc::new(crate::channel::Dispatch::default());
+    tasks.push(tokio::spawn(crate::channel::dispatch_loop(
+        node.clone(),
+        dispatch.clone(),
+    )));
 
     if member {
         if s.create {
@@ -227,6 +237,7 @@ pub async fn start(s: Settings) -> Result<Running, String> {
         node,
         gate,
         durability: s.durability,
+        dispatch,
         tasks,
     };
     Ok(running)
@@ -241,17 +252,42 @@ impl Running {
         let node = self.node.clone();
         let gate = self.gate.clone();
         let durability = self.durability;
+        let dispatch = self.dispatch.clone();
         Ok(tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (node, gate) = (node.clone(), gate.clone());
+                let (node, gate, dispatch) = (node.clone(), gate.clone(), dispatch.clone());
                 tokio::spawn(async move {
-                    let _ = serve_client(stream, node, gate, durability).await;
+                    let _ = serve_client(stream, node, gate, durability, dispatch).await;
                 });
             }
         }))
+    }
+
+    /// A message channel to one site or to the master (W2). A channel to
+    /// [`ChannelTarget::Master`] follows the master as it changes.
+    pub fn channel(&self, target: ChannelTarget) -> Channel {
+        Channel::new(self.node.clone(), target)
+    }
+
+    /// Install the dispatch that receives this site's channel messages
+    /// (W2): `f(reply channel, parts, needs_response)`. It replaces a
+    /// callback installed before, and takes precedence over `shoal listen`
+    /// connections.
+    pub async fn set_dispatch(
+        &self,
+        f: impl Fn(ReplyChannel, Vec<Vec<u8>>, bool) + Send + Sync + 'static,
+    ) {
+        self.dispatch
+            .set_callback(&self.node, Some(Arc::new(f)))
+            .await;
+    }
+
+    /// Remove the dispatch: requests sent here are answered NoDispatch.
+    pub async fn clear_dispatch(&self) {
+        self.dispatch.set_callback(&self.node, None).await;
     }
 
     /// Stop the driver and close the links.
@@ -352,6 +388,7 @@ async fn serve_client(
     node: Arc<SiteNode>,
     gate: Gate,
     durability: Durability,
+    dispatch: Arc<crate::channel::Dispatch>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
@@ -366,6 +403,8 @@ async fn serve_client(
             return Ok(());
         }
         let resp = match serde_json::from_str::<Request>(&line) {
+            // The connection becomes the node's channel dispatch (W2).
+            Ok(Request::Listen) => return crate::channel::listen(r, w, node, dispatch).await,
             Ok(req) => handle(&node, &gate, durability, req).await,
             Err(e) => Response::error(format!("bad request: {e}")),
         };
@@ -404,8 +443,22 @@ fn durability_of(sync: Option<&str>, default: Durability) -> Result<Durability, 
     sync.map_or(Ok(default), parse_durability)
 }
 
-async fn handle(node: &SiteNode, gate: &Gate, durability: Durability, req: Request) -> Response {
+async fn handle(
+    node: &Arc<SiteNode>,
+    gate: &Gate,
+    durability: Durability,
+    req: Request,
+) -> Response {
     match req {
+        Request::Msg { to, parts } => crate::channel::api_msg(node, &to, &parts).await,
+        Request::ChannelRequest {
+            to,
+            parts,
+            timeout_ms,
+        } => crate::channel::api_request(node, &to, &parts, timeout_ms).await,
+        Request::Listen | Request::Respond { .. } | Request::Refuse { .. } => {
+            Response::error("respond and refuse belong on a connection that sent listen")
+        }
         Request::Put {
             db,
             key,
@@ -697,6 +750,10 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 ("pages_sent", stats.pages_sent),
                 ("inits_installed", stats.inits_installed),
                 ("inits_done", stats.inits_done),
+                ("channel_sent", stats.channel_sent),
+                ("channel_received", stats.channel_received),
+                ("channel_failed", stats.channel_failed),
+                ("channel_refused", stats.channel_refused),
             ];
             Status {
                 id: s.id().0,

@@ -1009,6 +1009,96 @@ pub fn quantile(sorted: &[u32], q: f64) -> u32 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A `listen` connection to one node's API (W2): it is the node's channel
+/// dispatch while it lives, answers every request with a fixed text and
+/// keeps every message it receives. Dropping it (or [`Listener::stop`])
+/// closes the connection, and the node has no dispatch again.
+pub struct Listener {
+    task: tokio::task::JoinHandle<()>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<api::ChannelMessage>>>,
+}
+
+impl Listener {
+    /// Subscribe on the node at `api`; requests are answered `reply`.
+    pub async fn start(api_addr: &str, reply: &str) -> Result<Listener, String> {
+        let mut c = Client::connect(api_addr, CALL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let first = c.call(&Request::Listen).await.map_err(|e| e.to_string())?;
+        if !first.ok {
+            return Err(first
+                .error
+                .unwrap_or_else(|| "the node refused to subscribe".into()));
+        }
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, reply) = (got.clone(), reply.to_string());
+        let task = tokio::spawn(async move {
+            while let Ok(line) = c.read().await {
+                let Some(m) = line.message else { continue };
+                let id = m.id;
+                if let Ok(mut l) = log.lock() {
+                    l.push(m);
+                }
+                if let Some(id) = id {
+                    let part = reply.clone();
+                    if c.send(&Request::Respond { id, part }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Listener { task, got })
+    }
+
+    /// The messages received so far.
+    pub fn messages(&self) -> Vec<api::ChannelMessage> {
+        self.got.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Close the connection.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A channel request (W2) on the node at `api` to `to` ("master" or a site
+/// id), retried while the target is unreachable, has no dispatch yet, or
+/// the master is changing hands, for at most `within`. Returns the
+/// response part or the last error.
+pub async fn channel_request(
+    api_addr: &str,
+    to: &str,
+    parts: &[&str],
+    within: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    let req = Request::ChannelRequest {
+        to: to.into(),
+        parts: parts.iter().map(|p| p.to_string()).collect(),
+        timeout_ms: Some(1000),
+    };
+    loop {
+        let r = api::call(api_addr, &req, CALL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string());
+        let e = match r {
+            Ok(r) if r.ok => return Ok(r.response.unwrap_or_default()),
+            Ok(r) => r.error.unwrap_or_default(),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

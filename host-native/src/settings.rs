@@ -94,6 +94,10 @@ pub struct NodeArgs {
     /// How long a forwarded write may take, ms (5000, W1).
     #[arg(long)]
     pub write_forward_timeout_ms: Option<u64>,
+    /// How long a channel request waits for its response when the caller
+    /// gives no timeout, ms (5000, W2).
+    #[arg(long)]
+    pub channel_timeout_ms: Option<u64>,
     /// 2SITE_STRICT: true (default) or false.
     #[arg(long = "2site-strict")]
     #[serde(rename = "two_site_strict")]
@@ -294,7 +298,7 @@ impl NodeArgs {
         c.nvotes = a.nvotes.or(f.nvotes);
         let ms = Duration::from_millis;
         let t = &mut c.timeouts;
-        let pairs: [(Option<u64>, Option<u64>, &mut Duration); 12] = [
+        let pairs: [(Option<u64>, Option<u64>, &mut Duration); 13] = [
             (a.ack_timeout_ms, f.ack_timeout_ms, &mut t.ack),
             (
                 a.election_timeout_ms,
@@ -334,6 +338,11 @@ impl NodeArgs {
                 a.write_forward_timeout_ms,
                 f.write_forward_timeout_ms,
                 &mut t.write_forward,
+            ),
+            (
+                a.channel_timeout_ms,
+                f.channel_timeout_ms,
+                &mut t.channel_request,
             ),
         ];
         for (x, y, slot) in pairs {

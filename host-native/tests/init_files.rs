@@ -80,7 +80,7 @@ impl Pair {
                     c.handle_flushed(now, lsn);
                 }
                 Output::Event(e) => self.client_events.push(e),
-                Output::Answer(_) => {}
+                Output::Answer(_) | Output::Message(_) => {}
             }
         }
     }

@@ -10,6 +10,8 @@
 //! - Writes on clients are forwarded to the master (W1).
 //! - A client back after the group archived its log is initialised from
 //!   the master's snapshot (S6).
+//! - Message channels over TCP (W2): `shoal msg`, `shoal request` and
+//!   `listen` connections; the channel to the master follows a hand-over.
 
 use shoal_native::api::Client;
 use shoal_native::procs::{self, Cluster, Start};
@@ -598,4 +600,208 @@ async fn a_writing_node_sigkilled_200_times_keeps_every_flushed_commit() {
         "too few commits were written to mean anything: {}",
         all.len()
     );
+}
+
+/// W2 over real processes and TCP: without a listener a request to the
+/// master gets "no dispatch"; with a `listen` connection on every node, a
+/// client's request to the master is answered by the master's listener,
+/// a fire-and-forget message arrives with its parts and sender, the
+/// master's request to the master is answered by its own listener, a
+/// second listener is refused, and after a hand-over the same target
+/// reaches the new master. The CLI (`shoal msg`, `shoal request`) speaks
+/// the same API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_channels_over_tcp() {
+    use shoal_native::api::Request;
+    let mut c = Cluster::new(BIN, 3, fast_args()).unwrap();
+    c.start_group(WAIT).await.unwrap();
+    let api = |i: usize| c.nodes[i].api.clone();
+    let (a, b, cc) = (api(0), api(1), api(2));
+    // No dispatch on the master: the request is refused at once.
+    // (Right after the group formed a link may still be settling: ask
+    // again while the error is another one.)
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let started = Instant::now();
+        let r = procs::channel_request(&cc, "master", &["ping"], Duration::ZERO).await;
+        let e = r.expect_err("no listener: refused");
+        if e.contains("no message dispatch") {
+            assert!(started.elapsed() < Duration::from_secs(1), "not a timeout");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{e}");
+    }
+
+    let listeners: Vec<procs::Listener> = {
+        let mut v = Vec::new();
+        for (i, name) in ["A", "B", "C"].iter().enumerate() {
+            v.push(procs::Listener::start(&api(i), name).await.unwrap());
+        }
+        v
+    };
+    let second = procs::Listener::start(&a, "again").await;
+    assert!(
+        second
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.contains("already has a dispatch")),
+        "a second listener is refused"
+    );
+    let answer = procs::channel_request(&cc, "master", &["who", "is master?"], WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answer, "A");
+    let seen = listeners[0].messages();
+    let m = seen.last().expect("A's listener got the request");
+    assert_eq!(m.parts, ["who", "is master?"]);
+    assert!(m.to_master && m.id.is_some());
+    assert_eq!(Some(m.from), c.nodes[2].site_id);
+
+    // The master asks the master: its own listener answers.
+    let answer = procs::channel_request(&a, "master", &["self"], WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answer, "A");
+    assert_eq!(
+        listeners[0].messages().last().map(|m| m.from),
+        c.nodes[0].site_id
+    );
+
+    // `shoal msg` to site B (by id), fire-and-forget, from C's API.
+    let b_id = c.nodes[1].site_id.expect("B's id").to_string();
+    let out = Command::new(BIN)
+        .args(["msg", "--to", &b_id, "--api", &cc, "hello", "from C"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sent to site {b_id}")
+    );
+    let deadline = Instant::now() + WAIT;
+    while !listeners[1]
+        .messages()
+        .iter()
+        .any(|m| m.parts == ["hello", "from C"])
+    {
+        assert!(Instant::now() < deadline, "B never got the message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = listeners[1]
+        .messages()
+        .into_iter()
+        .find(|m| m.parts == ["hello", "from C"])
+        .unwrap();
+    assert!(!m.to_master && m.id.is_none());
+
+    // `shoal request` prints the response.
+    let out = Command::new(BIN)
+        .args([
+            "request",
+            "--to",
+            "master",
+            "--timeout-ms",
+            "3000",
+            "--api",
+            &b,
+            "ping",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "A");
+    // A bad target is refused with a clear message.
+    let out = Command::new(BIN)
+        .args(["request", "--to", "everyone", "--api", &b, "ping"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a channel target"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Hand mastership to B: the same target, "master", now reaches B.
+    let r = c
+        .call(
+            0,
+            &Request::Transfer {
+                site: b_id.parse().unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.ok, "{:?}", r.error);
+    c.wait_status(2, WAIT, "C follows B", |s| {
+        s.master.map(|m| m.to_string()) == Some(b_id.clone())
+    })
+    .await
+    .unwrap();
+    let answer = procs::channel_request(&cc, "master", &["who now?"], WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answer, "B", "the master channel followed the hand-over");
+    let st = procs::status_at(&b).await.unwrap();
+    let received = st
+        .counters
+        .iter()
+        .find(|(n, _)| n == "channel_received")
+        .map(|x| x.1);
+    assert!(received.is_some_and(|n| n >= 2), "{:?}", st.counters);
+
+    // `shoal listen --echo` on C answers with the request's own parts.
+    listeners[2].stop();
+    let c_id = c.nodes[2].site_id.expect("C's id").to_string();
+    let deadline = Instant::now() + WAIT;
+    while !procs::channel_request(&a, &c_id, &["anyone?"], Duration::ZERO)
+        .await
+        .is_err_and(|e| e.contains("no message dispatch"))
+    {
+        assert!(Instant::now() < deadline, "C kept its listener");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let child = Command::new(BIN)
+        .args(["listen", "--echo", "--count", "1", "--api", &cc])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let answer = procs::channel_request(&a, &c_id, &["echo", "me"], WAIT)
+        .await
+        .unwrap();
+    assert_eq!(answer, "echo me");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(r#""echo" "me""#) && printed.contains("[request]"),
+        "{printed}"
+    );
+
+    // A listener that goes away leaves the node without a dispatch.
+    listeners[1].stop();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let e = procs::channel_request(&cc, "master", &["anyone?"], Duration::ZERO).await;
+        match e {
+            Err(e) if e.contains("no message dispatch") => break,
+            _ => {
+                assert!(Instant::now() < deadline, "B kept a dispatch: {e:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }

@@ -62,6 +62,10 @@ pub struct RunSummary {
     pub archiving: bool,
     /// Internal initialisations completed (INIT_DONE events, S6).
     pub inits: u64,
+    /// Channel requests made (W2).
+    pub channel_requests: u64,
+    /// Of them, answered with a response part (W2).
+    pub channel_answered: u64,
 }
 
 /// What the randomized run is allowed to do.
@@ -77,6 +81,10 @@ pub struct RandomOpts {
     /// Half the seeds forward single writes made on clients (W1). Off
     /// replays a seed as it ran before forwarding existed.
     pub forwarding: bool,
+    /// Half the seeds send channel messages and requests between sites
+    /// (W2) and check each request ends once, by its timeout at the
+    /// latest. Off replays a seed as it ran before channels existed.
+    pub channels: bool,
 }
 
 impl Default for RandomOpts {
@@ -86,6 +94,7 @@ impl Default for RandomOpts {
             trace_tail: Some(300),
             elections: false,
             forwarding: true,
+            channels: true,
         }
     }
 }
@@ -149,6 +158,7 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
         max_pending_commits: 64,
         max_outputs: 65536,
         max_channel_message: 1024,
+        max_channel_requests: 8,
         max_init_bytes: 1 << 20,
     };
     // A third of the seeds archive: small segments and a short retention,
@@ -183,6 +193,118 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
             r.range(200, 4000)
         }),
         trace_tail: opts.trace_tail,
+    }
+}
+
+/// A channel request a random run made (W2).
+#[derive(Clone, Copy, Debug)]
+struct ChannelReq {
+    site: usize,
+    inc: u32,
+    id: shoal_core::site::RequestId,
+    at: Instant,
+    timeout: Duration,
+    /// The site it was sent to, when not on the master channel.
+    to: Option<usize>,
+}
+
+/// A message or a request from a random running site to the master or a
+/// random member.
+fn channel_traffic(sim: &mut Sim, rc: &mut Rng, requests: &mut Vec<ChannelReq>) {
+    use shoal_core::site::ChannelTarget;
+    let up = sim.up();
+    let Some(&i) = rc.pick(&up) else { return };
+    let n = sim.len();
+    let to = (!rc.chance(500_000)).then(|| rc.below(n as u64) as usize);
+    let target = match to {
+        Some(j) if sim.id(j).0 != 0 => ChannelTarget::Site(sim.id(j)),
+        _ => ChannelTarget::Master,
+    };
+    let to = match target {
+        ChannelTarget::Site(_) => to,
+        ChannelTarget::Master => None,
+    };
+    let parts: [&[u8]; 2] = [b"hello", b"from a random run"];
+    if rc.chance(300_000) {
+        let _ = sim.channel_send(i, target, &parts);
+        return;
+    }
+    let timeout = ms(rc.range(20, 1500));
+    let at = sim.now();
+    if let Ok(id) = sim.channel_request(i, target, &parts, Some(timeout)) {
+        let inc = sim.slots[i].inc;
+        requests.push(ChannelReq {
+            site: i,
+            inc,
+            id,
+            at,
+            timeout,
+            to,
+        });
+    }
+}
+
+/// Every request of a site still in the incarnation that made it ended
+/// exactly once, by its timeout at the latest; a response names a site
+/// with a dispatch, the one asked when it was asked by name.
+fn check_channel_requests(sim: &Sim, requests: &[ChannelReq], sum: &mut RunSummary) {
+    for q in requests {
+        sum.channel_requests += 1;
+        if sim.slots[q.site].inc != q.inc {
+            continue;
+        }
+        let answers: Vec<(
+            Instant,
+            &Result<Vec<u8>, shoal_core::site::ChannelRequestError>,
+        )> = sim
+            .answers(q.site)
+            .iter()
+            .filter_map(|(t, inc, a)| match a {
+                Answer::Channel { id, result } if *id == q.id && *inc == q.inc => {
+                    Some((*t, result))
+                }
+                _ => None,
+            })
+            .collect();
+        if answers.is_empty() && q.at + q.timeout > sim.now() {
+            // Still waiting: the run ended before its deadline.
+            continue;
+        }
+        if answers.len() != 1 {
+            sim.fail(&format!(
+                "channel request {} of s{} ended {} times: {answers:?}",
+                q.id,
+                q.site,
+                answers.len()
+            ));
+        }
+        let (t, result) = answers[0];
+        if t > q.at + q.timeout {
+            sim.fail(&format!(
+                "channel request {} of s{} made at {:?} with a {:?} timeout ended at {t:?}",
+                q.id, q.site, q.at, q.timeout
+            ));
+        }
+        if let Ok(part) = result {
+            sum.channel_answered += 1;
+            let from = String::from_utf8_lossy(part);
+            let j = from
+                .strip_prefix('s')
+                .and_then(|x| x.parse::<usize>().ok())
+                .filter(|&j| j < sim.len() && sim.slots[j].channel_reply.is_some());
+            let Some(j) = j else {
+                sim.fail(&format!(
+                    "channel request {} of s{} answered {from:?}",
+                    q.id, q.site
+                ));
+            };
+            if q.to.is_some_and(|to| to != j) {
+                sim.fail(&format!(
+                    "channel request {} of s{} to s{:?} answered by s{j}",
+                    q.id, q.site, q.to
+                ));
+            }
+        }
     }
 }
 
@@ -239,6 +361,19 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
     let mut r = Rng::fork(seed, 20);
     let mut rf = Rng::fork(seed, 14);
     sum.forwarding = sim.cfg.site.forward_writes;
+    // Channels (W2), from streams of their own: every site but perhaps one
+    // has a dispatch that answers with its name.
+    let mut rc = Rng::fork(seed, 15);
+    let channels = opts.channels && rc.chance(500_000);
+    let mut requests: Vec<ChannelReq> = Vec::new();
+    if channels {
+        let silent = rc.chance(300_000).then(|| rc.below(sites as u64) as usize);
+        for i in 0..sites {
+            if Some(i) != silent {
+                sim.set_channel_reply(i, Some(format!("s{i}").as_bytes()));
+            }
+        }
+    }
     let end = sim.now() + opts.fault_time;
     let mut later: Vec<(Instant, Later)> = Vec::new();
     let mut tokens: Vec<CommitToken> = Vec::new();
@@ -273,6 +408,9 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
             break;
         }
         sim.run_until(next);
+        if channels && rc.chance(400_000) {
+            channel_traffic(&mut sim, &mut rc, &mut requests);
+        }
         // Collect tokens for txn_applied.
         if let Some(m) = sim.master() {
             for (_, _, a) in sim.answers(m).iter().rev().take(4) {
@@ -440,6 +578,7 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         }
     }
     sum.converge_time = sim.converge(ms(30_000));
+    check_channel_requests(&sim, &requests, &mut sum);
     let cs = sim.checker().stats();
     sum.steps = sim.steps();
     sum.permanent = cs.permanent;

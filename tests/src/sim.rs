@@ -26,8 +26,8 @@ use shoal_core::config::{Config, Durability};
 use shoal_core::log::Op;
 use shoal_core::meta::Meta;
 use shoal_core::site::{
-    Answer, CommitError, CommitOutcome, Dest, Drop, Event, IndexEntry, Output, RequestId, Role,
-    Site, WaitError,
+    Answer, ChannelRequestError, ChannelSendError, ChannelTarget, CommitError, CommitOutcome, Dest,
+    Drop, Event, Incoming, IndexEntry, Output, ReplyTo, RequestId, Role, Site, WaitError,
 };
 use shoal_core::traits::Storage;
 use shoal_core::{CommitToken, ElectionGen, Generation, Instant, Lsn, SiteId};
@@ -136,6 +136,14 @@ pub(crate) struct Slot {
     pub(crate) inc: u32,
     pub(crate) events: Vec<(Instant, Event)>,
     pub(crate) answers: Vec<(Instant, u32, Answer)>,
+    /// Channel messages the site's dispatch received (W2): time,
+    /// incarnation, message.
+    pub(crate) messages: Vec<(Instant, u32, Incoming)>,
+    /// The application's dispatch (W2): None, no dispatch; Some(part), it
+    /// answers every request with `part` (set again at every reopen).
+    pub(crate) channel_reply: Option<Vec<u8>>,
+    /// The dispatch takes requests but does not answer them.
+    pub(crate) channel_silent: bool,
     reported: BTreeMap<SiteId, bool>,
     flush_busy: bool,
     flush_want: Lsn,
@@ -173,6 +181,10 @@ pub struct Sim {
     conn_dirty: bool,
     conn_epoch: u64,
     in_conn_sync: bool,
+    /// Channel requests the dispatches owe a response: (site, incarnation,
+    /// reply).
+    replies: Vec<(usize, u32, ReplyTo)>,
+    in_replies: bool,
     timer_spin: (Instant, usize, u32),
 }
 
@@ -204,6 +216,9 @@ impl Sim {
                     inc: 0,
                     events: Vec::new(),
                     answers: Vec::new(),
+                    messages: Vec::new(),
+                    channel_reply: None,
+                    channel_silent: false,
                     reported: BTreeMap::new(),
                     flush_busy: false,
                     flush_want: Lsn::ZERO,
@@ -236,6 +251,8 @@ impl Sim {
             conn_dirty: true,
             conn_epoch: 0,
             in_conn_sync: false,
+            replies: Vec::new(),
+            in_replies: false,
             timer_spin: (Instant(0), usize::MAX, 0),
             cfg,
         }
@@ -267,6 +284,7 @@ impl Sim {
             let mut site = Site::open(cfg, &addr, disk, self.now)
                 .unwrap_or_else(|e| self.fail(&format!("site {i} does not reopen: {e}")));
             site.set_peers(&peer_refs(&self.slots[i].peers));
+            site.set_channel_dispatch(self.slots[i].channel_reply.is_some());
             self.slots[i].site = Some(site);
         }
     }
@@ -469,7 +487,34 @@ impl Sim {
             outputs,
         });
         self.after_step(i);
+        self.answer_requests();
         r
+    }
+
+    /// Play each dispatch: answer the channel requests it received.
+    fn answer_requests(&mut self) {
+        if self.in_replies {
+            return;
+        }
+        self.in_replies = true;
+        while !self.replies.is_empty() {
+            let (i, inc, reply) = self.replies.remove(0);
+            if !self.is_up(i) || self.slots[i].inc != inc {
+                continue;
+            }
+            let Some(part) = self.slots[i].channel_reply.clone() else {
+                continue;
+            };
+            if self.slots[i].channel_silent {
+                continue;
+            }
+            let what = format!("channel_respond to {} #{}", reply.site.0, reply.request);
+            let r = self.act(i, &what, |s, now| s.channel_respond(now, reply, &part));
+            if let Err(e) = r {
+                self.fail(&format!("s{i} could not respond: {e}"));
+            }
+        }
+        self.in_replies = false;
     }
 
     fn resolve(&self, d: &Dest) -> Option<usize> {
@@ -547,6 +592,14 @@ impl Sim {
                     let inc = self.slots[i].inc;
                     self.slots[i].answers.push((self.now, inc, a.clone()));
                     outs.push(Out::Answer(a));
+                }
+                Output::Message(m) => {
+                    let inc = self.slots[i].inc;
+                    if let Some(r) = m.reply {
+                        self.replies.push((i, inc, r));
+                    }
+                    self.slots[i].messages.push((self.now, inc, m.clone()));
+                    outs.push(Out::Message(m));
                 }
             }
         }
@@ -881,6 +934,82 @@ impl Sim {
         })
     }
 
+    // ----- message channels (W2) ------------------------------------------
+
+    /// Give site `i` a dispatch that answers every request with `reply`
+    /// (None: no dispatch). Kept across restarts.
+    pub fn set_channel_reply(&mut self, i: usize, reply: Option<&[u8]>) {
+        self.slots[i].channel_reply = reply.map(<[u8]>::to_vec);
+        let on = reply.is_some();
+        if self.is_up(i) {
+            self.act(i, "set_channel_dispatch", |s, _| s.set_channel_dispatch(on));
+        }
+    }
+
+    /// Make site `i`'s dispatch take requests without answering them
+    /// (`silent`), or answer them again.
+    pub fn set_channel_silent(&mut self, i: usize, silent: bool) {
+        self.slots[i].channel_silent = silent;
+    }
+
+    /// Channel messages site `i` received (time, incarnation, message).
+    pub fn messages(&self, i: usize) -> &[(Instant, u32, Incoming)] {
+        &self.slots[i].messages
+    }
+
+    /// Send a channel message from site `i` (fire-and-forget).
+    pub fn channel_send(
+        &mut self,
+        i: usize,
+        target: ChannelTarget,
+        parts: &[&[u8]],
+    ) -> Result<SiteId, ChannelSendError> {
+        self.act(i, &format!("channel_send to {target}"), |s, now| {
+            s.channel_send(now, target, parts)
+        })
+    }
+
+    /// Start a channel request on site `i`.
+    pub fn channel_request(
+        &mut self,
+        i: usize,
+        target: ChannelTarget,
+        parts: &[&[u8]],
+        timeout: Option<Duration>,
+    ) -> Result<RequestId, ChannelSendError> {
+        self.act(i, &format!("channel_request to {target}"), |s, now| {
+            s.channel_request(now, target, parts, timeout)
+        })
+    }
+
+    /// The outcome of channel request `id` on site `i`, once it has come.
+    pub fn channel_answer(
+        &self,
+        i: usize,
+        id: RequestId,
+    ) -> Option<Result<Vec<u8>, ChannelRequestError>> {
+        let inc = self.slots[i].inc;
+        self.slots[i].answers.iter().find_map(|(_, n, a)| match a {
+            Answer::Channel { id: x, result } if *x == id && *n == inc => Some(result.clone()),
+            _ => None,
+        })
+    }
+
+    /// Run until channel request `id` on site `i` is answered.
+    pub fn wait_channel(
+        &mut self,
+        i: usize,
+        id: RequestId,
+        bound: Duration,
+    ) -> Result<Vec<u8>, ChannelRequestError> {
+        self.run_until_true(
+            bound,
+            &format!("channel request {id} on s{i} answered"),
+            |sim| sim.channel_answer(i, id).is_some(),
+        );
+        self.channel_answer(i, id).expect("answered")
+    }
+
     /// Run until commit `id` on site `i` is answered.
     pub fn wait_commit(&mut self, i: usize, id: RequestId, bound: Duration) -> CommitOutcome {
         self.run_until_true(bound, &format!("commit {id} on s{i} answered"), |sim| {
@@ -989,6 +1118,7 @@ impl Sim {
         let mut site = Site::open(cfg, &addr, disk, self.now)
             .unwrap_or_else(|e| self.fail(&format!("s{i} does not reopen after a crash: {e}")));
         site.set_peers(&peer_refs(&self.slots[i].peers));
+        site.set_channel_dispatch(self.slots[i].channel_reply.is_some());
         self.slots[i].site = Some(site);
         self.slots[i].opened = true;
         self.check.on_restart(i);
@@ -1076,6 +1206,7 @@ impl Sim {
         let mut site = Site::open(cfg, &addr, disk, self.now)
             .unwrap_or_else(|e| self.fail(&format!("s{i} does not reopen: {e}")));
         site.set_peers(&peer_refs(&self.slots[i].peers));
+        site.set_channel_dispatch(self.slots[i].channel_reply.is_some());
         let slot = &mut self.slots[i];
         slot.site = Some(site);
         slot.opened = true;

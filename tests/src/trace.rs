@@ -161,6 +161,8 @@ pub enum Out {
     Event(Event),
     /// An answer.
     Answer(Answer),
+    /// A channel message for the dispatch (W2).
+    Message(shoal_core::site::Incoming),
 }
 
 /// One step of the simulation.
@@ -221,6 +223,17 @@ impl fmt::Display for Step {
                 Out::Flush(l) => write!(f, "flush {l:?}")?,
                 Out::Event(e) => write!(f, "event {e:?}")?,
                 Out::Answer(a) => write!(f, "answer {a:?}")?,
+                Out::Message(m) => write!(
+                    f,
+                    "message from {} ({} parts{})",
+                    m.from.0,
+                    m.parts.len(),
+                    if m.reply.is_some() {
+                        ", wants a response"
+                    } else {
+                        ""
+                    }
+                )?,
             }
         }
         Ok(())

@@ -1,4 +1,5 @@
-//! The cases of seeds 003 and 004 (../shared/seeds/), each a script in the
+//! The cases of seeds 002 (message channels), 003 and 004
+//! (../shared/seeds/), each a script in the
 //! simulator with elections on, so a reader can hold the text beside the
 //! test (issue 4, item 4). Each runs with `SHOAL_SEED` (default 1); a
 //! failure names the seed and how to replay it.
@@ -455,4 +456,87 @@ fn s4_load_balanced_resync_through_a_peer() {
     for x in [c, d, e] {
         assert_eq!(sim.site(x).store().get("db", b"n199"), Some(&b"after"[..]));
     }
+}
+
+/// Seed 002 (message channels, W2): every site has a dispatch that answers
+/// with its own name; a client's channel to "the master" reaches the
+/// master, and after the master crashes and the others elect a new one,
+/// the same channel reaches the new master. A request in flight when the
+/// master fails ends early (the connection broke or the master changed),
+/// not at its timeout. The master sending to the master receives its own
+/// message.
+#[test]
+fn seed002_master_channel_follows_the_master_across_an_election() {
+    use shoal_core::site::{ChannelRequestError, ChannelTarget};
+    let mut sim = new_sim(
+        "seed002_master_channel_follows_the_master_across_an_election",
+        3,
+        fast(),
+    );
+    sim.start_group();
+    for i in 0..3 {
+        let name = format!("s{i}");
+        sim.set_channel_reply(i, Some(name.as_bytes()));
+    }
+    let m = sim.master().unwrap_or_else(|| sim.fail("no master"));
+    assert_eq!(m, 0);
+    let id = sim
+        .channel_request(2, ChannelTarget::Master, &[b"who", b"is master?"], None)
+        .unwrap_or_else(|e| sim.fail(&format!("request refused: {e}")));
+    let r = sim.wait_channel(2, id, ms(1_000));
+    assert_eq!(r, Ok(b"s0".to_vec()), "the master answered");
+    let got = sim
+        .messages(0)
+        .iter()
+        .find(|(_, _, m)| m.to_master)
+        .map(|(_, _, m)| m.clone())
+        .unwrap_or_else(|| sim.fail("s0 did not get the message"));
+    assert_eq!(got.parts, vec![b"who".to_vec(), b"is master?".to_vec()]);
+    assert_eq!(got.from, sim.id(2));
+
+    // A request waits at the master while it crashes: it ends once the
+    // failure is noticed, well before its 30 s timeout.
+    sim.set_channel_silent(0, true);
+    let before = sim.now();
+    let id = sim
+        .channel_request(1, ChannelTarget::Master, &[b"in flight"], Some(ms(30_000)))
+        .unwrap_or_else(|e| sim.fail(&format!("request refused: {e}")));
+    sim.run_for(ms(20));
+    sim.crash(0, CrashMode::Clean);
+    let r = sim.wait_channel(1, id, ms(5_000));
+    assert!(
+        matches!(
+            r,
+            Err(ChannelRequestError::Disconnected(_) | ChannelRequestError::MasterChanged)
+        ),
+        "{r:?}"
+    );
+    assert!(sim.now().0 - before.0 < 5_000_000, "ended early");
+
+    sim.run_until_true(ms(10_000), "a new master is elected", |s| {
+        s.master().is_some_and(|m| m != 0)
+            && (1..3).all(|i| s.site(i).master() == s.master().map(|m| s.id(m)))
+    });
+    let new = sim.master().expect("master");
+    let id = sim
+        .channel_request(2, ChannelTarget::Master, &[b"who is master now?"], None)
+        .unwrap_or_else(|e| sim.fail(&format!("request refused: {e}")));
+    let r = sim.wait_channel(2, id, ms(1_000));
+    assert_eq!(
+        r,
+        Ok(format!("s{new}").into_bytes()),
+        "the same channel reached the new master"
+    );
+
+    // The new master sends to the master: its own dispatch receives it,
+    // with nothing on the network.
+    let before = sim.messages(new).len();
+    let to = sim
+        .channel_send(new, ChannelTarget::Master, &[b"note to self"])
+        .unwrap_or_else(|e| sim.fail(&format!("send refused: {e}")));
+    assert_eq!(to, sim.id(new));
+    let own = &sim.messages(new)[before..];
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].2.from, sim.id(new));
+    assert_eq!(own[0].2.parts, vec![b"note to self".to_vec()]);
 }

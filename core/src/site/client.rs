@@ -59,6 +59,7 @@ impl<S: Storage> Site<S> {
             return Ok(());
         }
         self.master = Some(env.from);
+        self.channel_follow_master();
         self.startup_done = false;
         self.want = None;
         self.pending.clear();

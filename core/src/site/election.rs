@@ -166,6 +166,7 @@ impl<S: Storage> Site<S> {
             full_until,
         });
         self.master = None;
+        self.channel_follow_master();
         self.sync = SyncState::NoMaster;
         self.want = None;
         self.find_master_at = None;
@@ -380,6 +381,7 @@ impl<S: Storage> Site<S> {
     /// The master is gone (heartbeat monitor, broken connection): elect.
     pub(super) fn master_lost(&mut self) {
         self.master = None;
+        self.channel_follow_master();
         self.sync = SyncState::NoMaster;
         self.want = None;
         self.init = None;

@@ -5,7 +5,8 @@
 //! ([`Site::handle_timeout`]), a finished log flush
 //! ([`Site::handle_flushed`]), a connection that opened or broke
 //! ([`Site::handle_connection`]), and application calls (`commit`, `get`,
-//! `rep_start_*`, `rep_sync`, `txn_applied`, `join`, `remove_site`).
+//! `rep_start_*`, `rep_sync`, `txn_applied`, `join`, `remove_site`,
+//! `channel_send`, `channel_request`, `channel_respond`).
 //! Outputs are pulled with [`Site::poll_output`]; the next deadline is
 //! [`Site::poll_timeout`]. The site never reads a clock, never blocks and
 //! never sleeps: the same code runs under tokio, in a browser and in the
@@ -16,6 +17,8 @@
 //! completes later, so many commits share one flush.
 
 pub mod acks;
+mod channel;
+pub use channel::{ChannelRequestError, ChannelSendError, ChannelTarget, Incoming, ReplyTo};
 mod client;
 mod election;
 mod forward;
@@ -180,6 +183,17 @@ pub struct Stats {
     pub inits_installed: u64,
     /// Internal initialisations this client completed (INIT_DONE, S6).
     pub inits_done: u64,
+    /// Channel messages and requests this site sent, local ones included
+    /// (W2).
+    pub channel_sent: u64,
+    /// Channel messages and requests handed to this site's dispatch (W2).
+    pub channel_received: u64,
+    /// Channel requests of this site that ended without a response:
+    /// timed out, refused by the receiver, or cut short (W2).
+    pub channel_failed: u64,
+    /// Channel messages and requests this site refused or dropped: no
+    /// dispatch, not master on a channel to the master, or no room (W2).
+    pub channel_refused: u64,
 }
 
 /// A commit the master is waiting on.
@@ -330,6 +344,10 @@ pub struct Site<S: Storage> {
     forwarded: Vec<forward::Forwarded>,
     /// The last forwarded request number taken from each client (W1).
     forward_seen: BTreeMap<SiteId, u64>,
+    /// Channel requests this site waits on (W2).
+    channel_requests: Vec<channel::Pending>,
+    /// The host has a dispatch for channel messages (W2).
+    channel_dispatch: bool,
     // Both.
     waiters: Vec<Waiter>,
     joining: Option<Joining>,
@@ -454,6 +472,8 @@ impl<S: Storage> Site<S> {
             forwards: Vec::new(),
             forwarded: Vec::new(),
             forward_seen: BTreeMap::new(),
+            channel_requests: Vec::new(),
+            channel_dispatch: false,
             joining: None,
             election: None,
             elect_at: None,
@@ -761,6 +781,7 @@ impl<S: Storage> Site<S> {
             at(Some(w.deadline));
         }
         at(self.forward_deadline());
+        at(self.channel_deadline());
         at(self.want.map(|w| w.next_at));
         at(self.init_deadline());
         at(self.serving_deadline());
@@ -1303,6 +1324,7 @@ impl<S: Storage> Site<S> {
         self.save_meta();
         self.role = Role::Master;
         self.master = Some(self.meta.site);
+        self.channel_follow_master();
         self.election = None;
         self.elect_at = None;
         self.find_master_at = None;
@@ -1349,6 +1371,7 @@ impl<S: Storage> Site<S> {
         let was_master = self.role == Role::Master;
         self.role = Role::Client;
         self.master = None;
+        self.channel_follow_master();
         self.sync = SyncState::NoMaster;
         self.init = None;
         self.serving = None;
@@ -1604,8 +1627,11 @@ impl<S: Storage> Site<S> {
             Message::ForwardAnswer { request, result } => {
                 self.on_forward_answer(env, *request, *result)
             }
-            // Channels (W2) belong to a later part of the engine: their
-            // messages are decoded and validated but not acted on yet.
+            Message::ChannelMsg(m) => self.on_channel_msg(env, m),
+            Message::ChannelResponse { request, part } => {
+                self.on_channel_response(env, *request, part)
+            }
+            Message::ChannelFail { request, error } => self.on_channel_fail(env, *request, *error),
             _ => Ok(()),
         }
     }
@@ -1621,6 +1647,7 @@ impl<S: Storage> Site<S> {
         self.lease_timeouts();
         self.transfer_timeouts();
         self.forward_timeouts();
+        self.channel_timeouts();
         if self.snapshot_due.is_some_and(|t| t <= now) {
             self.encode_due_snapshot();
         }
@@ -1688,6 +1715,7 @@ impl<S: Storage> Site<S> {
         } else {
             self.event(Event::ConnectBroken(site));
             self.forget_forwarder(site);
+            self.channel_disconnected(site);
             if self.role == Role::Client && self.master == Some(site) {
                 // The master's connection broke: fail over at once (R9).
                 self.master_lost();

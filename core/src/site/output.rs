@@ -36,6 +36,10 @@ pub enum Output {
     Event(Event),
     /// The answer to an application call.
     Answer(Answer),
+    /// A channel message for the application's dispatch (W2): hand it over
+    /// and, when it asks for a response, answer with
+    /// [`Site::channel_respond`](super::Site::channel_respond).
+    Message(super::Incoming),
 }
 
 /// Application events (R6), in the order they happen.
@@ -127,6 +131,14 @@ pub enum Answer {
         id: RequestId,
         /// Its outcome.
         result: Result<(), CommitError>,
+    },
+    /// A channel request finished (W2): the response part, or why none
+    /// came.
+    Channel {
+        /// The request.
+        id: RequestId,
+        /// Its outcome.
+        result: Result<Vec<u8>, super::ChannelRequestError>,
     },
 }
 

@@ -44,6 +44,10 @@ impl Flags {
     pub const ANYWHERE: Flags = Flags(1);
     /// A re-issued request; always goes to the master (S3).
     pub const REREQUEST: Flags = Flags(2);
+    /// On CHANNEL_MSG (the same bit as REREQUEST, which only log requests
+    /// carry): the message was sent on a channel to "the master" (W2); a
+    /// receiver that is not master refuses it.
+    pub const TO_MASTER: Flags = Flags(2);
     /// Carries a commit that must be acknowledged (R5).
     pub const PERMANENT: Flags = Flags(4);
     /// The master asks the receiver for a lease grant (R10).

@@ -9,7 +9,7 @@ pub mod traced;
 use shoal_core::config::{Config, Durability};
 use shoal_core::log::Op;
 use shoal_core::mem::MemStorage;
-use shoal_core::site::{Answer, CommitOutcome, Dest, Event, Output, Site};
+use shoal_core::site::{Answer, CommitOutcome, Dest, Event, Incoming, Output, Site};
 use shoal_core::{Instant, SiteId};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct Net {
     pub now: Instant,
     pub answers: Vec<(usize, Answer)>,
     pub events: Vec<(usize, Event)>,
+    /// Channel messages handed to each site's dispatch (W2).
+    pub messages: Vec<(usize, Incoming)>,
     /// Pairs of site indexes that cannot talk.
     pub cut: Vec<(usize, usize)>,
     /// (from, to): frames dropped silently, the connection still up.
@@ -47,6 +49,7 @@ impl Net {
             now: Instant(0),
             answers: vec![],
             events: vec![],
+            messages: vec![],
             cut: vec![],
             silent: vec![],
         }
@@ -94,6 +97,7 @@ impl Net {
                         }
                         Output::Event(e) => self.events.push((i, e)),
                         Output::Answer(a) => self.answers.push((i, a)),
+                        Output::Message(m) => self.messages.push((i, m)),
                     }
                 }
             }

@@ -151,7 +151,7 @@ impl<R> Traced<R> {
                     self.site(i).handle_flushed(now, lsn);
                 }
                 Output::Event(e) => self.events.push((i, e)),
-                Output::Answer(_) => {}
+                Output::Answer(_) | Output::Message(_) => {}
             }
         }
     }
