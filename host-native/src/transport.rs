@@ -73,6 +73,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
+/// Largest HANDSHAKE or HANDSHAKE_PROOF frame read (the largest possible
+/// is about 430 bytes: a 64-byte group name, a 255-byte address and a
+/// 64-byte nonce).
+pub const HANDSHAKE_FRAME_MAX: u32 = 1024;
+
 /// Everything a [`TcpTransport`] needs to know.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -795,6 +800,15 @@ impl Inner {
         out
     }
 
+    /// The limits for reading handshake frames: a peer that has not
+    /// proved anything gets at most [`HANDSHAKE_FRAME_MAX`] bytes
+    /// allocated for it.
+    fn handshake_limits(&self) -> Limits {
+        let mut l = self.cfg.limits;
+        l.max_frame = l.max_frame.min(HANDSHAKE_FRAME_MAX);
+        l
+    }
+
     /// A fresh nonce for one handshake, remembered while the guard lives;
     /// `None` without a group key.
     fn own_nonce(&self) -> Option<OwnNonce<'_>> {
@@ -928,7 +942,7 @@ impl Inner {
         reader: &mut BufReader<TcpStream>,
         peer: &str,
     ) -> Result<Hello, Refusal> {
-        let limits = self.cfg.limits;
+        let limits = self.handshake_limits();
         let theirs = match read_frame(reader, &limits).await {
             Ok(f) => f,
             Err(ReadError::Bad(e)) => {
@@ -991,7 +1005,7 @@ impl Inner {
         stream: &mut TcpStream,
         address: &str,
     ) -> Result<Hello, Refusal> {
-        let limits = self.cfg.limits;
+        let limits = self.handshake_limits();
         let nonce = self.own_nonce();
         let mine = self.handshake_frame(nonce.as_ref().map_or(&[][..], |n| &n.nonce[..]));
         write_frame(stream, &mine)
@@ -1902,6 +1916,39 @@ mod tests {
         assert!(bch.inbound.try_recv().is_err());
         a.shutdown().await;
         b.shutdown().await;
+    }
+
+    #[test]
+    fn the_largest_handshake_fits_the_handshake_frame_bound() {
+        let limits = Limits::default();
+        let env = Envelope {
+            from: SiteId(u32::MAX),
+            generation: Generation(u32::MAX),
+            egen: ElectionGen(u32::MAX),
+            lsn: Lsn::new(u32::MAX, u32::MAX),
+            flags: Flags(Flags::KNOWN),
+        };
+        let group = "g".repeat(caps::MAX_GROUP_NAME);
+        let address = "a".repeat(caps::MAX_ADDRESS);
+        let nonce = [0xff; wire::MAX_HANDSHAKE_NONCE];
+        let mac = [0xff; wire::MAX_HANDSHAKE_MAC];
+        for msg in [
+            Message::Handshake(Handshake {
+                group: &group,
+                address: &address,
+                site: SiteId(u32::MAX),
+                nonce: &nonce,
+            }),
+            Message::HandshakeProof { mac: &mac },
+        ] {
+            let mut out = Vec::new();
+            wire::encode_frame(&env, &msg, &mut out, &limits).unwrap();
+            assert!(
+                out.len() <= HANDSHAKE_FRAME_MAX as usize,
+                "{} bytes",
+                out.len()
+            );
+        }
     }
 
     #[tokio::test]
