@@ -46,10 +46,12 @@ enum Command {
     Bench(shoal_native::bench::BenchArgs),
     /// Show what a site of this build runs with by default.
     Config,
-    /// Write a fresh random group key for `shoal node --group-key-file`
-    /// (B4): 32 random bytes as 64 hex digits, in a new file readable by
-    /// its owner only (mode 0600). Copy the same file to every site of the
-    /// group; a site that cannot prove it holds the key is refused.
+    /// Write a fresh random group key for `shoal node --group-key-file`.
+    ///
+    /// The key is 32 random bytes as 64 hex digits, in a new file readable
+    /// by its owner only (mode 0600). Copy the same file to every site of
+    /// the group: a site that cannot prove it holds the key is refused
+    /// (authenticated sites, B4).
     Keygen(KeygenArgs),
 }
 

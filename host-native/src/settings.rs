@@ -46,8 +46,9 @@ pub struct NodeArgs {
     pub group: Option<String>,
     /// File holding the group's secret key (B4): at least 16 bytes, one
     /// trailing newline ignored; `shoal keygen FILE` writes one. Every site
-    /// of the group needs the same key, and a site that cannot prove it
-    /// holds it is refused; without this flag no site may have a key.
+    /// of the group needs the same key: a site that cannot prove it holds
+    /// it is refused. Without this flag the site proves and asks for
+    /// nothing, and sites that have a key refuse it.
     #[arg(long, value_name = "FILE")]
     pub group_key_file: Option<PathBuf>,
     /// Election priority; 0 = never master.
