@@ -175,7 +175,8 @@ struct Buffers {
     page: Vec<u8>,
     group: String,
     address: String,
-    auth: Vec<u8>,
+    nonce: Vec<u8>,
+    mac: Vec<u8>,
     channel: Vec<u8>,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -190,7 +191,8 @@ impl Buffers {
             page: vec![0xee; wire::max_page_bytes(l)],
             group: s(caps::MAX_GROUP_NAME),
             address: s(caps::MAX_ADDRESS),
-            auth: vec![0xaa; 64],
+            nonce: vec![0xaa; wire::MAX_HANDSHAKE_NONCE],
+            mac: vec![0xab; wire::MAX_HANDSHAKE_MAC],
             channel: vec![0xcc; l.max_channel_message as usize],
             key: vec![b'k'; l.max_key as usize],
             value: vec![b'v'; l.max_value as usize],
@@ -247,6 +249,7 @@ fn largest<'a>(kind: MessageKind, b: &'a Buffers, l: &Limits) -> Message<'a> {
         K::TransferMaster => Message::TransferMaster {
             to: SiteId(u32::MAX),
         },
+        K::HandshakeProof => Message::HandshakeProof { mac: &b.mac },
         K::VerifyReq => Message::VerifyReq { lsn: LSN_MAX },
         K::Verify => Message::Verify(entry),
         K::VerifyFail => Message::VerifyFail { lsn: LSN_MAX },
@@ -290,7 +293,7 @@ fn largest<'a>(kind: MessageKind, b: &'a Buffers, l: &Limits) -> Message<'a> {
             group: &b.group,
             address: &b.address,
             site: SiteId(MAX),
-            auth: &b.auth,
+            nonce: &b.nonce,
         }),
         K::JoinReq => Message::JoinReq(JoinReq {
             address: &b.address,
@@ -400,6 +403,7 @@ fn check_largest(l: &Limits, label: &str) {
                 | MessageKind::Update
                 | MessageKind::Page
                 | MessageKind::Handshake
+                | MessageKind::HandshakeProof
                 | MessageKind::JoinReq
                 | MessageKind::JoinAnswer
                 | MessageKind::ChannelMsg
@@ -576,10 +580,10 @@ fn one_more(l: &Limits, label: &str) {
     });
     refused(l, &format!("{label}: page +1"), Some(&msg), &msg);
 
-    // HANDSHAKE: group, address, auth one byte longer.
+    // HANDSHAKE: group, address, nonce one byte longer.
     let long_group = s(caps::MAX_GROUP_NAME + 1);
     let long_addr = s(caps::MAX_ADDRESS + 1);
-    let long_auth = vec![0u8; 65];
+    let long_nonce = vec![0u8; wire::MAX_HANDSHAKE_NONCE + 1];
     for (what, h) in [
         (
             "group",
@@ -587,7 +591,7 @@ fn one_more(l: &Limits, label: &str) {
                 group: &long_group,
                 address: &b.address,
                 site: SiteId(1),
-                auth: &b.auth,
+                nonce: &b.nonce,
             },
         ),
         (
@@ -596,22 +600,26 @@ fn one_more(l: &Limits, label: &str) {
                 group: &b.group,
                 address: &long_addr,
                 site: SiteId(1),
-                auth: &b.auth,
+                nonce: &b.nonce,
             },
         ),
         (
-            "auth",
+            "nonce",
             Handshake {
                 group: &b.group,
                 address: &b.address,
                 site: SiteId(1),
-                auth: &long_auth,
+                nonce: &long_nonce,
             },
         ),
     ] {
         let msg = Message::Handshake(h);
         refused(l, &format!("{label}: handshake {what}"), Some(&msg), &msg);
     }
+    // HANDSHAKE_PROOF: a MAC one byte longer.
+    let long_mac = vec![0u8; wire::MAX_HANDSHAKE_MAC + 1];
+    let msg = Message::HandshakeProof { mac: &long_mac };
+    refused(l, &format!("{label}: handshake proof"), Some(&msg), &msg);
 
     // JOIN_REQ: address one byte longer.
     let msg = Message::JoinReq(JoinReq {

@@ -494,7 +494,7 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
             group: "inventory-eu",
             address: "10.0.0.2:5020",
             site: SiteId(2),
-            auth: &[0xa5; 32],
+            nonce: &[0xa5; 32],
         }),
     );
     add(
@@ -504,7 +504,7 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
             group: "inventory-eu",
             address: "wss://tab-17.example.net/shoal",
             site: SiteId(0),
-            auth: &[],
+            nonce: &[],
         }),
     );
     add(
@@ -674,6 +674,11 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
         "transfer_master",
         master(Flags::NONE),
         Message::TransferMaster { to: SiteId(4) },
+    );
+    add(
+        "handshake_proof",
+        env(2, 0, 0, Lsn::ZERO, Flags::NONE),
+        Message::HandshakeProof { mac: &[0x5a; 32] },
     );
     v
 }
@@ -970,7 +975,7 @@ fn segment_header_and_meta_bytes_are_as_documented() {
     assert_eq!(shoal_core::crc::checksum(b"123456789"), 0xe306_9283);
     // The worked frame example.
     let f = std::fs::read(golden_dir().join("frames/log_req.bin")).unwrap();
-    assert_eq!(f, unhex("03 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
+    assert_eq!(f, unhex("04 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
     let r = std::fs::read(golden_dir().join("records/commit_empty.bin")).unwrap();
     assert_eq!(
         r,

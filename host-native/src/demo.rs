@@ -105,8 +105,10 @@ pub async fn run_with_binary(args: DemoArgs, binary: impl Into<PathBuf>) -> Resu
         .chain(ARCHIVE_ARGS)
         .map(|s| s.to_string())
         .collect();
-    let cluster = Cluster::new(binary, args.sites, common)
+    let mut cluster = Cluster::new(binary, args.sites, common)
         .map_err(|e| format!("cannot create the demo's temporary directory: {e}"))?;
+    // Every site proves it holds the group's key (B4).
+    cluster.with_group_key()?;
     let mut demo = Demo {
         cluster,
         out: Narrator::new(args.json),

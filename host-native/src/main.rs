@@ -1,7 +1,8 @@
 //! The `shoal` command line: run a site (`shoal node`), talk to one
 //! (`put`, `get`, `del`, `status`, `sync`, `elect`, `transfer`, `remove`),
 //! send application messages between sites (`msg`, `request`, `listen`),
-//! watch a whole group at work (`demo`), or measure one (`bench`).
+//! watch a whole group at work (`demo`), measure one (`bench`), or make a
+//! group key (`keygen`).
 
 use clap::{Args, Parser, Subcommand};
 use shoal_native::api::{self, Request, Response, Status};
@@ -70,6 +71,22 @@ Examples:\n  shoal listen --reply pong\n  shoal listen --echo --count 1 --api 12
     Bench(shoal_native::bench::BenchArgs),
     /// Show what a site of this build runs with by default.
     Config,
+    /// Write a fresh random group key for `shoal node --group-key-file`.
+    ///
+    /// The key is 32 random bytes as 64 hex digits, in a new file readable
+    /// by its owner only (mode 0600). Copy the same file to every site of
+    /// the group: a site that cannot prove it holds the key is refused
+    /// (authenticated sites, B4).
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// The file to write (it must not exist yet, unless --force).
+    file: std::path::PathBuf,
+    /// Replace the file if it exists (every site then needs the new key).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -238,6 +255,9 @@ async fn run_node(settings: Settings) -> Result<ExitCode, String> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
     shoal_native::node::run(settings).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -380,6 +400,14 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             });
         }
         Command::Bench(a) => shoal_native::bench::run(a).await?,
+        Command::Keygen(a) => {
+            shoal_native::auth::GroupKey::write_new_file(&a.file, a.force)?;
+            println!(
+                "wrote a new group key to {} (readable by its owner only); copy it to every \
+                 site of the group and start each with --group-key-file FILE",
+                a.file.display()
+            );
+        }
         Command::Config => {
             let config = shoal_core::Config::default();
             println!(

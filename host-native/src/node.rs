@@ -142,6 +142,7 @@ pub async fn start(s: Settings) -> Result<Running, String> {
         .collect();
     let mut tcfg = TransportConfig::new(&s.group, &s.listen, site.id(), &s.config);
     tcfg.advertise = Some(s.advertise.clone());
+    tcfg.group_key = s.group_key.clone();
     let (tcp, channels) = TcpTransport::bind(tcfg).await.map_err(|e| e.to_string())?;
     for (id, address) in &members {
         if *id != site.id() {

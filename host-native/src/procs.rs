@@ -141,6 +141,16 @@ impl Cluster {
         })
     }
 
+    /// Give the group a key (B4): write a fresh one into the cluster's
+    /// directory and start every node with `--group-key-file` naming it.
+    pub fn with_group_key(&mut self) -> Result<PathBuf, String> {
+        let path = self.dir().join("group.key");
+        crate::auth::GroupKey::write_new_file(&path, false)?;
+        self.common.push("--group-key-file".into());
+        self.common.push(path.display().to_string());
+        Ok(path)
+    }
+
     /// The binary that runs this process: `shoal` itself when the demo or
     /// bench runs as `shoal demo` / `shoal bench`.
     pub fn current_binary() -> Result<PathBuf, String> {

@@ -2,6 +2,7 @@
 //! line flag and as a key of a TOML file (`--config FILE`); a flag beats
 //! the file, the file beats the default.
 
+use crate::auth::GroupKey;
 use clap::Args;
 use serde::Deserialize;
 use shoal_core::config::{AckPolicy, Config, Durability};
@@ -43,6 +44,13 @@ pub struct NodeArgs {
     /// Group name: sites of another group are refused.
     #[arg(long)]
     pub group: Option<String>,
+    /// File holding the group's secret key (B4): at least 16 bytes, one
+    /// trailing newline ignored; `shoal keygen FILE` writes one. Every site
+    /// of the group needs the same key: a site that cannot prove it holds
+    /// it is refused. Without this flag the site proves and asks for
+    /// nothing, and sites that have a key refuse it.
+    #[arg(long, value_name = "FILE")]
+    pub group_key_file: Option<PathBuf>,
     /// Election priority; 0 = never master.
     #[arg(long)]
     pub priority: Option<u32>,
@@ -163,6 +171,10 @@ pub struct Settings {
     pub peers: Vec<String>,
     /// Group name.
     pub group: String,
+    /// The group key (B4), if the site has one.
+    pub group_key: Option<GroupKey>,
+    /// Warnings for the log once it is set up (a key file others can read).
+    pub warnings: Vec<String>,
     /// Default durability of API commits.
     pub durability: Durability,
     /// The replication configuration.
@@ -379,6 +391,17 @@ impl NodeArgs {
         c.seed = seed();
         c.validate()
             .map_err(|e| format!("invalid configuration: {e}"))?;
+        let mut warnings = Vec::new();
+        let group_key = match a.group_key_file.or(f.group_key_file) {
+            Some(p) => {
+                let key = GroupKey::from_file(&p).map_err(|e| format!("--group-key-file: {e}"))?;
+                if let Some(w) = readable_by_others(&p) {
+                    warnings.push(w);
+                }
+                Some(key)
+            }
+            None => None,
+        };
         Ok(Settings {
             home,
             listen,
@@ -388,12 +411,35 @@ impl NodeArgs {
             join,
             peers,
             group: a.group.or(f.group).unwrap_or_else(|| "shoal".into()),
+            group_key,
+            warnings,
             durability,
             config: c,
             log_level: a.log_level.or(f.log_level).unwrap_or_else(|| "info".into()),
             worker_threads,
         })
     }
+}
+
+/// A warning if the key file at `p` can be read by others than its owner.
+fn readable_by_others(p: &std::path::Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p).ok()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Some(format!(
+                "the group key file {} can be read by others than its owner (mode {:o}); \
+                 `chmod 600 {}` keeps the key to this site's user",
+                p.display(),
+                mode & 0o777,
+                p.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = p;
+    None
 }
 
 /// A tie-breaker seed from the OS (hosts own randomness; the core takes it
@@ -516,6 +562,73 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(s.peers, vec!["10.0.0.2:7000"]);
+    }
+
+    #[test]
+    fn the_group_key_comes_from_its_file_and_bad_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(args().resolve().unwrap().group_key.is_none());
+        let key = dir.path().join("group.key");
+        GroupKey::write_new_file(&key, false).unwrap();
+        let s = NodeArgs {
+            group_key_file: Some(key.clone()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.group_key, Some(GroupKey::from_file(&key).unwrap()));
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        // Nor does the key show in the settings' debug output.
+        let text = std::fs::read_to_string(&key).unwrap();
+        assert!(!format!("{s:?}").contains(text.trim_end()));
+        // From the TOML file too.
+        let conf = dir.path().join("shoal.toml");
+        std::fs::write(
+            &conf,
+            format!("group_key_file = {:?}\n", key.display().to_string()),
+        )
+        .unwrap();
+        let s = NodeArgs {
+            config: Some(conf),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(s.group_key.is_some());
+        // Missing, short: refused with what to do.
+        let e = NodeArgs {
+            group_key_file: Some(dir.path().join("nope.key")),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            e.starts_with("--group-key-file: cannot read the group key file")
+                && e.contains("shoal keygen"),
+            "{e}"
+        );
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "secret\n").unwrap();
+        let e = NodeArgs {
+            group_key_file: Some(short.clone()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("holds 6 bytes; a key needs at least 16"), "{e}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&short, "0123456789abcdef0123\n").unwrap();
+            std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let s = NodeArgs {
+                group_key_file: Some(short),
+                ..args()
+            }
+            .resolve()
+            .unwrap();
+            assert!(s.warnings[0].contains("chmod 600"), "{:?}", s.warnings);
+        }
     }
 
     #[test]

@@ -22,11 +22,22 @@
 //! that announces more than `Limits::max_frame` is disconnected.
 //!
 //! The dialer's first frame is a [`Message::Handshake`] with its group name,
-//! listening address, site id and group key; the listener checks the
-//! protocol version (the frame's version field) and the group and key, and
-//! refuses a mismatch with a `tracing` warning that says why, closing the
-//! connection. Otherwise it answers with its own handshake, which the
-//! dialer checks the same way. Only then is the link up.
+//! listening address, site id and, when it has a group key, a fresh random
+//! nonce; the listener checks the protocol version (the frame's version
+//! field) and the group, and refuses a mismatch with a `tracing` warning
+//! that says why, closing the connection. Otherwise it answers with its own
+//! handshake, which the dialer checks the same way.
+//!
+//! Without a group key on either side that is all. With one
+//! ([`TransportConfig::group_key`], B4), each side then proves it holds the
+//! key: the dialer sends a [`Message::HandshakeProof`], an HMAC-SHA256 over
+//! both handshakes (see [`crate::auth`]); the listener checks it and only
+//! then answers with its own proof, which the dialer checks. A site with a
+//! key refuses one without (and the other way round), a wrong proof is
+//! refused, and each refusal is logged with its reason and counted in
+//! [`TransportStats::refused`]. No frame is delivered and no link is up
+//! before the peer's proof checks out, and the whole handshake must end
+//! within `handshake_timeout`.
 //!
 //! # Events and back-pressure
 //!
@@ -44,12 +55,13 @@
 //! Call [`TcpTransport::shutdown`] to close the listener and every
 //! connection; the transport's tasks hold it alive until then.
 
+use crate::auth::{self, GroupKey, Role};
 use shoal_core::config::{caps, Limits};
 use shoal_core::node::NodeTransport;
 use shoal_core::traits::{SendError, Transport};
 use shoal_core::wire::{self, DecodeError, Envelope, Flags, Handshake, Message, PROTOCOL_VERSION};
 use shoal_core::{Config, ElectionGen, Generation, Lsn, SiteId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -60,6 +72,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+/// Largest HANDSHAKE or HANDSHAKE_PROOF frame read (the largest possible
+/// is about 430 bytes: a 64-byte group name, a 255-byte address and a
+/// 64-byte nonce).
+pub const HANDSHAKE_FRAME_MAX: u32 = 1024;
 
 /// Everything a [`TcpTransport`] needs to know.
 #[derive(Clone, Debug)]
@@ -73,10 +90,12 @@ pub struct TransportConfig {
     pub advertise: Option<String>,
     /// This site's id (zero until it has one; see [`TcpTransport::set_site`]).
     pub site: SiteId,
-    /// A key every site of the group shares, sent in handshakes and
-    /// compared as is (at most 64 bytes; empty for none). It keeps
-    /// misconfigured sites apart; it is not encryption.
-    pub auth: Vec<u8>,
+    /// The key every site of the group holds (B4). With one, a peer must
+    /// prove it holds the same key before any of its frames is delivered;
+    /// the key itself is never sent. `None`: no proof is asked or given,
+    /// and peers with a key are refused. It authenticates sites when they
+    /// connect; it does not encrypt or sign the frames that follow.
+    pub group_key: Option<GroupKey>,
     /// Frame limits (`max_frame`, `max_sites`).
     pub limits: Limits,
     /// Frames queued per peer before sends fail with `Full`.
@@ -92,7 +111,8 @@ pub struct TransportConfig {
     pub connection_retry: Duration,
     /// Longest wait for a TCP connection to open.
     pub connect_timeout: Duration,
-    /// Longest wait for the peer's handshake.
+    /// Longest wait for the whole handshake (the peer's handshake and,
+    /// with a group key, its proof).
     pub handshake_timeout: Duration,
     /// Most incoming connections open at once; more are refused.
     pub max_incoming: usize,
@@ -109,7 +129,7 @@ impl TransportConfig {
             listen: listen.to_string(),
             advertise: None,
             site,
-            auth: Vec::new(),
+            group_key: None,
             limits: config.limits,
             send_queue_frames: 4096,
             send_queue_bytes: 8 << 20,
@@ -318,6 +338,9 @@ struct Inner {
     dropping: AtomicBool,
     inbound_dropped: AtomicU64,
     refused: AtomicU64,
+    /// Nonces of this site's handshakes in progress: a peer that sends one
+    /// back is reflecting this site's own handshake.
+    nonces: Mutex<HashSet<[u8; auth::NONCE_BYTES]>>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Option<mpsc::Sender<()>>>,
     tasks_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
@@ -363,11 +386,6 @@ impl TcpTransport {
                 cfg.group.len(),
                 caps::MAX_GROUP_NAME
             )));
-        }
-        if cfg.auth.len() > 64 {
-            return Err(TransportError::Config(
-                "the group key is longer than 64 bytes".into(),
-            ));
         }
         if cfg.send_queue_frames == 0 || cfg.inbound_frames == 0 || cfg.event_queue == 0 {
             return Err(TransportError::Config(
@@ -420,6 +438,7 @@ impl TcpTransport {
             dropping: AtomicBool::new(false),
             inbound_dropped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            nonces: Mutex::new(HashSet::new()),
             shutdown: watch::Sender::new(false),
             tasks: Mutex::new(Some(tasks_tx)),
             tasks_done: tokio::sync::Mutex::new(tasks_rx),
@@ -427,6 +446,7 @@ impl TcpTransport {
         tracing::info!(
             group = %inner.cfg.group,
             address = %inner.advertise,
+            authenticated = inner.cfg.group_key.is_some(),
             "listening on {local_addr}"
         );
         let i = inner.clone();
@@ -747,8 +767,25 @@ impl Inner {
         self.spawn(move |g| task.run(g));
     }
 
-    fn handshake_frame(&self) -> Vec<u8> {
+    /// This site's handshake frame, with `nonce` (empty without a key).
+    fn handshake_frame(&self, nonce: &[u8]) -> Vec<u8> {
         let site = SiteId(self.site.load(Ordering::Relaxed));
+        let msg = Message::Handshake(Handshake {
+            group: &self.cfg.group,
+            address: &self.advertise,
+            site,
+            nonce,
+        });
+        self.control_frame(site, &msg)
+    }
+
+    /// A HANDSHAKE_PROOF frame carrying `mac`.
+    fn proof_frame(&self, mac: &[u8]) -> Vec<u8> {
+        let site = SiteId(self.site.load(Ordering::Relaxed));
+        self.control_frame(site, &Message::HandshakeProof { mac })
+    }
+
+    fn control_frame(&self, site: SiteId, msg: &Message<'_>) -> Vec<u8> {
         let env = Envelope {
             from: site,
             generation: Generation(0),
@@ -756,16 +793,29 @@ impl Inner {
             lsn: Lsn::ZERO,
             flags: Flags::NONE,
         };
-        let msg = Message::Handshake(Handshake {
-            group: &self.cfg.group,
-            address: &self.advertise,
-            site,
-            auth: &self.cfg.auth,
-        });
         let mut out = Vec::new();
-        // Group and address lengths were checked in `bind`.
-        let _ = wire::encode_frame(&env, &msg, &mut out, &self.cfg.limits);
+        // Group and address lengths were checked in `bind`; nonces and
+        // MACs are within their bounds.
+        let _ = wire::encode_frame(&env, msg, &mut out, &self.cfg.limits);
         out
+    }
+
+    /// The limits for reading handshake frames: a peer that has not
+    /// proved anything gets at most [`HANDSHAKE_FRAME_MAX`] bytes
+    /// allocated for it.
+    fn handshake_limits(&self) -> Limits {
+        let mut l = self.cfg.limits;
+        l.max_frame = l.max_frame.min(HANDSHAKE_FRAME_MAX);
+        l
+    }
+
+    /// A fresh nonce for one handshake, remembered while the guard lives;
+    /// `None` without a group key.
+    fn own_nonce(&self) -> Option<OwnNonce<'_>> {
+        self.cfg.group_key.as_ref()?;
+        let nonce = auth::nonce();
+        lock(&self.nonces).insert(nonce);
+        Some(OwnNonce { inner: self, nonce })
     }
 
     /// Check a peer's handshake; the error is the log line for a refusal.
@@ -797,17 +847,230 @@ impl Inner {
                 h.site.0, h.address, h.group, self.cfg.group
             ));
         }
-        if h.auth != self.cfg.auth.as_slice() {
+        if !h.nonce.is_empty() && h.nonce.len() < auth::MIN_NONCE_BYTES {
             return Err(format!(
-                "refused {peer} (site {}, address {}): wrong group key; give every site of \
-                 group {:?} the same key",
+                "refused {peer} (site {}, address {}): its handshake nonce is {} bytes, fewer \
+                 than the {} a proof needs; is it a shoal site?",
+                h.site.0,
+                h.address,
+                h.nonce.len(),
+                auth::MIN_NONCE_BYTES
+            ));
+        }
+        if <[u8; auth::NONCE_BYTES]>::try_from(h.nonce)
+            .is_ok_and(|n| lock(&self.nonces).contains(&n))
+        {
+            return Err(format!(
+                "refused {peer} (claims site {}, address {}): its handshake carries a nonce \
+                 this site made for another connection, so it is replaying this site's own \
+                 handshake; it is not a site of group {:?}",
                 h.site.0, h.address, self.cfg.group
             ));
         }
         Ok(Hello {
             site: h.site,
             address: h.address.to_string(),
+            nonce: h.nonce.to_vec(),
         })
+    }
+
+    /// With a group key on both sides, the key; `None` with none on either.
+    /// A key on one side only is refused.
+    fn keyed(&self, hello: &Hello, peer: &str) -> Result<Option<&GroupKey>, Refusal> {
+        let g = &self.cfg.group;
+        match (&self.cfg.group_key, hello.nonce.is_empty()) {
+            (None, true) => Ok(None),
+            (Some(key), false) => Ok(Some(key)),
+            (Some(_), true) => Err(Refusal::Refused(format!(
+                "refused {peer} (site {}, address {}): it has no group key, and this site \
+                 admits only sites that prove they hold group {g:?}'s key; give every site the \
+                 same --group-key-file",
+                hello.site.0, hello.address
+            ))),
+            (None, false) => Err(Refusal::Refused(format!(
+                "refused {peer} (site {}, address {}): it has a group key and this site has \
+                 none; give every site of group {g:?} the same --group-key-file (or none at all)",
+                hello.site.0, hello.address
+            ))),
+        }
+    }
+
+    /// Check the peer's HANDSHAKE_PROOF: `role`'s MAC over the handshakes
+    /// `dialer` and `listener`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_proof(
+        &self,
+        frame: &[u8],
+        key: &GroupKey,
+        role: Role,
+        dialer: &[u8],
+        listener: &[u8],
+        peer: &str,
+        hello: &Hello,
+    ) -> Result<(), Refusal> {
+        let g = &self.cfg.group;
+        let who = format!("{peer} (site {}, address {})", hello.site.0, hello.address);
+        let mac = match wire::decode_frame(frame, &self.cfg.limits) {
+            Ok((_, Message::HandshakeProof { mac })) => mac,
+            Ok((_, m)) => {
+                return Err(Refusal::Refused(format!(
+                    "refused {who}: it sent {} where its proof of group {g:?}'s key belongs; \
+                     give every site the same --group-key-file",
+                    m.kind().name()
+                )))
+            }
+            Err(e) => {
+                return Err(Refusal::Refused(format!(
+                    "refused {who}: its proof of group {g:?}'s key does not decode ({e})"
+                )))
+            }
+        };
+        if !key.verify(role, dialer, listener, mac) {
+            return Err(Refusal::Refused(format!(
+                "refused {who}: it could not prove it holds group {g:?}'s key; give every site \
+                 the same --group-key-file"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The listener's side of the handshake: read the dialer's handshake,
+    /// answer it, and with a group key read and check the dialer's proof
+    /// before sending this site's own.
+    async fn accept_handshake(
+        &self,
+        reader: &mut BufReader<TcpStream>,
+        peer: &str,
+    ) -> Result<Hello, Refusal> {
+        let limits = self.handshake_limits();
+        let theirs = match read_frame(reader, &limits).await {
+            Ok(f) => f,
+            Err(ReadError::Bad(e)) => {
+                return Err(Refusal::Refused(format!(
+                    "refused {peer}: its first frame announces {e}; is it a shoal site?"
+                )))
+            }
+            Err(e) => {
+                return Err(Refusal::Quiet(format!(
+                    "connection from {peer} ended before its handshake: {e}"
+                )))
+            }
+        };
+        let hello = self
+            .check_handshake(&theirs, peer)
+            .map_err(Refusal::Refused)?;
+        let nonce = self.own_nonce();
+        let mine = self.handshake_frame(nonce.as_ref().map_or(&[][..], |n| &n.nonce[..]));
+        // Answered even when the keys do not match, so the dialer can say
+        // why in its own log too.
+        write_frame(reader.get_mut(), &mine).await.map_err(|e| {
+            Refusal::Quiet(format!(
+                "connection from {peer} broke during the handshake: {e}"
+            ))
+        })?;
+        let Some(key) = self.keyed(&hello, peer)? else {
+            return Ok(hello);
+        };
+        let proof = match read_frame(reader, &limits).await {
+            Ok(f) => f,
+            Err(ReadError::Bad(e)) => {
+                return Err(Refusal::Refused(format!(
+                    "refused {peer} (site {}, address {}): its proof frame announces {e}",
+                    hello.site.0, hello.address
+                )))
+            }
+            Err(e) => {
+                return Err(Refusal::Quiet(format!(
+                    "connection from {peer} (site {}, address {}) ended before it proved it \
+                     holds the group key: {e}",
+                    hello.site.0, hello.address
+                )))
+            }
+        };
+        self.check_proof(&proof, key, Role::Dialer, &theirs, &mine, peer, &hello)?;
+        let answer = self.proof_frame(&key.proof(Role::Listener, &theirs, &mine));
+        write_frame(reader.get_mut(), &answer).await.map_err(|e| {
+            Refusal::Quiet(format!(
+                "connection from {peer} broke during the handshake: {e}"
+            ))
+        })?;
+        Ok(hello)
+    }
+
+    /// The dialer's side of the handshake on a new connection to
+    /// `address`: send this site's handshake, check the listener's, and
+    /// with a group key send this site's proof and check the listener's.
+    async fn dial_handshake(
+        &self,
+        stream: &mut TcpStream,
+        address: &str,
+    ) -> Result<Hello, Refusal> {
+        let limits = self.handshake_limits();
+        let nonce = self.own_nonce();
+        let mine = self.handshake_frame(nonce.as_ref().map_or(&[][..], |n| &n.nonce[..]));
+        write_frame(stream, &mine)
+            .await
+            .map_err(|e| Refusal::Quiet(e.to_string()))?;
+        let theirs = match read_frame(stream, &limits).await {
+            Ok(f) => f,
+            Err(ReadError::Closed) => {
+                return Err(Refusal::Warn(format!(
+                    "{address} closed the connection during the handshake: it refused this site \
+                     (another group, protocol version or group key? see its log)"
+                )))
+            }
+            Err(e) => return Err(Refusal::Quiet(format!("handshake failed: {e}"))),
+        };
+        let hello = self
+            .check_handshake(&theirs, address)
+            .map_err(Refusal::Refused)?;
+        let Some(key) = self.keyed(&hello, address)? else {
+            return Ok(hello);
+        };
+        let proof = self.proof_frame(&key.proof(Role::Dialer, &mine, &theirs));
+        write_frame(stream, &proof)
+            .await
+            .map_err(|e| Refusal::Quiet(format!("handshake failed: {e}")))?;
+        let answer = match read_frame(stream, &limits).await {
+            Ok(f) => f,
+            Err(ReadError::Closed) => {
+                return Err(Refusal::Warn(format!(
+                    "{address} (site {}) closed the connection instead of proving it holds \
+                     group {:?}'s key: it refused this site's proof; give every site the same \
+                     --group-key-file (see its log)",
+                    hello.site.0, self.cfg.group
+                )))
+            }
+            Err(e) => return Err(Refusal::Quiet(format!("handshake failed: {e}"))),
+        };
+        self.check_proof(
+            &answer,
+            key,
+            Role::Listener,
+            &mine,
+            &theirs,
+            address,
+            &hello,
+        )?;
+        Ok(hello)
+    }
+
+    /// Log a refused handshake at its level; only `Refused` is counted.
+    fn report(&self, r: &Refusal) -> String {
+        match r {
+            Refusal::Refused(line) => {
+                self.refuse(line);
+                line.clone()
+            }
+            Refusal::Warn(line) => {
+                tracing::warn!("{line}");
+                line.clone()
+            }
+            Refusal::Quiet(line) => {
+                tracing::debug!("{line}");
+                line.clone()
+            }
+        }
     }
 
     /// A peer dialed in: if the link to it is waiting to redial, redial
@@ -863,6 +1126,31 @@ impl Inner {
 struct Hello {
     site: SiteId,
     address: String,
+    /// Its nonce (empty: it has no group key).
+    nonce: Vec<u8>,
+}
+
+/// Why a handshake ended without a link, and how loudly to say so.
+#[derive(Debug)]
+enum Refusal {
+    /// The peer was refused: a warning, counted in `refused`.
+    Refused(String),
+    /// The peer refused this site: a warning.
+    Warn(String),
+    /// The connection ended (or broke) before the handshake did: debug.
+    Quiet(String),
+}
+
+/// A nonce of this site's handshake in progress; forgotten on drop.
+struct OwnNonce<'a> {
+    inner: &'a Inner,
+    nonce: [u8; auth::NONCE_BYTES],
+}
+
+impl Drop for OwnNonce<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.nonces).remove(&self.nonce);
+    }
 }
 
 /// Why reading a frame stopped.
@@ -954,36 +1242,32 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let limits = inner.cfg.limits;
     let mut reader = BufReader::with_capacity(64 << 10, stream);
-    let first = tokio::select! {
-        r = tokio::time::timeout(inner.cfg.handshake_timeout, read_frame(&mut reader, &limits)) => r,
+    let peer_name = peer.to_string();
+    let shaken = tokio::select! {
+        r = tokio::time::timeout(
+            inner.cfg.handshake_timeout,
+            inner.accept_handshake(&mut reader, &peer_name),
+        ) => r,
         _ = inner.stopped() => return,
     };
-    let frame = match first {
-        Ok(Ok(f)) => f,
-        Ok(Err(ReadError::Bad(e))) => {
-            return inner.refuse(&format!(
-                "refused {peer}: its first frame announces {e}; is it a shoal site?"
-            ))
-        }
-        Ok(Err(e)) => {
-            tracing::debug!("connection from {peer} ended before its handshake: {e}");
+    let hello = match shaken {
+        Ok(Ok(h)) => h,
+        Ok(Err(r)) => {
+            inner.report(&r);
             return;
         }
         Err(_) => {
             return inner.refuse(&format!(
-                "refused {peer}: no handshake within {:?}",
+                "refused {peer}: no handshake{} within {:?}",
+                if inner.cfg.group_key.is_some() {
+                    " and proof of the group key"
+                } else {
+                    ""
+                },
                 inner.cfg.handshake_timeout
             ))
         }
     };
-    let hello = match inner.check_handshake(&frame, &peer.to_string()) {
-        Ok(h) => h,
-        Err(line) => return inner.refuse(&line),
-    };
-    if let Err(e) = write_frame(reader.get_mut(), &inner.handshake_frame()).await {
-        tracing::debug!("connection from {peer} broke during the handshake: {e}");
-        return;
-    }
     tracing::debug!(
         "accepted site {} ({}) from {peer}",
         hello.site.0,
@@ -1242,32 +1526,15 @@ impl LinkTask {
             Err(_) => return Err(format!("no answer within {:?}", cfg.connect_timeout)),
         };
         let _ = stream.set_nodelay(true);
-        write_frame(&mut stream, &self.inner.handshake_frame())
-            .await
-            .map_err(|e| e.to_string())?;
-        let frame =
-            match tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut stream, &cfg.limits))
-                .await
-            {
-                Ok(Ok(f)) => f,
-                Ok(Err(ReadError::Closed)) => {
-                    let line = format!(
-                        "{} closed the connection during the handshake: it refused this site \
-                         (another group, protocol version or key? see its log)",
-                        self.address
-                    );
-                    tracing::warn!("{line}");
-                    return Err(line);
-                }
-                Ok(Err(e)) => return Err(format!("handshake failed: {e}")),
-                Err(_) => return Err(format!("no handshake within {:?}", cfg.handshake_timeout)),
-            };
-        match self.inner.check_handshake(&frame, &self.address) {
-            Ok(h) => Ok((stream, h)),
-            Err(line) => {
-                self.inner.refuse(&line);
-                Err(line)
-            }
+        match tokio::time::timeout(
+            cfg.handshake_timeout,
+            self.inner.dial_handshake(&mut stream, &self.address),
+        )
+        .await
+        {
+            Ok(Ok(h)) => Ok((stream, h)),
+            Ok(Err(r)) => Err(self.inner.report(&r)),
+            Err(_) => Err(format!("no handshake within {:?}", cfg.handshake_timeout)),
         }
     }
 
@@ -1384,7 +1651,7 @@ mod tests {
             .expect("inbound channel closed")
     }
 
-    fn handshake_for(group: &str, site: u32, limits: &Limits) -> Vec<u8> {
+    fn keyed_handshake_for(group: &str, site: u32, nonce: &[u8], limits: &Limits) -> Vec<u8> {
         let env = Envelope {
             from: SiteId(site),
             generation: Generation(0),
@@ -1396,11 +1663,126 @@ mod tests {
             group,
             address: "127.0.0.1:1",
             site: SiteId(site),
-            auth: &[],
+            nonce,
         });
         let mut out = Vec::new();
         wire::encode_frame(&env, &msg, &mut out, limits).unwrap();
         out
+    }
+
+    fn handshake_for(group: &str, site: u32, limits: &Limits) -> Vec<u8> {
+        keyed_handshake_for(group, site, &[], limits)
+    }
+
+    fn proof_for(mac: &[u8], limits: &Limits) -> Vec<u8> {
+        let env = Envelope {
+            from: SiteId(0),
+            generation: Generation(0),
+            egen: ElectionGen(0),
+            lsn: Lsn::ZERO,
+            flags: Flags::NONE,
+        };
+        let mut out = Vec::new();
+        wire::encode_frame(&env, &Message::HandshakeProof { mac }, &mut out, limits).unwrap();
+        out
+    }
+
+    fn key(b: u8) -> GroupKey {
+        GroupKey::new(&[b; 32]).unwrap()
+    }
+
+    fn keyed_cfg(group: &str, site: u32, k: u8) -> TransportConfig {
+        let mut c = cfg(group, site);
+        c.group_key = Some(key(k));
+        c
+    }
+
+    /// The MAC a HANDSHAKE_PROOF frame carries.
+    fn mac_of(frame: &[u8]) -> Vec<u8> {
+        match wire::decode_frame(frame, &Limits::default()) {
+            Ok((_, Message::HandshakeProof { mac })) => mac.to_vec(),
+            other => panic!("not a proof: {other:?}"),
+        }
+    }
+
+    /// The nonce a HANDSHAKE frame carries.
+    fn nonce_of(frame: &[u8]) -> Vec<u8> {
+        match wire::decode_frame(frame, &Limits::default()) {
+            Ok((_, Message::Handshake(h))) => h.nonce.to_vec(),
+            other => panic!("not a handshake: {other:?}"),
+        }
+    }
+
+    /// Dial `addr` as a raw site with `nonce`: the handshake sent and the
+    /// one received.
+    async fn raw_dial(
+        addr: SocketAddr,
+        group: &str,
+        nonce: &[u8],
+    ) -> (TcpStream, Vec<u8>, Vec<u8>) {
+        let limits = Limits::default();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mine = keyed_handshake_for(group, 7, nonce, &limits);
+        write_frame(&mut s, &mine).await.unwrap();
+        let theirs = timeout(WAIT, read_frame(&mut s, &limits))
+            .await
+            .unwrap()
+            .unwrap();
+        (s, mine, theirs)
+    }
+
+    /// What the transports of this test log (the test's own thread: a
+    /// `#[tokio::test]` runtime runs every task there).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+            let logs = Logs::default();
+            let w = logs.clone();
+            let sub = tracing_subscriber::fmt()
+                .with_writer(move || w.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            (logs, tracing::subscriber::set_default(sub))
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&lock(&self.0)).into_owned()
+        }
+
+        /// Wait until a logged line contains every one of `parts`.
+        async fn wait_for(&self, parts: &[&str]) {
+            let found = timeout(WAIT, async {
+                loop {
+                    if self
+                        .text()
+                        .lines()
+                        .any(|l| parts.iter().all(|p| l.contains(p)))
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            assert!(
+                found.is_ok(),
+                "no log line with {parts:?} in:\n{}",
+                self.text()
+            );
+        }
     }
 
     /// Read until the peer closes; true if it did within the wait.
@@ -1511,17 +1893,349 @@ mod tests {
         assert!(bch.events.try_recv().is_err(), "b saw no link change");
         assert!(bch.inbound.try_recv().is_err());
 
-        // Another protocol version: the first frame's version field.
+        // Another protocol version: the first frame's version field. A
+        // version-3 site (before B4's proofs) is refused the same way.
+        let (logs, _g) = Logs::capture();
         let limits = Limits::default();
-        let mut hs = handshake_for("beta", 9, &limits);
-        hs[0..2].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
-        let before = b.stats().refused;
-        let mut s = TcpStream::connect(b.local_addr()).await.unwrap();
-        write_frame(&mut s, &hs).await.unwrap();
-        assert!(closed_by_peer(&mut s).await);
-        assert!(b.stats().refused > before);
+        for other in [3, PROTOCOL_VERSION + 1] {
+            let mut hs = handshake_for("beta", 9, &limits);
+            hs[0..2].copy_from_slice(&other.to_le_bytes());
+            let before = b.stats().refused;
+            let mut s = TcpStream::connect(b.local_addr()).await.unwrap();
+            write_frame(&mut s, &hs).await.unwrap();
+            assert!(closed_by_peer(&mut s).await);
+            assert!(b.stats().refused > before);
+            logs.wait_for(&[
+                &format!(
+                    "speaks shoal protocol version {other}, this site speaks {PROTOCOL_VERSION}"
+                ),
+                "run one shoal release on every site",
+            ])
+            .await;
+        }
+        assert!(bch.inbound.try_recv().is_err());
         a.shutdown().await;
         b.shutdown().await;
+    }
+
+    #[test]
+    fn the_largest_handshake_fits_the_handshake_frame_bound() {
+        let limits = Limits::default();
+        let env = Envelope {
+            from: SiteId(u32::MAX),
+            generation: Generation(u32::MAX),
+            egen: ElectionGen(u32::MAX),
+            lsn: Lsn::new(u32::MAX, u32::MAX),
+            flags: Flags(Flags::KNOWN),
+        };
+        let group = "g".repeat(caps::MAX_GROUP_NAME);
+        let address = "a".repeat(caps::MAX_ADDRESS);
+        let nonce = [0xff; wire::MAX_HANDSHAKE_NONCE];
+        let mac = [0xff; wire::MAX_HANDSHAKE_MAC];
+        for msg in [
+            Message::Handshake(Handshake {
+                group: &group,
+                address: &address,
+                site: SiteId(u32::MAX),
+                nonce: &nonce,
+            }),
+            Message::HandshakeProof { mac: &mac },
+        ] {
+            let mut out = Vec::new();
+            wire::encode_frame(&env, &msg, &mut out, &limits).unwrap();
+            assert!(
+                out.len() <= HANDSHAKE_FRAME_MAX as usize,
+                "{} bytes",
+                out.len()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn sites_with_the_same_group_key_connect_and_exchange_frames() {
+        let (a, mut ach) = start(keyed_cfg("g", 1, 7)).await;
+        let (b, mut bch) = start(keyed_cfg("g", 2, 7)).await;
+        a.set_peer(SiteId(2), b.address());
+        b.set_peer(SiteId(1), a.address());
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        expect_event(&mut bch, TransportEvent::Up(SiteId(1))).await;
+        let mut at = a.clone();
+        for i in 0..50u32 {
+            at.send(SiteId(2), &i.to_le_bytes()).unwrap();
+        }
+        for i in 0..50u32 {
+            let r = frame(&mut bch).await;
+            assert_eq!((r.from, &r.frame[..]), (SiteId(1), &i.to_le_bytes()[..]));
+        }
+        b.clone().send(SiteId(1), b"from b").unwrap();
+        assert_eq!(frame(&mut ach).await.frame, b"from b");
+        // A joiner with the key reaches a member by address.
+        let (j, mut jch) = start(keyed_cfg("g", 0, 7)).await;
+        j.clone().send_to_address(a.address(), b"join me").unwrap();
+        let r = frame(&mut ach).await;
+        assert_eq!((r.from, &r.frame[..]), (SiteId(0), &b"join me"[..]));
+        a.clone().send_to_address(j.address(), b"welcome").unwrap();
+        assert_eq!(frame(&mut jch).await.frame, b"welcome");
+        for t in [&a, &b, &j] {
+            assert_eq!(t.stats().refused, 0);
+            assert!(lock(&t.inner.nonces).is_empty(), "nonces are forgotten");
+        }
+        for t in [a, b, j] {
+            t.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_site_with_another_group_key_is_refused_both_ways() {
+        let (logs, _g) = Logs::capture();
+        let (a, mut ach) = start(keyed_cfg("g", 1, 7)).await;
+        let (b, mut bch) = start(keyed_cfg("g", 2, 8)).await;
+        a.set_peer(SiteId(2), b.address());
+        b.set_peer(SiteId(1), a.address());
+        // Each dials the other and is refused: the listener checks the
+        // dialer's proof first, so neither proves anything to the other.
+        assert_eq!(
+            event(&mut ach).await,
+            TransportEvent::ConnectFailed(SiteId(2))
+        );
+        assert_eq!(
+            event(&mut bch).await,
+            TransportEvent::ConnectFailed(SiteId(1))
+        );
+        logs.wait_for(&[
+            "refused 127.0.0.1:",
+            "(site 1, address",
+            "it could not prove it holds group \"g\"'s key; give every site the same --group-key-file",
+        ])
+        .await;
+        logs.wait_for(&["closed the connection instead of proving it holds group \"g\"'s key"])
+            .await;
+        assert!(a.stats().refused >= 1 && b.stats().refused >= 1);
+        assert!(!a.is_connected(SiteId(2)) && !b.is_connected(SiteId(1)));
+        assert_eq!(
+            a.clone().send(SiteId(2), b"x"),
+            Err(SendError::Disconnected)
+        );
+        // Nothing got through, by name or by address.
+        let _ = a.clone().send_to_address(b.address(), b"by address");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(ach.inbound.try_recv().is_err() && bch.inbound.try_recv().is_err());
+        assert!(
+            !logs.text().contains(&format!("{:?}", [7u8; 32])),
+            "no key in the log"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_site_with_a_key_and_one_without_refuse_each_other() {
+        let (logs, _g) = Logs::capture();
+        let (a, mut ach) = start(keyed_cfg("g", 1, 7)).await;
+        let (b, mut bch) = start(cfg("g", 2)).await;
+        // The keyed site dials the unkeyed one, and the other way round.
+        a.set_peer(SiteId(2), b.address());
+        assert_eq!(
+            event(&mut ach).await,
+            TransportEvent::ConnectFailed(SiteId(2))
+        );
+        logs.wait_for(&[
+            "(site 1, address",
+            "it has a group key and this site has none; give every site of group \"g\" the same --group-key-file",
+        ])
+        .await;
+        logs.wait_for(&[
+            "(site 2, address",
+            "it has no group key, and this site admits only sites that prove they hold group \"g\"'s key",
+        ])
+        .await;
+        b.set_peer(SiteId(1), a.address());
+        assert_eq!(
+            event(&mut bch).await,
+            TransportEvent::ConnectFailed(SiteId(1))
+        );
+        assert!(a.stats().refused >= 2 && b.stats().refused >= 2);
+        // A raw unkeyed dialer gets the keyed site's handshake (so it can
+        // say why), then the connection closes; its frame is not delivered.
+        let (mut s, _, theirs) = raw_dial(a.local_addr(), "g", &[]).await;
+        assert_eq!(nonce_of(&theirs).len(), auth::NONCE_BYTES);
+        let _ = write_frame(&mut s, b"sneaked in").await;
+        assert!(closed_by_peer(&mut s).await);
+        assert!(ach.inbound.try_recv().is_err() && bch.inbound.try_recv().is_err());
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_replayed_or_misdirected_proof_is_refused() {
+        let limits = Limits::default();
+        let k = key(7);
+        let (a, mut ach) = start(keyed_cfg("g", 1, 7)).await;
+        // An honest raw dialer that holds the key gets in.
+        let nonce = [0x11; 32];
+        let (mut s, mine, theirs) = raw_dial(a.local_addr(), "g", &nonce).await;
+        let good = k.proof(Role::Dialer, &mine, &theirs);
+        write_frame(&mut s, &proof_for(&good, &limits))
+            .await
+            .unwrap();
+        let answer = timeout(WAIT, read_frame(&mut s, &limits))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(k.verify(Role::Listener, &mine, &theirs, &mac_of(&answer)));
+        write_frame(&mut s, b"proved").await.unwrap();
+        assert_eq!(frame(&mut ach).await.frame, b"proved");
+        drop(s);
+
+        // The same handshake and proof again: the listener's nonce is new,
+        // so the recorded proof no longer checks.
+        let before = a.stats().refused;
+        let (mut s, mine2, theirs2) = raw_dial(a.local_addr(), "g", &nonce).await;
+        assert_eq!(mine2, mine);
+        assert_ne!(nonce_of(&theirs2), nonce_of(&theirs));
+        write_frame(&mut s, &proof_for(&good, &limits))
+            .await
+            .unwrap();
+        let _ = write_frame(&mut s, b"replayed").await;
+        assert!(closed_by_peer(&mut s).await);
+        assert_eq!(a.stats().refused, before + 1);
+
+        // The right transcript but the listener's direction, a proof made
+        // with another key, and the listener's own proof reflected back.
+        let (mut s, mine, theirs) = raw_dial(a.local_addr(), "g", &[0x22; 32]).await;
+        let wrong_role = k.proof(Role::Listener, &mine, &theirs);
+        write_frame(&mut s, &proof_for(&wrong_role, &limits))
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        let (mut s, mine, theirs) = raw_dial(a.local_addr(), "g", &[0x33; 32]).await;
+        let other_key = key(8).proof(Role::Dialer, &mine, &theirs);
+        write_frame(&mut s, &proof_for(&other_key, &limits))
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        assert_eq!(a.stats().refused, before + 3);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(ach.inbound.try_recv().is_err(), "nothing delivered");
+        a.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_listener_reflecting_the_dialers_proof_or_nonce_is_refused() {
+        let (logs, _g) = Logs::capture();
+        let limits = Limits::default();
+        let (a, mut ach) = start(keyed_cfg("g", 1, 7)).await;
+        // A fake site that does not hold the key: it sends the dialer's own
+        // proof back as its answer.
+        let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake_addr = fake.local_addr().unwrap();
+        a.set_peer(SiteId(2), &fake_addr.to_string());
+        let (mut s, _) = timeout(WAIT, fake.accept()).await.unwrap().unwrap();
+        let dialer_hs = read_frame(&mut s, &limits).await.unwrap();
+        let dialer_nonce = nonce_of(&dialer_hs);
+        write_frame(&mut s, &keyed_handshake_for("g", 2, &[0x44; 32], &limits))
+            .await
+            .unwrap();
+        let proof = read_frame(&mut s, &limits).await.unwrap();
+        write_frame(&mut s, &proof).await.unwrap();
+        assert_eq!(
+            event(&mut ach).await,
+            TransportEvent::ConnectFailed(SiteId(2))
+        );
+        logs.wait_for(&[
+            &format!("refused {fake_addr} (site 2"),
+            "could not prove it holds",
+        ])
+        .await;
+        drop(s);
+
+        // Next attempt: the fake keeps the dialer waiting and dials back
+        // with the dialer's own nonce, to get a proof over it.
+        let (mut s, _) = timeout(WAIT, fake.accept()).await.unwrap().unwrap();
+        let hs = read_frame(&mut s, &limits).await.unwrap();
+        let n = nonce_of(&hs);
+        assert_ne!(n, dialer_nonce, "every handshake has a fresh nonce");
+        let mut back = TcpStream::connect(a.local_addr()).await.unwrap();
+        write_frame(&mut back, &keyed_handshake_for("g", 1, &n, &limits))
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut back).await);
+        logs.wait_for(&["carries a nonce this site made for another connection"])
+            .await;
+        assert!(a.stats().refused >= 2);
+        assert!(!a.is_connected(SiteId(2)));
+        assert!(ach.inbound.try_recv().is_err());
+        drop(s);
+        a.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_proves_is_dropped() {
+        let (logs, _g) = Logs::capture();
+        let limits = Limits::default();
+        let mut c = keyed_cfg("g", 1, 7);
+        c.handshake_timeout = Duration::from_millis(300);
+        let (a, mut ach) = start(c).await;
+        // Handshakes, then silence: dropped at the handshake timeout.
+        let (mut s, _, _) = raw_dial(a.local_addr(), "g", &[0x55; 32]).await;
+        let t0 = std::time::Instant::now();
+        assert!(closed_by_peer(&mut s).await);
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        logs.wait_for(&["no handshake and proof of the group key within 300ms"])
+            .await;
+        assert_eq!(a.stats().refused, 1);
+        // Handshakes, then a frame where the proof belongs.
+        let (mut s, _, _) = raw_dial(a.local_addr(), "g", &[0x66; 32]).await;
+        let mut hb = Vec::new();
+        wire::encode_frame(
+            &Envelope {
+                from: SiteId(7),
+                generation: Generation(1),
+                egen: ElectionGen(1),
+                lsn: Lsn::ZERO,
+                flags: Flags::NONE,
+            },
+            &Message::Heartbeat,
+            &mut hb,
+            &limits,
+        )
+        .unwrap();
+        write_frame(&mut s, &hb).await.unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        logs.wait_for(&["it sent HEARTBEAT where its proof of group \"g\"'s key belongs"])
+            .await;
+        // A proof frame announcing more than max_frame: refused unread.
+        let (mut s, _, _) = raw_dial(a.local_addr(), "g", &[0x77; 32]).await;
+        s.write_all(&(limits.max_frame + 1).to_le_bytes())
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut s).await);
+        assert_eq!(a.stats().refused, 3);
+        assert!(ach.inbound.try_recv().is_err());
+        assert!(ach.events.try_recv().is_err());
+
+        // A listener that answers the handshake and never proves: the
+        // dialer gives up after its handshake timeout, the link stays down.
+        let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake_addr = fake.local_addr().unwrap().to_string();
+        let stuck = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut s, _) = fake.accept().await.unwrap();
+                let _ = read_frame(&mut s, &limits).await;
+                let _ =
+                    write_frame(&mut s, &keyed_handshake_for("g", 2, &[0x88; 32], &limits)).await;
+                held.push(s);
+            }
+        });
+        a.set_peer(SiteId(2), &fake_addr);
+        assert_eq!(
+            event(&mut ach).await,
+            TransportEvent::ConnectFailed(SiteId(2))
+        );
+        assert!(!a.is_connected(SiteId(2)));
+        stuck.abort();
+        a.shutdown().await;
     }
 
     #[tokio::test]

@@ -12,6 +12,8 @@
 //!   the master's snapshot (S6).
 //! - Message channels over TCP (W2): `shoal msg`, `shoal request` and
 //!   `listen` connections; the channel to the master follows a hand-over.
+//! - A site with another group key, or none, cannot join a group whose
+//!   sites hold a key, and the logs say why (B4).
 
 use shoal_native::api::Client;
 use shoal_native::procs::{self, Cluster, Start};
@@ -350,6 +352,143 @@ async fn a_client_back_after_archiving_is_initialised_from_the_masters_snapshot(
     assert_eq!(g.value.as_deref(), Some("1"));
 }
 
+/// Run `shoal ARGS`, which must succeed: returns its stdout.
+fn must_succeed(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`shoal {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Wait until node `i`'s log has a line containing every one of `parts`.
+async fn wait_log(c: &Cluster, i: usize, parts: &[&str]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&c.nodes[i].log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "site {}'s log has no line with {parts:?}; it ends:\n{}",
+            c.nodes[i].name,
+            c.log_tail(i, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// B4 over real processes: A and B share a key made by `shoal keygen`; C
+/// has another key and D none. Neither C nor D can join, A's log says why
+/// for each, C's and D's logs say they were refused, and nothing of them
+/// reaches the group. C with the group's key then joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_without_the_group_key_cannot_join_and_the_logs_say_why() {
+    let mut c = Cluster::new(BIN, 4, fast_args()).unwrap();
+    let key = c.dir().join("group.key");
+    let other = c.dir().join("other.key");
+    for k in [&key, &other] {
+        let out = must_succeed(&["keygen", k.to_str().unwrap()]);
+        assert!(out.contains("wrote a new group key"), "{out}");
+    }
+    let e = must_fail(&["keygen", key.to_str().unwrap()]);
+    assert!(e.contains("exists already"), "{e}");
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let flag = |p: &std::path::Path| vec!["--group-key-file".to_string(), p.display().to_string()];
+    c.nodes[0].extra = flag(&key);
+    c.nodes[1].extra = flag(&key);
+    c.nodes[2].extra = flag(&other);
+    c.create(WAIT).await.unwrap();
+    c.join(1, 0, WAIT).await.unwrap();
+
+    // C: another key.
+    c.start(2, Start::Join(0)).unwrap();
+    let line = wait_log(
+        &c,
+        0,
+        &[
+            "refused 127.0.0.1:",
+            &format!("address {})", c.nodes[2].listen),
+            "it could not prove it holds group \"shoal-demo\"'s key; give every site the same --group-key-file",
+        ],
+    )
+    .await;
+    eprintln!("A: {line}");
+    let line = wait_log(
+        &c,
+        2,
+        &[
+            &c.nodes[0].listen,
+            "closed the connection instead of proving it holds group \"shoal-demo\"'s key",
+        ],
+    )
+    .await;
+    eprintln!("C: {line}");
+
+    // D: no key at all.
+    c.start(3, Start::Join(0)).unwrap();
+    let line = wait_log(
+        &c,
+        0,
+        &[
+            &format!("address {})", c.nodes[3].listen),
+            "it has no group key, and this site admits only sites that prove they hold group \"shoal-demo\"'s key",
+        ],
+    )
+    .await;
+    eprintln!("A: {line}");
+    let line = wait_log(
+        &c,
+        3,
+        &[
+            &c.nodes[0].listen,
+            "it has a group key and this site has none",
+        ],
+    )
+    .await;
+    eprintln!("D: {line}");
+
+    // Neither got in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = c.status(0).await.unwrap();
+    assert_eq!(st.role, "master");
+    assert_eq!(
+        st.sites.len(),
+        2,
+        "only A and B are members: {:?}",
+        st.sites
+    );
+    for i in [2, 3] {
+        assert!(c.is_running(i), "{} gave up early", c.nodes[i].name);
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+        assert!(!log.contains("joined the group"), "{log}");
+    }
+    // The key is in no log.
+    for i in 0..4 {
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+        assert!(
+            !log.contains(key_text.trim_end()),
+            "site {i}'s log shows the key"
+        );
+    }
+
+    // C with the group's key joins.
+    c.kill(2);
+    c.nodes[2].extra = flag(&key);
+    c.join(2, 0, WAIT).await.unwrap();
+    c.put(0, "after-auth", "1").await.unwrap();
+    let sts = procs::converge(&mut c, &[0, 1, 2], WAIT).await.unwrap();
+    assert_eq!(sts.iter().filter(|s| s.role == "master").count(), 1);
+}
+
 /// Run `shoal ARGS`, which must fail: returns its stderr.
 fn must_fail(args: &[&str]) -> String {
     let mut child = Command::new(BIN)
@@ -493,6 +632,43 @@ fn bad_command_lines_and_configs_fail_clearly() {
     assert!(
         e.contains("no_such_knob"),
         "the error should name the unknown key: {e}"
+    );
+
+    // Group key files (B4): missing, too short.
+    let e = must_fail(&[
+        "node",
+        "--home",
+        home,
+        "--listen",
+        &listen,
+        "--api",
+        &api,
+        "--create",
+        "--group-key-file",
+        "/nonexistent/group.key",
+    ]);
+    assert!(
+        e.contains("--group-key-file: cannot read the group key file /nonexistent/group.key")
+            && e.contains("shoal keygen"),
+        "the error should name the file and how to make one: {e}"
+    );
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let e = must_fail(&[
+        "node",
+        "--home",
+        home,
+        "--listen",
+        &listen,
+        "--api",
+        &api,
+        "--create",
+        "--group-key-file",
+        short.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("holds 7 bytes; a key needs at least 16") && !e.contains("hunter2"),
+        "the error should say the key is too short, without showing it: {e}"
     );
 
     let e = must_fail(&[

@@ -131,8 +131,8 @@ pub struct Page<'a> {
     pub data: &'a [u8],
 }
 
-/// The first message on a new connection: who is calling, and proof that
-/// it belongs to the group (B4).
+/// The first message each side sends on a new connection: who is calling,
+/// and, in a group with a key, the fresh nonce its proof will cover (B4).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Handshake<'a> {
     /// Group name; a site of another group is refused.
@@ -141,9 +141,11 @@ pub struct Handshake<'a> {
     pub address: &'a str,
     /// The caller's site id (zero if it has none yet).
     pub site: SiteId,
-    /// Authentication tag (empty when the group has no key).
+    /// A fresh random nonce (16 to 64 bytes; shoal sends 32) when the
+    /// sender has a group key, empty when it has none. Both sides' nonces
+    /// are covered by the [`Message::HandshakeProof`] each side sends next.
     #[serde(with = "serde_bytes")]
-    pub auth: &'a [u8],
+    pub nonce: &'a [u8],
 }
 
 /// A request to join the group (R7), sent to a helper site.
@@ -431,6 +433,14 @@ pub enum Message<'a> {
         /// The site that is to become master.
         to: SiteId,
     },
+    /// 40: Proof that the sender holds the group key (B4): an HMAC-SHA256
+    /// over both handshakes of the connection (FORMAT.md, "Authenticated
+    /// sites"). Sent only when both handshakes carry a nonce.
+    HandshakeProof {
+        /// The MAC (32 bytes for HMAC-SHA256; at most 64).
+        #[serde(with = "serde_bytes")]
+        mac: &'a [u8],
+    },
 }
 
 /// Message types as plain values, for counters and logs.
@@ -478,11 +488,12 @@ pub enum MessageKind {
     ForwardAnswer,
     LeaseReq,
     TransferMaster,
+    HandshakeProof,
 }
 
 impl MessageKind {
     /// Number of message types.
-    pub const COUNT: usize = 40;
+    pub const COUNT: usize = 41;
 
     /// Every type, in wire order.
     pub const ALL: [MessageKind; Self::COUNT] = {
@@ -528,6 +539,7 @@ impl MessageKind {
             ForwardAnswer,
             LeaseReq,
             TransferMaster,
+            HandshakeProof,
         ]
     };
 
@@ -575,6 +587,7 @@ impl MessageKind {
             ForwardAnswer => "FORWARD_ANSWER",
             LeaseReq => "LEASE_REQ",
             TransferMaster => "TRANSFER_MASTER",
+            HandshakeProof => "HANDSHAKE_PROOF",
         }
     }
 }
@@ -625,6 +638,7 @@ impl Message<'_> {
             M::ForwardAnswer { .. } => K::ForwardAnswer,
             M::LeaseReq { .. } => K::LeaseReq,
             M::TransferMaster { .. } => K::TransferMaster,
+            M::HandshakeProof { .. } => K::HandshakeProof,
         }
     }
 }

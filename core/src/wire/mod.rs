@@ -26,7 +26,13 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. A frame of another version is
 /// refused with [`DecodeError::BadVersion`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// Longest nonce a HANDSHAKE may carry (B4).
+pub const MAX_HANDSHAKE_NONCE: usize = 64;
+
+/// Longest MAC a HANDSHAKE_PROOF may carry (B4).
+pub const MAX_HANDSHAKE_MAC: usize = 64;
 
 /// Bytes a frame may need beyond its largest payload (record, channel
 /// message, page): version, envelope and message fields.
@@ -378,9 +384,12 @@ pub fn validate(env: &Envelope, msg: &Message<'_>, limits: &Limits) -> Result<()
         Message::Handshake(h) => {
             check_str(h.group, caps::MAX_GROUP_NAME, "group name")?;
             check_str(h.address, caps::MAX_ADDRESS, "site address")?;
-            if h.auth.len() > 64 {
-                return Err(DecodeError::LimitExceeded("authentication tag"));
+            if h.nonce.len() > MAX_HANDSHAKE_NONCE {
+                return Err(DecodeError::LimitExceeded("handshake nonce"));
             }
+        }
+        Message::HandshakeProof { mac } if mac.len() > MAX_HANDSHAKE_MAC => {
+            return Err(DecodeError::LimitExceeded("handshake proof"));
         }
         Message::JoinReq(j) => check_str(j.address, caps::MAX_ADDRESS, "site address")?,
         Message::JoinAnswer(a) => {
