@@ -168,7 +168,7 @@ struct Say(bool);
 impl Say {
     fn line(&self, s: impl AsRef<str>) {
         if !self.0 {
-            println!("{}", s.as_ref());
+            crate::out!("{}", s.as_ref());
         }
     }
 }
@@ -416,7 +416,7 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
     let from_restart = median_f(&mut from_restarts);
 
     if args.json {
-        println!(
+        crate::out!(
             "{}",
             json!({
                 "sites": args.sites, "writers": args.writers, "count": args.count,
@@ -433,38 +433,38 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
             })
         );
     } else {
-        println!("results (median of {}):", args.reps);
-        println!(
+        crate::out!("results (median of {}):", args.reps);
+        crate::out!(
             "  commits/s      {} writers in the master node, {} over the client API",
             thousands(in_rate as u64),
             thousands(rate as u64)
         );
-        println!(
+        crate::out!(
             "  latency p50    {} in the node, {} over the API",
             fmt_us(in_p50),
             fmt_us(p50)
         );
-        println!(
+        crate::out!(
             "  latency p99    {} in the node, {} over the API",
             fmt_us(in_p99),
             fmt_us(p99)
         );
         if not_perm + not_perm_in > 0 {
-            println!(
+            crate::out!(
                 "  not permanent  {} commits missed the ack policy",
                 not_perm + not_perm_in
             );
         }
         if !failovers.is_empty() {
-            println!("  failover       {failover:.1} ms (master SIGKILLed -> new master answers a write)");
+            crate::out!("  failover       {failover:.1} ms (master SIGKILLed -> new master answers a write)");
         }
         if !catchups.is_empty() {
-            println!(
+            crate::out!(
                 "  catch-up       {} records/s ({} records behind; records applied from the moment the restarted client's API answers until it has the master's last LSN)",
                 thousands(catchup as u64),
                 thousands(args.catchup as u64)
             );
-            println!(
+            crate::out!(
                 "                 {} records/s counting from the restart (process start and log recovery included)",
                 thousands(from_restart as u64)
             );

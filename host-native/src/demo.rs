@@ -162,7 +162,7 @@ impl Narrator {
     fn begin(&mut self, title: &str) {
         let n = self.steps.len() + 1;
         if !self.json {
-            println!("\n== {n}. {title} ==");
+            crate::out!("\n== {n}. {title} ==");
         }
         self.steps.push(StepRecord {
             n,
@@ -178,7 +178,7 @@ impl Narrator {
     fn say(&mut self, line: impl Into<String>) {
         let line = line.into();
         if !self.json {
-            println!("  {line}");
+            crate::out!("  {line}");
         }
         self.events.push(line);
     }
@@ -186,7 +186,7 @@ impl Narrator {
     fn check(&mut self, ok: bool, what: impl Into<String>) -> bool {
         let what = what.into();
         if !self.json {
-            println!("  [{}] {what}", if ok { "ok" } else { "FAILED" });
+            crate::out!("  [{}] {what}", if ok { "ok" } else { "FAILED" });
         }
         if let Some(s) = self.steps.last_mut() {
             s.checks.push(Check { what, ok });
@@ -217,7 +217,7 @@ impl Narrator {
                 "figures": step.figures,
                 "sites": table.iter().map(Row::to_json).collect::<Vec<_>>(),
             });
-            println!("{obj}");
+            crate::out!("{obj}");
         } else {
             print_table(table);
         }
@@ -235,7 +235,7 @@ impl Narrator {
             .map(|s| s.checks.iter().filter(|c| c.ok).count())
             .sum();
         if self.json {
-            println!(
+            crate::out!(
                 "{}",
                 json!({
                     "summary": true,
@@ -251,7 +251,7 @@ impl Narrator {
             );
             return;
         }
-        println!("\n== summary ==");
+        crate::out!("\n== summary ==");
         let w = self
             .steps
             .iter()
@@ -259,7 +259,7 @@ impl Narrator {
             .max()
             .unwrap_or(10)
             .min(72);
-        println!("  {:>2}  {:<w$}  {:>8}  checks", "#", "step", "time");
+        crate::out!("  {:>2}  {:<w$}  {:>8}  checks", "#", "step", "time");
         for s in &self.steps {
             let held = s.checks.iter().filter(|c| c.ok).count();
             let mark = if held == s.checks.len() {
@@ -268,7 +268,7 @@ impl Narrator {
                 "FAILED"
             };
             let title: String = s.title.chars().take(w).collect();
-            println!(
+            crate::out!(
                 "  {:>2}  {:<w$}  {:>6} ms  {held}/{} {mark}",
                 s.n,
                 title,
@@ -277,12 +277,12 @@ impl Narrator {
             );
         }
         if held == total {
-            println!("\nevery check held ({held}/{total})");
+            crate::out!("\nevery check held ({held}/{total})");
         } else {
-            println!("\n{} of {total} checks FAILED:", total - held);
+            crate::out!("\n{} of {total} checks FAILED:", total - held);
             for s in &self.steps {
                 for c in s.checks.iter().filter(|c| !c.ok) {
-                    println!("  step {}: {}", s.n, c.what);
+                    crate::out!("  step {}: {}", s.n, c.what);
                 }
             }
         }
@@ -312,12 +312,18 @@ impl Row {
 }
 
 fn print_table(rows: &[Row]) {
-    println!(
+    crate::out!(
         "  {:<4} {:>2}  {:<7} {:>3}  {:<16} {:>6}  {:<8}  peers",
-        "site", "id", "role", "gen", "last LSN", "keys", "digest"
+        "site",
+        "id",
+        "role",
+        "gen",
+        "last LSN",
+        "keys",
+        "digest"
     );
     for r in rows {
-        println!(
+        crate::out!(
             "  {:<4} {:>2}  {:<7} {:>3}  {:<16} {:>6}  {:<8}  {}",
             r.site,
             r.id.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
@@ -450,12 +456,12 @@ impl Demo {
     async fn story(&mut self) -> Result<bool, String> {
         let n = self.cluster.len();
         if !self.out.json {
-            println!(
+            crate::out!(
                 "shoal demo: {n} sites (A-{}) as separate `shoal node` processes on loopback ports",
                 letter(n - 1)
             );
-            println!("  homes and logs in {}", self.cluster.dir().display());
-            println!(
+            crate::out!("  homes and logs in {}", self.cluster.dir().display());
+            crate::out!(
                 "  node settings: {} {}",
                 NODE_ARGS.join(" "),
                 ARCHIVE_ARGS.join(" ")
@@ -473,7 +479,7 @@ impl Demo {
             && self.message_channels().await
             && self.initialised_after_archiving().await;
         if !finished && !self.out.json {
-            println!("\nthe story stops here: the next steps need this one");
+            crate::out!("\nthe story stops here: the next steps need this one");
         }
         self.out.summary();
         Ok(self.out.all_ok())

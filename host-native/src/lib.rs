@@ -15,3 +15,14 @@ pub mod procs;
 pub mod settings;
 pub mod storage;
 pub mod transport;
+
+/// `println!` for the command line's output that ignores a standard output
+/// closed by its reader (`shoal config | head`): a reader that went away is
+/// no reason to panic, nor to leave the demo's processes running.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}

@@ -251,9 +251,11 @@ enum Run {
 async fn run_node(settings: Settings) -> Result<ExitCode, String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+    // Colours only for a terminal: a log redirected to a file stays plain.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     for w in &settings.warnings {
         tracing::warn!("{w}");
@@ -278,7 +280,7 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             )
             .await?;
             if let Some(c) = r.commit {
-                println!(
+                shoal_native::out!(
                     "committed at {} (generation {}); {}: {}/{} acks, {}",
                     c.lsn,
                     c.generation,
@@ -310,7 +312,7 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             )
             .await?;
             match r.value {
-                Some(v) => println!("{v}"),
+                Some(v) => shoal_native::out!("{v}"),
                 None => {
                     eprintln!("(not found)");
                     return Ok(ExitCode::from(1));
@@ -327,14 +329,14 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             )
             .await?;
             if let Some(c) = r.commit {
-                println!("deleted at {}; permanent: {}", c.lsn, c.permanent);
+                shoal_native::out!("deleted at {}; permanent: {}", c.lsn, c.permanent);
             }
         }
         Command::Status(a) => {
             let r = call(&a.api, Request::Status).await?;
             let st = r.status.ok_or("the node sent no status")?;
             if a.json {
-                println!(
+                shoal_native::out!(
                     "{}",
                     serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?
                 );
@@ -344,19 +346,19 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
         }
         Command::Sync(a) => {
             call(&a, Request::Sync).await?;
-            println!("synchronisation started");
+            shoal_native::out!("synchronisation started");
         }
         Command::Elect(a) => {
             call(&a, Request::Elect).await?;
-            println!("election called");
+            shoal_native::out!("election called");
         }
         Command::Transfer(a) => {
             call(&a.api, Request::Transfer { site: a.site }).await?;
-            println!("hand-over to site {} started", a.site);
+            shoal_native::out!("hand-over to site {} started", a.site);
         }
         Command::Remove(a) => {
             call(&a.api, Request::Remove { site: a.site }).await?;
-            println!("site {} removed", a.site);
+            shoal_native::out!("site {} removed", a.site);
         }
         Command::Msg(a) => {
             let r = call(
@@ -368,8 +370,8 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             )
             .await?;
             match r.site {
-                Some(s) => println!("sent to site {s}"),
-                None => println!("sent"),
+                Some(s) => shoal_native::out!("sent to site {s}"),
+                None => shoal_native::out!("sent"),
             }
         }
         Command::Request(a) => {
@@ -388,7 +390,7 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
             if !r.ok {
                 return Err(r.error.unwrap_or_else(|| "the request failed".into()));
             }
-            println!("{}", r.response.unwrap_or_default());
+            shoal_native::out!("{}", r.response.unwrap_or_default());
         }
         Command::Listen(a) => return listen(a).await,
         Command::Demo(a) => {
@@ -402,7 +404,7 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
         Command::Bench(a) => shoal_native::bench::run(a).await?,
         Command::Keygen(a) => {
             shoal_native::auth::GroupKey::write_new_file(&a.file, a.force)?;
-            println!(
+            shoal_native::out!(
                 "wrote a new group key to {} (readable by its owner only); copy it to every \
                  site of the group and start each with --group-key-file FILE",
                 a.file.display()
@@ -410,13 +412,13 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
         }
         Command::Config => {
             let config = shoal_core::Config::default();
-            println!(
+            shoal_native::out!(
                 "shoal {} (protocol version {})",
                 env!("CARGO_PKG_VERSION"),
                 shoal_core::wire::PROTOCOL_VERSION
             );
             config.validate().map_err(|e| e.to_string())?;
-            println!("default site configuration (valid):\n{config:#?}");
+            shoal_native::out!("default site configuration (valid):\n{config:#?}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -457,10 +459,10 @@ async fn listen(a: ListenArgs) -> Result<ExitCode, String> {
         };
         seen += 1;
         if a.json {
-            println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+            shoal_native::out!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
         } else {
             let parts: Vec<String> = m.parts.iter().map(|p| format!("{p:?}")).collect();
-            println!(
+            shoal_native::out!(
                 "from site {}{}: {}{}",
                 m.from,
                 if m.to_master { " (to the master)" } else { "" },
@@ -485,7 +487,7 @@ async fn listen(a: ListenArgs) -> Result<ExitCode, String> {
 }
 
 fn print_status(st: &Status) {
-    println!(
+    shoal_native::out!(
         "site {} at {} — {}{}",
         st.id,
         st.address,
@@ -494,7 +496,7 @@ fn print_status(st: &Status) {
             .map(|m| format!(" (master: site {m})"))
             .unwrap_or_default()
     );
-    println!(
+    shoal_native::out!(
         "generation {}  egen {}  last LSN {}  flushed {}  nsites {}  keys {}  digest {}{}",
         st.generation,
         st.egen,
@@ -509,9 +511,17 @@ fn print_status(st: &Status) {
             ""
         }
     );
-    println!(
+    shoal_native::out!(
         "\n{:>4}  {:<22} {:<10} {:<9} {:>12} {:>10} {:>10} {:>10} {:>10}",
-        "site", "address", "link", "electable", "acked LSN", "lag B", "sent B", "recv B", "frames"
+        "site",
+        "address",
+        "link",
+        "electable",
+        "acked LSN",
+        "lag B",
+        "sent B",
+        "recv B",
+        "frames"
     );
     for s in &st.sites {
         let link = if s.id == st.id {
@@ -523,7 +533,7 @@ fn print_status(st: &Status) {
         } else {
             "down"
         };
-        println!(
+        shoal_native::out!(
             "{:>4}  {:<22} {:<10} {:<9} {:>12} {:>10} {:>10} {:>10} {:>10}",
             s.id,
             s.address,
@@ -548,7 +558,7 @@ fn print_status(st: &Status) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("\ncounters: {}", line(&st.counters));
-    println!("received: {}", line(&st.received_by_type));
-    println!("sent:     {}", line(&st.sent_by_type));
+    shoal_native::out!("\ncounters: {}", line(&st.counters));
+    shoal_native::out!("received: {}", line(&st.received_by_type));
+    shoal_native::out!("sent:     {}", line(&st.sent_by_type));
 }

@@ -224,8 +224,10 @@ pub async fn start(s: Settings) -> Result<Running, String> {
                 }
             }
         }
-        let id = joined
-            .ok_or("could not join the group: no helper answered (check --join addresses)")?;
+        let id = joined.ok_or(
+            "could not join the group: no helper answered (check the --join addresses, and \
+             that this site has the group's key: the same --group-key-file as the others)",
+        )?;
         tcp.set_site(id);
         info!(site = id.0, "joined the group");
     } else {

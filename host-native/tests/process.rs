@@ -981,3 +981,22 @@ async fn message_channels_over_tcp() {
         }
     }
 }
+
+/// Output to a reader that went away (`shoal config | head -1`) is dropped:
+/// the command ends normally instead of panicking on the broken pipe.
+#[test]
+fn a_closed_standard_output_is_no_reason_to_panic() {
+    let mut child = Command::new(BIN)
+        .arg("config")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the command writes a line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
