@@ -126,6 +126,9 @@ fi
 banner "doc tests"
 cargo test --workspace --doc
 
+banner "docs build without warnings (broken links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
 banner "shoal-core is no_std: build for thumbv7em-none-eabihf"
 cargo build -p shoal-core --no-default-features --target thumbv7em-none-eabihf
 

@@ -201,7 +201,7 @@ pub struct LoadReport {
 /// What a commit achieved.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitInfo {
-    /// The commit's LSN, e.g. "[1][320]".
+    /// The commit's LSN, e.g. `"[1][320]"`.
     pub lsn: String,
     /// LSN file and offset, for `wait_applied`.
     pub file: u32,

@@ -570,7 +570,7 @@ pub async fn status_at(addr: &str) -> Result<Status, String> {
     }
 }
 
-/// Parse an LSN as the API prints it ("[1][320]") into (file, offset), for
+/// Parse an LSN as the API prints it (`"[1][320]"`) into (file, offset), for
 /// comparisons.
 pub fn parse_lsn(s: &str) -> Option<(u32, u32)> {
     let s = s.trim();

@@ -6,7 +6,7 @@
 //! transport, storage and the demo page.
 //!
 //! Every function here is a thin wrapper over `shoal_core` with
-//! [`Limits::default()`]; the plain-Rust versions in [`codec`] return the
+//! [`Limits::default()`](shoal_core::Limits::default); the plain-Rust versions in [`codec`] return the
 //! core's typed errors, and the exported ones turn them into JS `Error`s
 //! whose message is the core error's `Display` text.
 //!

@@ -4,7 +4,7 @@
 //!
 //! Messages borrow their byte and string payloads from the frame, so
 //! decoding never copies or allocates; lists have fixed capacities from
-//! [`caps`](crate::config::caps).
+//! [`caps`].
 
 use crate::config::caps;
 use crate::ids::{CommitToken, Generation, Instant, Lsn, SiteId};
