@@ -144,10 +144,10 @@ pub struct NodeArgs {
     /// Log level filter (error, warn, info, debug, trace; default info).
     #[arg(long)]
     pub log_level: Option<String>,
-    /// Threads of the node's async runtime (default 2, at most 64). With 1,
-    /// a lone writer's commits wait on fewer wake-ups between threads, but
-    /// while the site takes a checkpoint nothing else moves, not even the
-    /// frames already queued for its peers.
+    /// Threads of the node's async runtime (default 2, at most 64). One
+    /// thread costs less CPU per commit (fewer wake-ups between threads),
+    /// but then nothing else in the node moves while the site works, for
+    /// example while it encodes a checkpoint's snapshot of the whole store.
     #[arg(long)]
     pub worker_threads: Option<usize>,
 }
