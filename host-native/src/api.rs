@@ -373,6 +373,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connect to a node's API address and subscribe as the node's message
+    /// dispatch (W2, `listen`); the error says why the node refused.
+    pub async fn subscribe(address: &str, timeout: Duration) -> Result<Client, String> {
+        let mut c = Client::connect(address, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let first = c.call(&Request::Listen).await.map_err(|e| e.to_string())?;
+        if !first.ok {
+            return Err(first
+                .error
+                .unwrap_or_else(|| "the node refused to subscribe".into()));
+        }
+        Ok(c)
+    }
+
     /// Connect to a node's API address.
     pub async fn connect(address: &str, timeout: Duration) -> Result<Client, ClientError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(address))

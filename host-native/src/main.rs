@@ -427,15 +427,7 @@ async fn run(cmd: Command) -> Result<ExitCode, String> {
 /// `shoal listen`: subscribe as the node's dispatch, print every message,
 /// answer requests.
 async fn listen(a: ListenArgs) -> Result<ExitCode, String> {
-    let mut c = api::Client::connect(&a.api.api, Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
-    let first = c.call(&Request::Listen).await.map_err(|e| e.to_string())?;
-    if !first.ok {
-        return Err(first
-            .error
-            .unwrap_or_else(|| "the node refused to subscribe".into()));
-    }
+    let mut c = api::Client::subscribe(&a.api.api, Duration::from_secs(5)).await?;
     if !a.json {
         eprintln!(
             "listening on {} ({}); Ctrl-C stops",

@@ -1031,15 +1031,7 @@ pub struct Listener {
 impl Listener {
     /// Subscribe on the node at `api`; requests are answered `reply`.
     pub async fn start(api_addr: &str, reply: &str) -> Result<Listener, String> {
-        let mut c = Client::connect(api_addr, CALL_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let first = c.call(&Request::Listen).await.map_err(|e| e.to_string())?;
-        if !first.ok {
-            return Err(first
-                .error
-                .unwrap_or_else(|| "the node refused to subscribe".into()));
-        }
+        let mut c = Client::subscribe(api_addr, CALL_TIMEOUT).await?;
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (log, reply) = (got.clone(), reply.to_string());
         let task = tokio::spawn(async move {
