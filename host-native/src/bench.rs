@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// default: the node's own default).
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Each node's `shoal node --spin-us` (default: the node's, 0).
+    #[arg(long)]
+    pub spin_us: Option<u64>,
     /// Print one JSON object with every figure.
     #[arg(long)]
     pub json: bool,
@@ -83,6 +86,7 @@ impl Default for BenchArgs {
             no_failover: false,
             no_catchup: false,
             worker_threads: None,
+            spin_us: None,
             json: false,
         }
     }
@@ -128,6 +132,10 @@ pub async fn run_with_binary(args: BenchArgs, binary: impl Into<PathBuf>) -> Res
     common.push(args.ack.clone());
     if let Some(n) = args.worker_threads {
         common.push("--worker-threads".into());
+        common.push(n.to_string());
+    }
+    if let Some(n) = args.spin_us {
+        common.push("--spin-us".into());
         common.push(n.to_string());
     }
     let cluster = Cluster::new(binary, args.sites, common.clone())

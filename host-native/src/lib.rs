@@ -13,6 +13,7 @@ pub mod demo;
 pub mod node;
 pub mod procs;
 pub mod settings;
+pub mod spin;
 pub mod storage;
 pub mod transport;
 

@@ -4,6 +4,7 @@
 
 use crate::api::{self, CommitInfo, Request, Response, SiteStatus, Status};
 use crate::settings::{parse_durability, Settings};
+use crate::spin::Spin;
 use crate::storage::FileStorage;
 use crate::transport::{TcpTransport, TransportChannels, TransportConfig, TransportEvent};
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
@@ -84,6 +85,8 @@ pub struct Gate {
     blocked: Arc<Mutex<BTreeSet<SiteId>>>,
     sent: Arc<KindCounters>,
     received: Arc<KindCounters>,
+    /// Polls for a moment after a record that must be acked left.
+    spin: Arc<Spin>,
 }
 
 impl Gate {
@@ -98,7 +101,11 @@ impl Transport for Gate {
             return Err(SendError::Disconnected);
         }
         self.sent.count(frame);
-        self.tcp.try_send(to, frame)
+        let sent = self.tcp.try_send(to, frame);
+        if sent.is_ok() {
+            self.spin.frame_sent(frame);
+        }
+        sent
     }
 }
 
@@ -154,6 +161,7 @@ pub async fn start(s: Settings) -> Result<Running, String> {
         blocked: Arc::default(),
         sent: Arc::new(KindCounters::new()),
         received: Arc::new(KindCounters::new()),
+        spin: Spin::new(s.spin),
     };
     let limits = shoal_core::node::NodeLimits {
         events: 256,
@@ -185,6 +193,7 @@ pub async fn start(s: Settings) -> Result<Running, String> {
         info!(peers = ?s.peers, "asks these clients for the log before the master");
     }
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(gate.spin.clone().run()));
     let n = node.clone();
     tasks.push(tokio::spawn(async move { n.run(&timer).await }));
     tasks.push(tokio::spawn(feed(node.clone(), gate.clone(), channels)));

@@ -150,6 +150,13 @@ pub struct NodeArgs {
     /// example while it encodes a checkpoint's snapshot of the whole store.
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// After a record that must be acknowledged leaves, keep one runtime
+    /// thread polling the sockets for up to this many µs (0 = never, the
+    /// default; at most 10000): the ack is read as it lands instead of
+    /// after the thread is woken, which lowers a lone writer's latency at
+    /// the cost of CPU while commits wait. Best with --worker-threads 1.
+    #[arg(long)]
+    pub spin_us: Option<u64>,
 }
 
 /// Settings checked and combined.
@@ -183,6 +190,8 @@ pub struct Settings {
     pub log_level: String,
     /// Threads of the node's async runtime.
     pub worker_threads: usize,
+    /// How long to poll after a record awaiting acks left (zero: never).
+    pub spin: Duration,
 }
 
 /// Runtime threads of a node by default.
@@ -388,6 +397,13 @@ impl NodeArgs {
                 "--worker-threads {worker_threads} is out of range: use 1 to {MAX_WORKER_THREADS}"
             ));
         }
+        let spin_us = a.spin_us.or(f.spin_us).unwrap_or(0);
+        if spin_us > crate::spin::MAX_SPIN_US {
+            return Err(format!(
+                "--spin-us {spin_us} is out of range: use 0 (never) to {}",
+                crate::spin::MAX_SPIN_US
+            ));
+        }
         c.seed = seed();
         c.validate()
             .map_err(|e| format!("invalid configuration: {e}"))?;
@@ -417,6 +433,7 @@ impl NodeArgs {
             config: c,
             log_level: a.log_level.or(f.log_level).unwrap_or_else(|| "info".into()),
             worker_threads,
+            spin: Duration::from_micros(spin_us),
         })
     }
 }
@@ -523,6 +540,13 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.contains("--worker-threads 0 is out of range"), "{e}");
+        let e = NodeArgs {
+            spin_us: Some(10_001),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("--spin-us 10001 is out of range"), "{e}");
     }
 
     #[test]
@@ -533,7 +557,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("shoal.toml");
-        std::fs::write(&p, "worker_threads = 4\n").unwrap();
+        std::fs::write(&p, "worker_threads = 4\nspin_us = 80\n").unwrap();
         let s = NodeArgs {
             config: Some(p),
             ..args()
@@ -541,6 +565,8 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(s.worker_threads, 4);
+        assert_eq!(s.spin, Duration::from_micros(80));
+        assert_eq!(args().resolve().unwrap().spin, Duration::ZERO);
     }
 
     #[test]

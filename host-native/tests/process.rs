@@ -139,6 +139,22 @@ async fn master_sigkilled_no_permanent_no_sync_write_lost() {
     master_sigkilled(&["--sync", "no-sync"]).await;
 }
 
+/// The same with every node on one runtime thread that polls for a moment
+/// after a record awaiting acks leaves (`--worker-threads 1 --spin-us`):
+/// elections, catch-up and acks still run, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_sigkilled_with_one_polling_thread_per_node_no_write_lost() {
+    master_sigkilled(&[
+        "--sync",
+        "no-sync",
+        "--worker-threads",
+        "1",
+        "--spin-us",
+        "200",
+    ])
+    .await;
+}
+
 async fn master_sigkilled(extra: &[&str]) {
     let mut args = fast_args();
     args.extend(extra.iter().map(|s| s.to_string()));
