@@ -150,11 +150,13 @@ pub struct NodeArgs {
     /// example while it encodes a checkpoint's snapshot of the whole store.
     #[arg(long)]
     pub worker_threads: Option<usize>,
-    /// After a record that must be acknowledged leaves, keep one runtime
-    /// thread polling the sockets for up to this many µs (0 = never, the
-    /// default; at most 10000): the ack is read as it lands instead of
-    /// after the thread is woken, which lowers a lone writer's latency at
-    /// the cost of CPU while commits wait. Best with --worker-threads 1.
+    /// After this node sends a frame an answer follows (a record awaiting
+    /// acks, or an ack), keep one runtime thread polling the sockets for up
+    /// to this many µs (0 = never, the default; at most 10000), yielding
+    /// the CPU to any ready thread between polls: the answer is read as it
+    /// lands instead of after the thread is woken, which lowers a lone
+    /// writer's latency at the cost of CPU while it waits. Best with
+    /// --worker-threads 1.
     #[arg(long)]
     pub spin_us: Option<u64>,
 }

@@ -1,21 +1,26 @@
-//! Polling for a moment while a commit waits for its acks
+//! Polling for a moment while an answer is due
 //! (`shoal node --spin-us N`).
 //!
-//! A lone writer's commit waits about one round trip to a client. When the
-//! node's runtime thread has nothing else to do, it sleeps in the kernel,
-//! and the ack that answers the commit first has to wake it. On a virtual
-//! machine whose CPUs halt when idle, that wake-up costs more than the
-//! round trip itself. [`Spin`] keeps one runtime thread busy instead: a
-//! task that yields in a loop, and tokio polls the sockets (with a zero
-//! timeout) between its turns, so the ack is read as soon as it lands.
+//! A lone writer's commit waits about one round trip to a client, and a
+//! client that just acknowledged a record waits about as long for the
+//! next. When a node's runtime thread has nothing else to do it sleeps in
+//! the kernel, and the frame that ends the wait first has to wake it. On a
+//! virtual machine whose CPUs halt when idle, that wake-up costs more than
+//! the round trip itself. [`Spin`] keeps one runtime thread busy instead:
+//! a task that yields in a loop, and tokio polls the sockets (with a zero
+//! timeout) between its turns, so the frame is read as soon as it lands.
 //!
-//! It runs only after a frame that must be acknowledged left this node
-//! (a PERMANENT record: [`Spin::frame_sent`]) and stops `N` µs after the
-//! last such frame, so an idle node does not spin. The polling thread must
-//! be the one that reads the sockets: it works best with
-//! `--worker-threads 1`.
+//! It starts when this node sends a frame after which an answer is due
+//! ([`Spin::frame_sent`]): a record that must be acknowledged (a master)
+//! or an ack (a client, to which a writing master sends the next record a
+//! round trip later). It stops `N` µs after the last such frame, so an
+//! idle node does not poll. Each turn also yields the CPU to any other
+//! runnable thread (`sched_yield`), so the polling never holds up work
+//! that is ready, such as another site's process on the same core. The
+//! polling thread must be the one that reads the sockets: it works best
+//! with `--worker-threads 1`.
 
-use shoal_core::wire::{Envelope, Flags};
+use shoal_core::wire::{Envelope, Flags, MessageKind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,10 +64,9 @@ impl Spin {
         self.budget.as_micros() as u64
     }
 
-    /// A frame left for a peer: poll if it carries a record that must be
-    /// acknowledged.
+    /// A frame left for a peer: poll if an answer is due after it.
     pub fn frame_sent(&self, frame: &[u8]) {
-        if self.budget.is_zero() || !awaits_ack(frame) {
+        if self.budget.is_zero() || !answer_due(frame) {
             return;
         }
         let now = self.now_us();
@@ -78,8 +82,10 @@ impl Spin {
         self.turns.load(Ordering::Relaxed)
     }
 
-    /// The polling task: sleeps until a frame awaiting an ack leaves, then
-    /// yields in a loop until `budget` has passed since the last one.
+    /// The polling task: sleeps until a frame after which an answer is due
+    /// leaves, then yields in a loop (to tokio, which polls the sockets,
+    /// and to the OS, which runs any other ready thread first) until
+    /// `budget` has passed since the last such frame.
     pub async fn run(self: Arc<Self>) {
         if self.budget.is_zero() {
             return;
@@ -92,18 +98,28 @@ impl Spin {
                 < self.budget_us()
             {
                 self.turns.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
                 tokio::task::yield_now().await;
             }
         }
     }
 }
 
-/// Does this frame carry a record its receiver must acknowledge?
-fn awaits_ack(frame: &[u8]) -> bool {
-    frame
+/// Is an answer due after this frame: a record its receiver must
+/// acknowledge, or an ack (the next record follows it when a master is
+/// writing)?
+fn answer_due(frame: &[u8]) -> bool {
+    let Some((env, rest)) = frame
         .get(2..)
         .and_then(|b| postcard::take_from_bytes::<Envelope>(b).ok())
-        .is_some_and(|(env, _)| env.flags.contains(Flags::PERMANENT))
+    else {
+        return false;
+    };
+    env.flags.contains(Flags::PERMANENT)
+        || postcard::take_from_bytes::<u32>(rest)
+            .ok()
+            .and_then(|(k, _)| MessageKind::ALL.get(k as usize).copied())
+            == Some(MessageKind::Ack)
 }
 
 #[cfg(test)]
@@ -113,7 +129,7 @@ mod tests {
     use shoal_core::wire::{encode_frame, Message};
     use shoal_core::{ElectionGen, Generation, Lsn, SiteId};
 
-    fn frame(flags: Flags) -> Vec<u8> {
+    fn frame_of(flags: Flags, msg: &Message<'_>) -> Vec<u8> {
         let env = Envelope {
             from: SiteId(1),
             generation: Generation(1),
@@ -122,16 +138,25 @@ mod tests {
             flags,
         };
         let mut out = Vec::new();
-        encode_frame(&env, &Message::Heartbeat, &mut out, &Limits::default()).unwrap();
+        encode_frame(&env, msg, &mut out, &Limits::default()).unwrap();
         out
     }
 
+    fn frame(flags: Flags) -> Vec<u8> {
+        frame_of(flags, &Message::Heartbeat)
+    }
+
     #[test]
-    fn only_frames_awaiting_an_ack_count() {
-        assert!(awaits_ack(&frame(Flags::PERMANENT)));
-        assert!(awaits_ack(&frame(Flags::PERMANENT.with(Flags::NO_SYNC))));
-        assert!(!awaits_ack(&frame(Flags::NONE)));
-        assert!(!awaits_ack(b"\x04"));
+    fn only_frames_an_answer_follows_count() {
+        assert!(answer_due(&frame(Flags::PERMANENT)));
+        assert!(answer_due(&frame(Flags::PERMANENT.with(Flags::NO_SYNC))));
+        let ack = Message::Ack {
+            lsn: Lsn::new(1, 64),
+        };
+        assert!(answer_due(&frame_of(Flags::NONE, &ack)));
+        assert!(!answer_due(&frame(Flags::NONE)));
+        assert!(!answer_due(&frame_of(Flags::NONE, &Message::AliveReq)));
+        assert!(!answer_due(b"\x04"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -142,7 +167,7 @@ mod tests {
         assert_eq!(spin.turns(), 0, "no frame: no polling");
         spin.frame_sent(&frame(Flags::NONE));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(spin.turns(), 0, "a frame no ack answers: no polling");
+        assert_eq!(spin.turns(), 0, "a frame nothing answers: no polling");
         spin.frame_sent(&frame(Flags::PERMANENT));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let after = spin.turns();
