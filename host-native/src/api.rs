@@ -286,6 +286,10 @@ pub struct Status {
     pub received_by_type: Vec<(String, u64)>,
     /// Frames sent per message type.
     pub sent_by_type: Vec<(String, u64)>,
+    /// The site holds a group key (B4): every link it has proved, on
+    /// both sides, that it holds the same one.
+    #[serde(default)]
+    pub authenticated: bool,
 }
 
 /// A node's answer.

@@ -480,13 +480,18 @@ async fn listen(a: ListenArgs) -> Result<ExitCode, String> {
 
 fn print_status(st: &Status) {
     shoal_native::out!(
-        "site {} at {} — {}{}",
+        "site {} at {} — {}{}{}",
         st.id,
         st.address,
         st.role,
         st.master
             .map(|m| format!(" (master: site {m})"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if st.authenticated {
+            "; links authenticated with the group key"
+        } else {
+            ""
+        }
     );
     shoal_native::out!(
         "generation {}  egen {}  last LSN {}  flushed {}  nsites {}  keys {}  digest {}{}",

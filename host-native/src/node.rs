@@ -820,6 +820,7 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                     .collect(),
                 received_by_type: Vec::new(),
                 sent_by_type: Vec::new(),
+                authenticated: gate.tcp.authenticated(),
             }
         })
         .await;

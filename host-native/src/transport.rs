@@ -614,6 +614,12 @@ impl TcpTransport {
             .is_some_and(|l| l.state == LinkState::Up)
     }
 
+    /// Whether this transport holds a group key, so every link it opens
+    /// or accepts proved the key on both sides (B4).
+    pub fn authenticated(&self) -> bool {
+        self.inner.cfg.group_key.is_some()
+    }
+
     /// Traffic counters per peer, and the transport's own.
     pub fn stats(&self) -> TransportStats {
         let st = lock(&self.inner.state);

@@ -268,6 +268,7 @@ async fn writes_on_clients_are_forwarded_to_the_master() {
     }
     let st = procs::status_at(&c.nodes[0].api).await.unwrap();
     assert_eq!(st.role, "master");
+    assert!(!st.authenticated, "no group key: no authenticated links");
     let served = st
         .counters
         .iter()
@@ -476,6 +477,10 @@ async fn a_site_without_the_group_key_cannot_join_and_the_logs_say_why() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let st = c.status(0).await.unwrap();
     assert_eq!(st.role, "master");
+    assert!(
+        st.authenticated,
+        "A's status says its links are authenticated"
+    );
     assert_eq!(
         st.sites.len(),
         2,
