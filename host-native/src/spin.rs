@@ -35,8 +35,8 @@ pub const MAX_SPIN_US: u64 = 10_000;
 pub struct Spin {
     budget: Duration,
     origin: Instant,
-    /// When the last frame awaiting an ack left, µs after `origin` plus
-    /// one (0: never).
+    /// When the last frame after which an answer is due left, µs after
+    /// `origin` plus one (0: never).
     last: AtomicU64,
     wake: Notify,
     /// Turns the polling task has taken (for tests and curiosity).
@@ -44,8 +44,8 @@ pub struct Spin {
 }
 
 impl Spin {
-    /// A spinner polling for up to `budget` after each frame awaiting an
-    /// ack; a zero budget never polls.
+    /// A spinner polling for up to `budget` after each frame after which
+    /// an answer is due; a zero budget never polls.
     pub fn new(budget: Duration) -> Arc<Spin> {
         Arc::new(Spin {
             budget,
