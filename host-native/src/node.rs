@@ -13,7 +13,7 @@ use shoal_core::log::Op;
 use shoal_core::node::{Node, NodeTransport, Timer};
 use shoal_core::site::{CommitError, CommitOutcome, Event, ReadError, Role, Site};
 use shoal_core::traits::{Clock, SendError, Transport};
-use shoal_core::wire::{Envelope, MessageKind};
+use shoal_core::wire::{Envelope, Flags, MessageKind};
 use shoal_core::{CommitToken, Generation, Instant, Lsn, SiteId};
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -54,9 +54,9 @@ impl KindCounters {
         KindCounters(std::array::from_fn(|_| AtomicU64::new(0)))
     }
 
-    fn count(&self, frame: &[u8]) {
-        if let Some(k) = kind_of(frame) {
-            self.0[k].fetch_add(1, Ordering::Relaxed);
+    fn count(&self, head: Option<FrameHead>) {
+        if let Some(k) = head.and_then(|h| h.kind) {
+            self.0[k as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -70,11 +70,27 @@ impl KindCounters {
     }
 }
 
-/// The message type of a frame, read without decoding the whole message.
-fn kind_of(frame: &[u8]) -> Option<usize> {
-    let (_, rest) = postcard::take_from_bytes::<Envelope>(frame.get(2..)?).ok()?;
-    let (k, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
-    ((k as usize) < MessageKind::COUNT).then_some(k as usize)
+/// What the host reads of a frame without decoding the whole message: the
+/// envelope's flags and the message type (None: a type this build does
+/// not know).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    /// The envelope's flags.
+    pub flags: Flags,
+    /// The message type.
+    pub kind: Option<MessageKind>,
+}
+
+/// Read a frame's head; None when its envelope does not decode.
+pub fn frame_head(frame: &[u8]) -> Option<FrameHead> {
+    let (env, rest) = postcard::take_from_bytes::<Envelope>(frame.get(2..)?).ok()?;
+    let kind = postcard::take_from_bytes::<u32>(rest)
+        .ok()
+        .and_then(|(k, _)| MessageKind::ALL.get(k as usize).copied());
+    Some(FrameHead {
+        flags: env.flags,
+        kind,
+    })
 }
 
 /// The TCP transport behind a gate that can cut links to chosen peers (the
@@ -100,10 +116,12 @@ impl Transport for Gate {
         if self.is_blocked(to) {
             return Err(SendError::Disconnected);
         }
-        self.sent.count(frame);
+        // Read once for the counters and the spinner.
+        let head = frame_head(frame);
+        self.sent.count(head);
         let sent = self.tcp.try_send(to, frame);
-        if sent.is_ok() {
-            self.spin.frame_sent(frame);
+        if let (Ok(()), Some(h)) = (&sent, head) {
+            self.spin.frame_sent(h);
         }
         sent
     }
@@ -111,7 +129,7 @@ impl Transport for Gate {
 
 impl NodeTransport for Gate {
     fn send_to_address(&mut self, address: &str, frame: &[u8]) -> Result<(), SendError> {
-        self.sent.count(frame);
+        self.sent.count(frame_head(frame));
         self.tcp.try_send_to_address(address, frame)
     }
 }
@@ -180,7 +198,7 @@ pub async fn start(s: Settings) -> Result<Running, String> {
             if gate.is_blocked(r.from) {
                 return;
             }
-            gate.received.count(&r.frame);
+            gate.received.count(frame_head(&r.frame));
             if node.deliver(r.frame).is_err() && !reported.swap(true, Ordering::Relaxed) {
                 warn!("incoming queue full: frames dropped (they will be re-requested)");
             }
@@ -336,7 +354,7 @@ async fn feed(node: Arc<SiteNode>, gate: Gate, mut ch: TransportChannels) {
                 if gate.is_blocked(r.from) {
                     continue;
                 }
-                gate.received.count(&r.frame);
+                gate.received.count(frame_head(&r.frame));
                 if node.deliver(r.frame).is_err() && !dropped_reported {
                     warn!("incoming queue full: frames dropped (they will be re-requested)");
                     dropped_reported = true;
