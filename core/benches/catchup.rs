@@ -44,7 +44,7 @@ fn run(
             while let Some(o) = sites[i].as_mut().and_then(|s| s.poll_output()) {
                 busy = true;
                 match o {
-                    Output::Send { to, frame } => {
+                    Output::Send { to, frame, .. } => {
                         let t = sites.iter().position(|s| match (s, &to) {
                             (Some(s), Dest::Site(id)) => s.id() == *id,
                             (Some(s), Dest::Address(a)) => s.address() == a,

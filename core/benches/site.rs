@@ -55,7 +55,7 @@ impl Group {
                 while let Some(o) = self.sites[i].poll_output() {
                     busy = true;
                     match o {
-                        Output::Send { to, frame } => {
+                        Output::Send { to, frame, .. } => {
                             let t = match &to {
                                 Dest::Site(id) => self.sites.iter().position(|s| s.id() == *id),
                                 Dest::Address(a) => {

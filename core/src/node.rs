@@ -839,8 +839,9 @@ where
         }
         while let Some(o) = core.site.poll_output() {
             match o {
-                Output::Send { to, frame } => {
+                Output::Send { to, frame, urgent } => {
                     let r = match &to {
+                        Dest::Site(id) if urgent => core.transport.send_urgent(*id, &frame),
                         Dest::Site(id) => core.transport.send(*id, &frame),
                         Dest::Address(a) => core.transport.send_to_address(a, &frame),
                     };

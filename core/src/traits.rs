@@ -85,6 +85,14 @@ impl fmt::Display for SendError {
 pub trait Transport {
     /// Queue one frame (see [`crate::wire`]) for a site.
     fn send(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError>;
+
+    /// Send a frame the site waits on with nothing else in flight (see
+    /// `Output::Send`'s `urgent`): a transport that batches frames should
+    /// write this one now, if it can without blocking. By default, as
+    /// [`Transport::send`].
+    fn send_urgent(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        self.send(to, frame)
+    }
 }
 
 /// The host's monotonic clock. The core never reads a clock itself: hosts

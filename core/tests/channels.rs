@@ -484,7 +484,7 @@ fn w2_a_site_that_is_not_master_refuses_the_master_channel() {
         .expect("handled");
     let answer = loop {
         match net.site_mut(2).poll_output() {
-            Some(Output::Send { to, frame }) => break (to, frame),
+            Some(Output::Send { to, frame, .. }) => break (to, frame),
             Some(Output::Message(_)) => panic!("a client took a message for the master"),
             Some(_) => continue,
             None => panic!("no answer"),

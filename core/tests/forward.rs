@@ -289,6 +289,7 @@ fn sends(net: &mut Net, i: usize) -> Vec<Vec<u8>> {
             Output::Send {
                 to: Dest::Site(_),
                 frame,
+                ..
             } => out.push(frame),
             Output::Answer(a) => net.answers.push((i, a)),
             Output::Event(e) => net.events.push((i, e)),

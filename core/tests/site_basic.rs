@@ -52,7 +52,7 @@ impl Net {
                 while let Some(o) = self.sites[i].poll_output() {
                     progressed = true;
                     match o {
-                        Output::Send { to, frame } => {
+                        Output::Send { to, frame, .. } => {
                             if let Some(t) = self.target(&to) {
                                 if !self.cut.contains(&t) && !self.cut.contains(&i) {
                                     q.push_back((t, frame));
@@ -424,6 +424,7 @@ fn r4_no_sync_commits_are_acked_once_per_batch_without_a_flush() {
         if let Output::Send {
             to: Dest::Site(id),
             frame,
+            ..
         } = o
         {
             if id == net.sites[1].id() {
@@ -467,6 +468,7 @@ fn r4_no_sync_commits_are_acked_once_per_batch_without_a_flush() {
         if let Output::Send {
             to: Dest::Site(id),
             frame,
+            ..
         } = o
         {
             if id == net.sites[1].id() {
@@ -499,4 +501,79 @@ fn r4_no_sync_commits_are_acked_once_per_batch_without_a_flush() {
         }
     }
     assert_eq!(acked, Some(net.sites[0].last_lsn()));
+}
+
+/// The frames a site sends now: (destination, frame, urgent).
+fn taken_sends(site: &mut Site<MemStorage>) -> Vec<(Dest, Vec<u8>, bool)> {
+    let mut out = Vec::new();
+    while let Some(o) = site.poll_output() {
+        if let Output::Send { to, frame, urgent } = o {
+            out.push((to, frame, urgent));
+        }
+    }
+    out
+}
+
+/// R5 and the hosts' batching: a commit alone in flight waits on its
+/// record's round trip, so its record is marked urgent (a host writes it at
+/// once); records of commits sent while others are in flight are not (a
+/// host may batch them); a client's ack is, since the master waits on it.
+#[test]
+fn r5_a_lone_commits_record_and_a_clients_ack_are_urgent_a_busy_masters_are_not() {
+    use shoal_core::wire::{decode_frame, Message};
+    let limits = Config::default().limits;
+    let mut net = Net::group(3, Config::default());
+    let now = net.now;
+    let put = |k: &'static [u8]| {
+        [Op::Put {
+            db: "db",
+            key: k,
+            value: b"v",
+        }]
+    };
+    net.sites[0]
+        .commit(now, &put(b"a"), Durability::NoSync)
+        .expect("commit accepted");
+    let lone = taken_sends(&mut net.sites[0]);
+    assert_eq!(lone.len(), 2, "one record for each client");
+    for (_, frame, urgent) in &lone {
+        assert!(matches!(
+            decode_frame(frame, &limits),
+            Ok((_, Message::Log(_)))
+        ));
+        assert!(urgent, "a lone commit's record must be urgent");
+    }
+    // A second commit while the first still waits for its acks.
+    net.sites[0]
+        .commit(now, &put(b"b"), Durability::NoSync)
+        .expect("commit accepted");
+    let busy = taken_sends(&mut net.sites[0]);
+    assert_eq!(busy.len(), 2);
+    assert!(
+        busy.iter().all(|(_, _, urgent)| !urgent),
+        "a record behind another commit in flight is batched"
+    );
+    // The client acks both records at once, urgently.
+    let client = net.sites[1].id();
+    for (to, frame, _) in lone.iter().chain(&busy) {
+        if *to == Dest::Site(client) {
+            net.sites[1].handle_frame(now, frame).expect("applied");
+        }
+    }
+    let acks: Vec<_> = taken_sends(&mut net.sites[1])
+        .into_iter()
+        .filter(|(_, f, _)| matches!(decode_frame(f, &limits), Ok((_, Message::Ack { .. }))))
+        .collect();
+    assert_eq!(acks.len(), 1, "one ack for the batch");
+    assert!(acks[0].2, "an ack must be urgent");
+    // Once the commits are answered, the next one is alone again.
+    for (_, frame, _) in &acks {
+        net.sites[0].handle_frame(now, frame).expect("ack");
+    }
+    net.run();
+    net.sites[0]
+        .commit(net.now, &put(b"c"), Durability::Sync)
+        .expect("commit accepted");
+    let again = taken_sends(&mut net.sites[0]);
+    assert!(!again.is_empty() && again.iter().all(|(_, _, urgent)| *urgent));
 }

@@ -111,19 +111,33 @@ impl Gate {
     }
 }
 
-impl Transport for Gate {
-    fn send(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+impl Gate {
+    fn send_frame(&mut self, to: SiteId, frame: &[u8], urgent: bool) -> Result<(), SendError> {
         if self.is_blocked(to) {
             return Err(SendError::Disconnected);
         }
         // Read once for the counters and the spinner.
         let head = frame_head(frame);
         self.sent.count(head);
-        let sent = self.tcp.try_send(to, frame);
+        let sent = if urgent {
+            self.tcp.try_send_now(to, frame)
+        } else {
+            self.tcp.try_send(to, frame)
+        };
         if let (Ok(()), Some(h)) = (&sent, head) {
             self.spin.frame_sent(h);
         }
         sent
+    }
+}
+
+impl Transport for Gate {
+    fn send(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        self.send_frame(to, frame, false)
+    }
+
+    fn send_urgent(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        self.send_frame(to, frame, true)
     }
 }
 

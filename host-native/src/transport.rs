@@ -52,6 +52,16 @@
 //! [`SendError::Full`]. Frames queued on a link that goes down are dropped
 //! (the protocol re-requests what it misses).
 //!
+//! # Batching and urgent frames
+//!
+//! A link's task writes whatever queued while it was busy in one write, so
+//! under load many frames share a system call. A frame sent with
+//! [`TcpTransport::try_send_now`] (the core's urgent frames: a lone
+//! commit's record, an ack) is written to the socket by the caller when
+//! nothing is queued before it, saving the hand-off to the link's task and
+//! the wake-up of a thread; what the socket does not take at once is
+//! queued ahead of any later frame, so the order is kept.
+//!
 //! Call [`TcpTransport::shutdown`] to close the listener and every
 //! connection; the transport's tasks hold it alive until then.
 
@@ -70,6 +80,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
@@ -281,11 +292,37 @@ enum LinkState {
     Down,
 }
 
+/// Bytes for a link's socket: length-prefixed frames, or the rest of one
+/// whose start an urgent send already wrote.
+#[derive(Debug)]
+struct Chunk {
+    bytes: Vec<u8>,
+    /// Frames that begin in `bytes` (for the counters).
+    frames: u64,
+}
+
+impl Chunk {
+    /// One frame with its length prefix.
+    fn frame(frame: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(4 + frame.len());
+        bytes.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(frame);
+        Chunk { bytes, frames: 1 }
+    }
+}
+
+/// The write half of a link's connection while its task pumps it, shared
+/// so an urgent send can write to the socket itself.
+type Outlet = Arc<Mutex<Option<Arc<OwnedWriteHalf>>>>;
+
 #[derive(Debug)]
 struct Link {
     id: u64,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Chunk>,
+    /// Bytes queued or being written by the link's task: zero means the
+    /// socket has everything sent so far.
     queued: Arc<AtomicUsize>,
+    outlet: Outlet,
     state: LinkState,
     /// The named peer this link serves; `None` for an address-only link,
     /// which lives only as long as its connection.
@@ -547,17 +584,55 @@ impl TcpTransport {
     /// site was never named, `Disconnected` if its link is not up, `Full`
     /// if its queue is.
     pub fn try_send(&self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        self.send_to_site(to, frame, false)
+    }
+
+    /// [`TcpTransport::try_send`] for a frame the sender waits on: when
+    /// nothing is queued on the link it is written to the socket now, on
+    /// the caller's thread, rather than by the link's task. Never blocks:
+    /// what the socket does not take at once is queued first in line.
+    pub fn try_send_now(&self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        self.send_to_site(to, frame, true)
+    }
+
+    fn send_to_site(&self, to: SiteId, frame: &[u8], now: bool) -> Result<(), SendError> {
         if !self.inner.frame_ok(frame) {
             return Err(SendError::Disconnected);
         }
-        let frame = frame.to_vec();
+        let mut chunk = Chunk::frame(frame);
         let mut st = lock(&self.inner.state);
         let addr = st.peers.get(&to).ok_or(SendError::UnknownSite(to))?;
         let link = st.links.get(addr).ok_or(SendError::Disconnected)?;
         if link.state != LinkState::Up {
             return Err(SendError::Disconnected);
         }
-        let r = self.inner.enqueue(link, frame);
+        // Every try_send holds the state lock and the link's task only
+        // lowers `queued`: once it reads zero, nothing written after this
+        // frame can overtake it.
+        if now && link.queued.load(Ordering::Acquire) == 0 {
+            let outlet = lock(&link.outlet).clone();
+            if let Some(w) = outlet {
+                // Nothing written on WouldBlock, or on a broken socket,
+                // which the link's task will notice.
+                let n = w.try_write(&chunk.bytes).unwrap_or_default();
+                if n > 0 {
+                    let cap = self.inner.counter_cap();
+                    let c = st.counters(to, cap);
+                    c.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                    c.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    if n == chunk.bytes.len() {
+                        return Ok(());
+                    }
+                    chunk.bytes.drain(..n);
+                    chunk.frames = 0;
+                }
+            }
+        }
+        let st = &mut st;
+        let Some(link) = st.peers.get(&to).and_then(|a| st.links.get(a)) else {
+            return Err(SendError::Disconnected);
+        };
+        let r = self.inner.enqueue(link, chunk);
         if r == Err(SendError::Full) {
             let cap = self.inner.counter_cap();
             st.counters(to, cap)
@@ -595,7 +670,7 @@ impl TcpTransport {
             return Err(SendError::Disconnected);
         }
         let site = link.site.unwrap_or(link.peer_site);
-        let r = self.inner.enqueue(link, frame);
+        let r = self.inner.enqueue(link, Chunk::frame(&frame));
         if r == Err(SendError::Full) {
             let cap = self.inner.counter_cap();
             st.counters(site, cap)
@@ -673,6 +748,10 @@ impl Transport for TcpTransport {
     fn send(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
         self.try_send(to, frame)
     }
+
+    fn send_urgent(&mut self, to: SiteId, frame: &[u8]) -> Result<(), SendError> {
+        self.try_send_now(to, frame)
+    }
 }
 
 impl NodeTransport for TcpTransport {
@@ -713,15 +792,15 @@ impl Inner {
         ok
     }
 
-    /// Queue a frame on a link, within its frame and byte bounds.
-    fn enqueue(&self, link: &Link, frame: Vec<u8>) -> Result<(), SendError> {
-        let len = frame.len();
+    /// Queue bytes on a link, within its frame and byte bounds.
+    fn enqueue(&self, link: &Link, chunk: Chunk) -> Result<(), SendError> {
+        let len = chunk.bytes.len();
         let before = link.queued.fetch_add(len, Ordering::AcqRel);
         if before > 0 && before + len > self.cfg.send_queue_bytes {
             link.queued.fetch_sub(len, Ordering::AcqRel);
             return Err(SendError::Full);
         }
-        link.tx.try_send(frame).map_err(|e| {
+        link.tx.try_send(chunk).map_err(|e| {
             link.queued.fetch_sub(len, Ordering::AcqRel);
             match e {
                 mpsc::error::TrySendError::Full(_) => SendError::Full,
@@ -744,12 +823,14 @@ impl Inner {
         st.next_link += 1;
         let id = st.next_link;
         let queued = Arc::new(AtomicUsize::new(0));
+        let outlet = Outlet::default();
         st.links.insert(
             address.to_string(),
             Link {
                 id,
                 tx,
                 queued: queued.clone(),
+                outlet: outlet.clone(),
                 state: LinkState::Connecting,
                 site,
                 peer_site: SiteId(0),
@@ -765,6 +846,7 @@ impl Inner {
             id,
             rx,
             queued,
+            outlet,
             close: close_rx,
             rebind,
             wake,
@@ -1330,8 +1412,9 @@ struct LinkTask {
     inner: Arc<Inner>,
     address: String,
     id: u64,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Chunk>,
     queued: Arc<AtomicUsize>,
+    outlet: Outlet,
     close: watch::Receiver<bool>,
     rebind: Arc<Notify>,
     wake: Arc<Notify>,
@@ -1474,8 +1557,8 @@ impl LinkTask {
 
     /// Drop what was queued for a connection that is gone.
     fn drain(&mut self) {
-        while let Ok(f) = self.rx.try_recv() {
-            self.queued.fetch_sub(f.len(), Ordering::AcqRel);
+        while let Ok(c) = self.rx.try_recv() {
+            self.queued.fetch_sub(c.bytes.len(), Ordering::AcqRel);
         }
     }
 
@@ -1554,8 +1637,21 @@ impl LinkTask {
     /// Write queued frames until the connection breaks or the link closes.
     async fn pump(&mut self, stream: TcpStream, peer_site: SiteId) -> Ended {
         self.announce_up().await;
+        let (mut rd, wr) = stream.into_split();
+        let wr = Arc::new(wr);
+        *lock(&self.outlet) = Some(wr.clone());
+        let ended = self.pump_on(&mut rd, &wr, peer_site).await;
+        *lock(&self.outlet) = None;
+        ended
+    }
+
+    async fn pump_on(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        wr: &OwnedWriteHalf,
+        peer_site: SiteId,
+    ) -> Ended {
         let mut counters = self.counters(peer_site);
-        let (mut rd, mut wr) = stream.into_split();
         let mut probe = [0u8; 256];
         let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
         const BATCH: usize = 256 << 10;
@@ -1575,33 +1671,42 @@ impl LinkTask {
                     counters = self.counters(peer_site);
                     continue;
                 }
-                f = self.rx.recv() => match f {
-                    Some(f) => f,
+                c = self.rx.recv() => match c {
+                    Some(c) => c,
                     None => return Ended::Closed,
                 },
             };
             batch.clear();
-            let mut frames = 0u64;
-            let mut push = |batch: &mut Vec<u8>, f: Vec<u8>| {
-                self.queued.fetch_sub(f.len(), Ordering::AcqRel);
-                batch.extend_from_slice(&(f.len() as u32).to_le_bytes());
-                batch.extend_from_slice(&f);
-                frames += 1;
-            };
-            push(&mut batch, first);
+            let mut frames = first.frames;
+            batch.extend_from_slice(&first.bytes);
             while batch.len() < BATCH {
                 match self.rx.try_recv() {
-                    Ok(f) => push(&mut batch, f),
+                    Ok(c) => {
+                        batch.extend_from_slice(&c.bytes);
+                        frames += c.frames;
+                    }
                     Err(_) => break,
                 }
             }
-            let written = tokio::select! {
-                r = wr.write_all(&batch) => r,
-                _ = self.closing() => return Ended::Closed,
-            };
-            if let Err(e) = written {
-                return Ended::Broken(e.to_string());
+            let mut done = 0;
+            while done < batch.len() {
+                let ready = tokio::select! {
+                    r = wr.writable() => r,
+                    _ = self.closing() => return Ended::Closed,
+                };
+                if let Err(e) = ready {
+                    return Ended::Broken(e.to_string());
+                }
+                match wr.try_write(&batch[done..]) {
+                    Ok(0) => return Ended::Broken("the socket accepted no bytes".into()),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Ended::Broken(e.to_string()),
+                }
             }
+            // Only now: an urgent send may write to the socket itself once
+            // nothing is left to write before it.
+            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             counters
                 .bytes_sent
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -2369,6 +2474,131 @@ mod tests {
         assert!(p.connected);
         a.shutdown().await;
         stuck.abort();
+    }
+
+    /// Urgent frames are written by the sender itself when nothing is
+    /// queued; what the socket does not take is queued first in line. With
+    /// a peer that stops reading, the first big urgent frame is written in
+    /// part, and every frame accepted, urgent or not, must still arrive
+    /// whole and in order.
+    #[tokio::test]
+    async fn urgent_frames_keep_their_order_through_partial_writes() {
+        let limits = Limits::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = listener.local_addr().unwrap().to_string();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<usize>();
+        // A peer that answers the handshake, reads nothing until told how
+        // many frames to expect, then reads them all.
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _hs = read_frame(&mut s, &limits).await.unwrap();
+            write_frame(&mut s, &handshake_for("g", 2, &limits))
+                .await
+                .unwrap();
+            let n = go_rx.await.unwrap();
+            let mut got = Vec::new();
+            for _ in 0..n {
+                got.push(read_frame(&mut s, &limits).await.unwrap());
+            }
+            got
+        });
+        let mut c = cfg("g", 1);
+        c.send_queue_frames = 64;
+        let (a, mut ach) = start(c).await;
+        a.set_peer(SiteId(2), &peer_addr);
+        expect_event(&mut ach, TransportEvent::Up(SiteId(2))).await;
+        let frame_of = |i: u32, len: usize| {
+            let mut f = vec![(i % 251) as u8; len];
+            f[..4].copy_from_slice(&i.to_le_bytes());
+            f
+        };
+        let big = limits.max_frame as usize;
+        // A frame queued for the link's task (which has not run yet: this
+        // runtime has one thread) holds back an urgent one behind it.
+        let mut sent = Vec::new();
+        for i in 0..4u32 {
+            let f = frame_of(i, 100);
+            if i % 2 == 0 {
+                a.try_send(SiteId(2), &f).unwrap();
+            } else {
+                a.try_send_now(SiteId(2), &f).unwrap();
+            }
+            sent.push((i, 100));
+        }
+        // Once the task has written them, urgent frames go straight to the
+        // socket until, the peer reading nothing, its buffers fill and one
+        // is taken only in part.
+        let mut idle = false;
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let p = a
+                .stats()
+                .peers
+                .into_iter()
+                .find(|p| p.site == SiteId(2))
+                .unwrap();
+            if p.frames_sent == 4 {
+                idle = true;
+                break;
+            }
+        }
+        assert!(idle, "the first frames were never written");
+        let mut partial = false;
+        for i in 4..68u32 {
+            a.try_send_now(SiteId(2), &frame_of(i, big)).unwrap();
+            sent.push((i, big));
+            let p = a
+                .stats()
+                .peers
+                .into_iter()
+                .find(|p| p.site == SiteId(2))
+                .unwrap();
+            assert_eq!(
+                p.frames_sent,
+                u64::from(i) + 1,
+                "each frame was begun on the socket"
+            );
+            if p.bytes_sent < 4 * 104 + (sent.len() as u64 - 4) * (big as u64 + 4) {
+                partial = true;
+                break;
+            }
+        }
+        assert!(partial, "64 MiB went to a peer that reads nothing");
+        let first = sent.len() as u32;
+        for i in first..first + 40 {
+            let len = if i % 3 == 0 {
+                64 << 10
+            } else {
+                16 + i as usize
+            };
+            let f = frame_of(i, len);
+            let r = if i % 2 == 0 {
+                a.try_send_now(SiteId(2), &f)
+            } else {
+                a.try_send(SiteId(2), &f)
+            };
+            match r {
+                Ok(()) => sent.push((i, len)),
+                Err(SendError::Full) => {}
+                Err(e) => panic!("frame {i}: {e:?}"),
+            }
+        }
+        go_tx.send(sent.len()).unwrap();
+        let got = timeout(WAIT, reader).await.unwrap().unwrap();
+        let ids: Vec<u32> = got
+            .iter()
+            .map(|f| u32::from_le_bytes(f[..4].try_into().unwrap()))
+            .collect();
+        let want: Vec<u32> = sent.iter().map(|(i, _)| *i).collect();
+        assert_eq!(ids, want, "frames arrive in the order they were sent");
+        for ((i, len), f) in sent.iter().zip(&got) {
+            assert_eq!(f.len(), *len, "frame {i} arrived whole");
+            assert!(
+                f[4..].iter().all(|&b| b == (*i % 251) as u8),
+                "frame {i} intact"
+            );
+        }
+        a.shutdown().await;
     }
 
     #[tokio::test]

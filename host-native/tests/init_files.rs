@@ -54,7 +54,7 @@ impl Pair {
         let now = self.now;
         while let Some(o) = self.m.poll_output() {
             match o {
-                Output::Send { to, frame } => {
+                Output::Send { to, frame, .. } => {
                     let to_client = match &to {
                         Dest::Site(id) => self.c.as_ref().is_some_and(|c| c.id() == *id),
                         Dest::Address(a) => a == "c",

@@ -528,7 +528,7 @@ impl Sim {
         let mut outs = Vec::new();
         while let Some(o) = self.slots[i].site.as_mut().and_then(|s| s.poll_output()) {
             match o {
-                Output::Send { to, frame } => {
+                Output::Send { to, frame, .. } => {
                     let target = self.resolve(&to);
                     let msg = MsgSum::of(&frame, &self.slots[i].cfg.limits);
                     let mut copies = 0u8;

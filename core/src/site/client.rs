@@ -608,7 +608,13 @@ impl<S: Storage> Site<S> {
         };
         if self.perm_lsn > self.acked_sent && durable > self.acked_sent {
             self.acked_sent = durable;
-            self.send(master, Flags::NONE, &Message::Ack { lsn: durable });
+            // The master waits on it: no reason to hold it back.
+            self.send_many_as(
+                &[Dest::Site(master)],
+                Flags::NONE,
+                &Message::Ack { lsn: durable },
+                true,
+            );
         }
     }
 

@@ -147,7 +147,10 @@ impl<S: Storage> Site<S> {
         } else {
             Flags::PERMANENT.with(Flags::NO_SYNC)
         };
-        self.ship(entry, flags);
+        // Alone in flight, the commit waits on this record's round trip
+        // and nothing would join it in a batch: it leaves at once.
+        let alone = self.commits.is_empty();
+        self.ship(entry, flags, alone);
         let shape = self.group_shape();
         let need = acks::need(self.cfg.ack_policy, &shape);
         // QUORUM counts the master among the holders, which it is only once
@@ -184,8 +187,9 @@ impl<S: Storage> Site<S> {
         Ok(id)
     }
 
-    /// Send a record just appended to every other member.
-    pub(super) fn ship(&mut self, entry: IndexEntry, flags: Flags) {
+    /// Send a record just appended to every other member; `urgent` when a
+    /// commit waits on it with nothing else in flight.
+    pub(super) fn ship(&mut self, entry: IndexEntry, flags: Flags, urgent: bool) {
         let prev = self
             .index
             .len()
@@ -205,7 +209,7 @@ impl<S: Storage> Site<S> {
             prev,
             record: &record,
         });
-        self.broadcast(flags, &msg);
+        self.broadcast_as(flags, &msg, urgent);
     }
 
     /// Count acks and answer every commit that is done, in order.
@@ -389,7 +393,7 @@ impl<S: Storage> Site<S> {
                     timestamp: now,
                 };
                 if let Ok(e) = self.append_own(&RecordBody::Checkpoint(ck)) {
-                    self.ship(e, Flags::NONE);
+                    self.ship(e, Flags::NONE, false);
                 }
             }
         }
@@ -643,7 +647,7 @@ impl<S: Storage> Site<S> {
                 };
                 match self.append_own(&RecordBody::Membership(m)) {
                     Ok(e) => {
-                        self.ship(e, Flags::PERMANENT);
+                        self.ship(e, Flags::PERMANENT, false);
                         self.ask_flush(e.lsn);
                     }
                     Err(_) => {
@@ -714,7 +718,7 @@ impl<S: Storage> Site<S> {
             .map_err(|_| CommitError::Storage)?;
         // The removed site gets the record too, so it learns it is out.
         self.send_removed(site, e);
-        self.ship(e, Flags::PERMANENT);
+        self.ship(e, Flags::PERMANENT, false);
         self.ask_flush(e.lsn);
         if let Some(id) = id {
             self.answer(Answer::Remove { id, result: Ok(()) });

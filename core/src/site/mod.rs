@@ -828,6 +828,12 @@ impl<S: Storage> Site<S> {
 
     /// Encode `msg` once and queue it for every destination.
     fn send_many(&mut self, dests: &[Dest], flags: Flags, msg: &Message<'_>) {
+        self.send_many_as(dests, flags, msg, false);
+    }
+
+    /// [`Site::send_many`], marking the frames urgent or not (see
+    /// [`Output::Send`]).
+    fn send_many_as(&mut self, dests: &[Dest], flags: Flags, msg: &Message<'_>, urgent: bool) {
         let env = self.envelope(flags);
         let mut buf = core::mem::take(&mut self.frame_buf);
         buf.clear();
@@ -841,6 +847,7 @@ impl<S: Storage> Site<S> {
                 self.out.push_back(Output::Send {
                     to: d.clone(),
                     frame: buf.clone(),
+                    urgent,
                 });
             }
         }
@@ -861,7 +868,11 @@ impl<S: Storage> Site<S> {
             return;
         }
         self.stats.frames_out += 1;
-        self.out.push_back(Output::Send { to, frame });
+        self.out.push_back(Output::Send {
+            to,
+            frame,
+            urgent: false,
+        });
     }
 
     fn send(&mut self, to: SiteId, flags: Flags, msg: &Message<'_>) {
@@ -870,6 +881,11 @@ impl<S: Storage> Site<S> {
 
     /// Send to every other member (views included: they replicate too).
     fn broadcast(&mut self, flags: Flags, msg: &Message<'_>) {
+        self.broadcast_as(flags, msg, false);
+    }
+
+    /// [`Site::broadcast`], marking the frames urgent or not.
+    fn broadcast_as(&mut self, flags: Flags, msg: &Message<'_>, urgent: bool) {
         let me = self.meta.site;
         let dests: Vec<Dest> = self
             .members
@@ -877,7 +893,7 @@ impl<S: Storage> Site<S> {
             .filter(|m| m.id != me)
             .map(|m| Dest::Site(m.id))
             .collect();
-        self.send_many(&dests, flags, msg);
+        self.send_many_as(&dests, flags, msg, urgent);
     }
 
     /// Ask the host to make the log durable up to `lsn`. At most one flush

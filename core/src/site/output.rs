@@ -24,6 +24,11 @@ pub enum Output {
         to: Dest,
         /// The encoded frame.
         frame: Vec<u8>,
+        /// The site waits on an answer to this frame with nothing else in
+        /// flight (a lone commit's record, a client's ack): the host
+        /// should write it at once rather than hold it back to batch it
+        /// with later frames. A host that does not batch can ignore it.
+        urgent: bool,
     },
     /// Make the log durable up to and including the record at `lsn`, then
     /// call [`Site::handle_flushed`](super::Site::handle_flushed). Requests

@@ -84,7 +84,7 @@ impl Net {
                 while let Some(o) = self.sites[i].as_mut().and_then(|s| s.poll_output()) {
                     progressed = true;
                     match o {
-                        Output::Send { to, frame } => {
+                        Output::Send { to, frame, .. } => {
                             if let Some(t) = self.target(&to) {
                                 if !self.is_cut(i, t) && !self.silent.contains(&(i, t)) {
                                     q.push_back((t, frame));

@@ -132,7 +132,7 @@ impl<R> Traced<R> {
     ) {
         while let Some(o) = self.sites[i].as_mut().and_then(|s| s.poll_output()) {
             match o {
-                Output::Send { to, frame } => {
+                Output::Send { to, frame, .. } => {
                     let Some(t) = self.target(&to) else { continue };
                     let cut = self.down.contains(&t) || self.down.contains(&i);
                     if cut && !self.keep_undelivered {
