@@ -56,6 +56,23 @@ pub trait Storage {
     /// metadata record. A checkpoint writes it; log segments older than
     /// it may then be removed.
     fn write_snapshot(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+    /// Hand over a checkpoint's snapshot (R8) to replace the stored one
+    /// atomically and durably, as [`Storage::write_snapshot`] does, but
+    /// perhaps later: a host may write it on another thread, so the site
+    /// does not pause for a write and an fsync in proportion to the whole
+    /// store. [`Storage::staged_snapshot_durable`] says when it is in
+    /// place. A later `write_snapshot` or `stage_snapshot` supersedes a
+    /// staged snapshot not yet in place, which is then never installed
+    /// over it. By default the snapshot is written at once.
+    fn stage_snapshot(&mut self, bytes: Vec<u8>) -> Result<(), Self::Error> {
+        self.write_snapshot(&bytes)
+    }
+    /// Whether the snapshot staged last is durably in place. A failed
+    /// install stays false until the next stage. By default true: the
+    /// default `stage_snapshot` writes at once.
+    fn staged_snapshot_durable(&mut self) -> bool {
+        true
+    }
 }
 
 /// Why a frame could not be queued for a site.

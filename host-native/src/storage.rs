@@ -39,6 +39,17 @@
 //! [`StorageError::SyncFailed`], and the node must restart so recovery
 //! checks what is really on disk. A failed write(2) (a full disk) is not
 //! poisonous: the bytes stay buffered and the next sync tries again.
+//!
+//! # Checkpoint snapshots
+//!
+//! A checkpoint's snapshot holds the whole store: writing and fsyncing it
+//! takes time in proportion to it (a fraction of a second for a million
+//! keys). [`Storage::stage_snapshot`] hands it to a thread of its own that
+//! replaces `snapshot` as above, so the site goes on meanwhile; the core
+//! archives the log only once [`Storage::staged_snapshot_durable`] says it
+//! is in place. Snapshot writes are serialized and numbered: a later
+//! `write_snapshot` or stage supersedes a staged snapshot not yet in
+//! place, which is then dropped rather than written over the newer one.
 
 use shoal_core::traits::Storage;
 use std::collections::BTreeMap;
@@ -46,6 +57,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Name of the lock file in the home directory.
@@ -235,6 +247,13 @@ struct SyncShared {
     /// Held for a whole sync, so a sync that returns covers everything
     /// written out before it began, even files another sync took.
     serial: Mutex<()>,
+    /// Held for a whole snapshot replacement: one at a time.
+    snapshot_write: Mutex<()>,
+    /// Number of the newest snapshot written or staged.
+    snapshot_issued: AtomicU64,
+    /// Number of the snapshot in place (equal to `snapshot_issued` when
+    /// the newest one is).
+    snapshot_installed: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -263,6 +282,18 @@ impl SyncShared {
                 return Err(self.poison(self.home.clone(), e));
             }
         }
+        Ok(())
+    }
+
+    /// Replace the snapshot with `bytes` as snapshot number `seq`, unless a
+    /// newer one was issued meanwhile (it supersedes this one).
+    fn install_snapshot(&self, seq: u64, bytes: &[u8]) -> Result<(), StorageError> {
+        let _one = lock(&self.snapshot_write);
+        if self.snapshot_issued.load(Ordering::Acquire) != seq {
+            return Ok(());
+        }
+        replace_file(&self.home, &self.dir, SNAPSHOT_FILE, bytes)?;
+        self.snapshot_installed.store(seq, Ordering::Release);
         Ok(())
     }
 
@@ -302,8 +333,9 @@ pub struct FileStorage {
     buffered: usize,
     options: FileStorageOptions,
     shared: Arc<SyncShared>,
-    /// Held open for the flock; closed (and so unlocked) on drop.
-    _lock: File,
+    /// Held open for the flock; closed (and so unlocked) when the storage
+    /// and any snapshot thread are done with it.
+    lock: Arc<File>,
 }
 
 impl FileStorage {
@@ -390,12 +422,15 @@ impl FileStorage {
                 dir,
                 pending: Mutex::new(Pending::default()),
                 serial: Mutex::new(()),
+                snapshot_write: Mutex::new(()),
+                snapshot_issued: AtomicU64::new(0),
+                snapshot_installed: AtomicU64::new(0),
             }),
             home,
             segments,
             buffered: 0,
             options,
-            _lock: lock,
+            lock: Arc::new(lock),
         })
     }
 
@@ -485,29 +520,7 @@ impl FileStorage {
     }
 
     fn replace_file(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
-        let tmp = self.home.join(format!("{name}.tmp"));
-        let dst = self.home.join(name);
-        let res = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| StorageError::io("creating", &tmp, e))?;
-            f.write_all(bytes)
-                .map_err(|e| StorageError::io("writing", &tmp, e))?;
-            f.sync_all()
-                .map_err(|e| StorageError::io("syncing", &tmp, e))?;
-            fs::rename(&tmp, &dst).map_err(|e| StorageError::io("renaming into place", &dst, e))
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        res?;
-        self.shared
-            .dir
-            .sync_all()
-            .map_err(|e| StorageError::io("syncing", &self.home, e))
+        replace_file(&self.home, &self.shared.dir, name, bytes)
     }
 
     fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -674,8 +687,66 @@ impl Storage for FileStorage {
     }
 
     fn write_snapshot(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        self.replace_file(SNAPSHOT_FILE, bytes)
+        let sh = &self.shared;
+        let _one = lock(&sh.snapshot_write);
+        let seq = sh.snapshot_issued.fetch_add(1, Ordering::AcqRel) + 1;
+        replace_file(&sh.home, &sh.dir, SNAPSHOT_FILE, bytes)?;
+        sh.snapshot_installed.store(seq, Ordering::Release);
+        Ok(())
     }
+
+    fn stage_snapshot(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let seq = self.shared.snapshot_issued.fetch_add(1, Ordering::AcqRel) + 1;
+        let (shared, home_lock) = (self.shared.clone(), self.lock.clone());
+        let spawned = std::thread::Builder::new()
+            .name("shoal-snapshot".into())
+            .spawn(move || {
+                // The home stays locked until the snapshot is in place.
+                let _home = home_lock;
+                if let Err(e) = shared.install_snapshot(seq, &bytes) {
+                    tracing::warn!(
+                        "the checkpoint's snapshot was not written ({e}); the log is kept \
+                         until a later checkpoint's is"
+                    );
+                }
+            });
+        // No thread to be had: the snapshot is not written, and the core
+        // keeps the log for a later checkpoint's.
+        spawned
+            .map(|_| ())
+            .map_err(|e| StorageError::io("starting the snapshot writer for", &self.home, e))
+    }
+
+    fn staged_snapshot_durable(&mut self) -> bool {
+        let sh = &self.shared;
+        sh.snapshot_installed.load(Ordering::Acquire) == sh.snapshot_issued.load(Ordering::Acquire)
+    }
+}
+
+/// Replace `home/name` atomically and durably: write `name.tmp`, fsync
+/// it, rename it over `name`, fsync the directory.
+fn replace_file(home: &Path, dir: &File, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    let tmp = home.join(format!("{name}.tmp"));
+    let dst = home.join(name);
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StorageError::io("creating", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| StorageError::io("writing", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| StorageError::io("syncing", &tmp, e))?;
+        fs::rename(&tmp, &dst).map_err(|e| StorageError::io("renaming into place", &dst, e))
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res?;
+    dir.sync_all()
+        .map_err(|e| StorageError::io("syncing", home, e))
 }
 
 const LOCK_RETRIES: u32 = 25;
@@ -1011,6 +1082,60 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+
+    fn wait_durable(s: &mut FileStorage) {
+        for _ in 0..2000 {
+            if s.staged_snapshot_durable() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("a staged snapshot never got in place");
+    }
+
+    /// R8: a checkpoint's snapshot is written by a thread of its own; the
+    /// storage says when it is in place, and it is then what a reopen reads.
+    #[test]
+    fn a_staged_snapshot_is_put_in_place_by_its_own_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![0x42u8; 4 << 20];
+        {
+            let mut s = FileStorage::open(dir.path()).unwrap();
+            assert!(s.staged_snapshot_durable(), "nothing staged yet");
+            s.stage_snapshot(big.clone()).unwrap();
+            wait_durable(&mut s);
+            assert_eq!(s.read_snapshot().unwrap().as_deref(), Some(&big[..]));
+        }
+        let mut s = FileStorage::open(dir.path()).unwrap();
+        assert_eq!(s.read_snapshot().unwrap().as_deref(), Some(&big[..]));
+    }
+
+    /// A snapshot written or staged later supersedes a staged one not yet
+    /// in place: the older one is never written over the newer, however
+    /// the writer thread and the caller interleave.
+    #[test]
+    fn a_later_snapshot_supersedes_a_staged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = FileStorage::open(dir.path()).unwrap();
+        for round in 0..20u8 {
+            let older = vec![round; 1 << 20];
+            s.stage_snapshot(older).unwrap();
+            let newer = vec![round.wrapping_add(100); 64];
+            if round % 2 == 0 {
+                s.write_snapshot(&newer).unwrap();
+            } else {
+                s.stage_snapshot(newer.clone()).unwrap();
+            }
+            wait_durable(&mut s);
+            // Give a superseded writer thread time to (wrongly) finish.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            assert_eq!(
+                s.read_snapshot().unwrap().as_deref(),
+                Some(&newer[..]),
+                "round {round}: the newer snapshot stands"
+            );
+        }
     }
 
     #[test]

@@ -398,6 +398,8 @@ impl<S: Storage> Site<S> {
         self.perm_lsn = Lsn::ZERO;
         self.snapshot_lsn = Lsn::ZERO;
         self.pending_snapshot = None;
+        // Superseded by the snapshot just written (write_snapshot).
+        self.snapshot_staged = None;
         self.snapshot_due = None;
         // Reads may have seen data the snapshot does not hold (R14).
         self.rollback_epoch += 1;

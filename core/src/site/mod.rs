@@ -53,6 +53,10 @@ use members::{Change, Members};
 /// turn later, once what the turn produced has left.
 pub const SNAPSHOT_DEFER: Duration = Duration::from_millis(1);
 
+/// How often a site looks whether the snapshot it staged is in place
+/// (see [`crate::traits::Storage::stage_snapshot`]), while one is.
+pub const SNAPSHOT_POLL: Duration = Duration::from_millis(10);
+
 /// What this site is doing in the group.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Role {
@@ -379,6 +383,12 @@ pub struct Site<S: Storage> {
     /// A snapshot taken at a checkpoint record, written once that record
     /// is durable (so a snapshot never runs ahead of the log).
     pending_snapshot: Option<(Lsn, Vec<u8>)>,
+    /// A snapshot handed to the storage with `stage_snapshot`, not yet
+    /// known to be in place: (its record, that record's generation). Until
+    /// it is, `snapshot_lsn` and archiving stay as they were.
+    snapshot_staged: Option<(Lsn, Generation)>,
+    /// When to look again whether the staged snapshot is in place.
+    snapshot_check_at: Option<Instant>,
     /// When to encode the snapshot a checkpoint record asked for: a moment
     /// after the record, so the frames of the turn that applied it leave
     /// before the encoding pauses the site (see `take_snapshot`).
@@ -492,6 +502,8 @@ impl<S: Storage> Site<S> {
             permanent_lsn: Lsn::ZERO,
             snapshot_lsn: Lsn::ZERO,
             pending_snapshot: None,
+            snapshot_staged: None,
+            snapshot_check_at: None,
             snapshot_due: None,
             snapshot_taken_at: None,
             hold_flushes: false,
@@ -788,6 +800,7 @@ impl<S: Storage> Site<S> {
         at(self.heartbeat_at);
         at(self.checkpoint_at);
         at(self.snapshot_due);
+        at(self.snapshot_check_at);
         at(self.joining.as_ref().map(|j| j.next_at));
         // Served only to clients (an idle site may have one pending).
         if self.role == Role::Client {
@@ -1041,7 +1054,7 @@ impl<S: Storage> Site<S> {
         let Some(entry) = self.index.last().copied() else {
             return;
         };
-        if entry.lsn <= self.base_lsn || entry.lsn <= self.snapshot_lsn {
+        if entry.lsn <= self.base_lsn || entry.lsn <= self.newest_snapshot() {
             return;
         }
         let bytes =
@@ -1050,8 +1063,17 @@ impl<S: Storage> Site<S> {
         self.ask_flush(entry.lsn);
     }
 
-    /// Write a pending snapshot whose record is now durable, then remove
-    /// the segments retention no longer asks for.
+    /// The newest snapshot stored or on its way to storage: the stored
+    /// file may already be the staged one (R8).
+    fn newest_snapshot(&self) -> Lsn {
+        self.snapshot_staged
+            .map_or(self.snapshot_lsn, |(l, _)| l.max(self.snapshot_lsn))
+    }
+
+    /// Hand a pending snapshot whose record is now durable to the storage,
+    /// which puts it in place, perhaps on another thread (see
+    /// [`Storage::stage_snapshot`]); [`Site::settle_staged_snapshot`] takes
+    /// it from there.
     fn settle_snapshot(&mut self) {
         let Some((lsn, _)) = self.pending_snapshot.as_ref() else {
             return;
@@ -1062,11 +1084,39 @@ impl<S: Storage> Site<S> {
         let Some((lsn, bytes)) = self.pending_snapshot.take() else {
             return;
         };
-        if self.storage.write_snapshot(&bytes).is_err() {
+        let Some(generation) = self.index_of(lsn).map(|i| self.index[i].generation) else {
+            return;
+        };
+        if self.storage.stage_snapshot(bytes).is_err() {
             return;
         }
-        self.snapshot_lsn = lsn;
-        self.archive();
+        self.snapshot_staged = Some((lsn, generation));
+        self.settle_staged_snapshot();
+    }
+
+    /// Once the staged snapshot is in place, it is the stored one: remove
+    /// the segments retention no longer asks for. Until then archiving
+    /// waits, so the log never depends on a snapshot not yet durable.
+    fn settle_staged_snapshot(&mut self) {
+        let Some((lsn, generation)) = self.snapshot_staged else {
+            self.snapshot_check_at = None;
+            return;
+        };
+        if !self.storage.staged_snapshot_durable() {
+            self.snapshot_check_at = Some(self.now + SNAPSHOT_POLL);
+            return;
+        }
+        self.snapshot_staged = None;
+        self.snapshot_check_at = None;
+        // A rollback below it clears it first (see `roll_back_to`); this
+        // only guards the invariant.
+        let in_log = self
+            .index_of(lsn)
+            .is_some_and(|i| self.index[i].generation == generation);
+        if in_log && lsn > self.snapshot_lsn {
+            self.snapshot_lsn = lsn;
+            self.archive();
+        }
     }
 
     /// Remove whole segments older than the retention before the snapshot.
@@ -1164,7 +1214,9 @@ impl<S: Storage> Site<S> {
             return Err(Refused::WouldRollback);
         }
         let at = self.index[keep].lsn;
-        if (self.snapshot_lsn.is_zero() || self.snapshot_lsn >= at) && !self.has_full_history() {
+        // The stored snapshot may already be the staged one.
+        let newest = self.newest_snapshot();
+        if (newest.is_zero() || newest >= at) && !self.has_full_history() {
             // The rollback would go below the snapshot and the log before
             // it is gone: nothing to rebuild the store from. Say so before
             // cutting anything, and leave the data intact (S6, S7).
@@ -1198,7 +1250,13 @@ impl<S: Storage> Site<S> {
         let keep_first = if keep == 0 { Lsn::ZERO } else { first };
         self.pending_snapshot = None;
         self.snapshot_due = None;
-        let base = if !self.snapshot_lsn.is_zero() && self.snapshot_lsn < at {
+        // A staged snapshot of records now gone must never be registered;
+        // if it is already in place, the rebuild below finds it invalid
+        // and writes a new one over it (write_snapshot supersedes it).
+        if self.snapshot_staged.is_some_and(|(l, _)| l >= at) {
+            self.snapshot_staged = None;
+        }
+        let base = if !newest.is_zero() && newest < at {
             self.storage
                 .read_snapshot()
                 .ok()
@@ -1666,6 +1724,9 @@ impl<S: Storage> Site<S> {
         self.channel_timeouts();
         if self.snapshot_due.is_some_and(|t| t <= now) {
             self.encode_due_snapshot();
+        }
+        if self.snapshot_check_at.is_some_and(|t| t <= now) {
+            self.settle_staged_snapshot();
         }
         // Waiters.
         let expired: Vec<RequestId> = self
