@@ -196,6 +196,9 @@ pub struct LoadReport {
     pub p50_us: u64,
     /// See `p50_us`.
     pub p99_us: u64,
+    /// The slowest commit (µs): a pause of the site shows here.
+    #[serde(default)]
+    pub max_us: u64,
 }
 
 /// What a commit achieved.

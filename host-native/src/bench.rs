@@ -267,11 +267,12 @@ async fn bench(args: BenchArgs, mut cluster: Cluster, common: Vec<String>) -> Re
         not_perm_in += l.not_permanent as usize;
         let rate = l.commits as f64 / (l.elapsed_us as f64 / 1e6).max(1e-9);
         say.line(format!(
-            "  rep {} (writers in the master node): {} commits/s, p50 {}, p99 {}",
+            "  rep {} (writers in the master node): {} commits/s, p50 {}, p99 {}, max {}",
             r + 1,
             thousands(rate as u64),
             fmt_us(l.p50_us as f64),
-            fmt_us(l.p99_us as f64)
+            fmt_us(l.p99_us as f64),
+            fmt_us(l.max_us as f64)
         ));
         in_rates.push(rate);
         in_p50s.push(l.p50_us as f64);

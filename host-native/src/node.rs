@@ -731,6 +731,7 @@ async fn load(node: &SiteNode, spec: LoadSpec) -> api::LoadReport {
     };
     r.p50_us = q(0.5);
     r.p99_us = q(0.99);
+    r.max_us = lat.last().copied().unwrap_or(0);
     r
 }
 
