@@ -462,7 +462,7 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
     let f = net.forge(0, &page(SNAPSHOT_DB, 0, b"x"));
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::Unexpected));
     // Only a master serves initialisations.
-    let f = net.forge(2, &Message::UpdateReq);
+    let f = net.forge(2, &Message::UpdateReq { page_bytes: 4096 });
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
     let f = net.forge(2, &Message::PageReq { db: "", page: 0 });
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
