@@ -313,6 +313,13 @@ impl Limits {
                 "max_frame must hold the largest channel message",
             ));
         }
+        // The page size this site asks for in an internal initialisation
+        // must be one a master accepts (S6).
+        if (crate::wire::max_page_bytes(self) as u64) < crate::wire::MIN_PAGE_BYTES as u64 {
+            return Err(ConfigError::Inconsistent(
+                "max_answer_bytes must be at least 64 (the smallest snapshot page, S6)",
+            ));
+        }
         Ok(())
     }
 }
@@ -658,6 +665,12 @@ mod tests {
         let mut c = Config::default();
         c.limits.max_sites = 1000;
         assert!(matches!(c.validate(), Err(ConfigError::AboveCap { .. })));
+        // S6: a site must be able to ask for pages a master accepts.
+        let mut c = Config::default();
+        c.limits.max_answer_bytes = crate::wire::MIN_PAGE_BYTES - 1;
+        assert!(matches!(c.validate(), Err(ConfigError::Inconsistent(_))));
+        c.limits.max_answer_bytes = crate::wire::MIN_PAGE_BYTES;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -254,7 +254,7 @@ fn largest<'a>(kind: MessageKind, b: &'a Buffers, l: &Limits) -> Message<'a> {
         K::Verify => Message::Verify(entry),
         K::VerifyFail => Message::VerifyFail { lsn: LSN_MAX },
         K::Rerequest => Message::Rerequest { lsn: LSN_MAX },
-        K::UpdateReq => Message::UpdateReq,
+        K::UpdateReq => Message::UpdateReq { page_bytes: MAX },
         K::Update => {
             let mut databases = heapless::Vec::new();
             for _ in 0..l.max_databases {
@@ -452,6 +452,7 @@ fn refused<M: Serialize>(l: &Limits, label: &str, msg: Option<&Message<'_>>, raw
         matches!(
             r,
             Err(DecodeError::LimitExceeded(_))
+                | Err(DecodeError::BelowMinimum(_))
                 | Err(DecodeError::BadRecord(_))
                 | Err(DecodeError::Malformed)
                 | Err(DecodeError::TooLarge { .. })
@@ -579,6 +580,24 @@ fn one_more(l: &Limits, label: &str) {
         data: &data,
     });
     refused(l, &format!("{label}: page +1"), Some(&msg), &msg);
+
+    // UPDATE_REQ: a page size one below the smallest a master serves
+    // (S6); the smallest itself passes.
+    let msg = Message::UpdateReq {
+        page_bytes: wire::MIN_PAGE_BYTES - 1,
+    };
+    refused(
+        l,
+        &format!("{label}: update_req page size -1"),
+        Some(&msg),
+        &msg,
+    );
+    let msg = Message::UpdateReq {
+        page_bytes: wire::MIN_PAGE_BYTES,
+    };
+    let mut out = Vec::new();
+    encode_frame(&big_env(), &msg, &mut out, l).unwrap();
+    assert_eq!(decode_frame(&out, l).unwrap().1, msg, "{label}: update_req");
 
     // HANDSHAKE: group, address, nonce one byte longer.
     let long_group = s(caps::MAX_GROUP_NAME + 1);

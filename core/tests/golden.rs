@@ -431,7 +431,8 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
     add(
         "update_req",
         env(2, 8, 9, Lsn::new(1, 20), Flags::NONE),
-        Message::UpdateReq,
+        // A device's page size (S6): max_page_bytes of Limits::device().
+        Message::UpdateReq { page_bytes: 7_680 },
     );
     let mut databases = heapless::Vec::new();
     for (name, pages) in [("users", 12u32), ("orders", 300), ("sessions", 0)] {
@@ -975,7 +976,7 @@ fn segment_header_and_meta_bytes_are_as_documented() {
     assert_eq!(shoal_core::crc::checksum(b"123456789"), 0xe306_9283);
     // The worked frame example.
     let f = std::fs::read(golden_dir().join("frames/log_req.bin")).unwrap();
-    assert_eq!(f, unhex("04 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
+    assert_eq!(f, unhex("05 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
     let r = std::fs::read(golden_dir().join("records/commit_empty.bin")).unwrap();
     assert_eq!(
         r,

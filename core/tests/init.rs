@@ -4,7 +4,10 @@
 //! master's snapshot in pages (bounded per frame and per answer, PAGE_MORE
 //! ahead), re-requests a lost page, starts over on PAGE_FAIL, cleans up an
 //! interrupted initialisation when it reopens, and drops bad input with a
-//! typed reason. The simulator (shoal-tests) adds crashes of every kind.
+//! typed reason; a master serves each client pages of the size it
+//! announced (a device under a server master, several sizes from one
+//! snapshot, absurd sizes refused). The simulator (shoal-tests) adds
+//! crashes of every kind.
 
 mod common;
 
@@ -32,6 +35,8 @@ struct Sent {
     page: Option<u32>,
     /// PAGE: its data's length.
     data: usize,
+    /// UPDATE: the snapshot's LSN.
+    lsn: Option<Lsn>,
 }
 
 type Net = Traced<Sent>;
@@ -45,6 +50,10 @@ fn group(cfgs: Vec<Config>) -> Net {
 /// The record of one frame: its type and the page numbers it names.
 fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], _: traced::Cause) -> Sent {
     let (_, msg) = decode_frame(frame, limits).expect("every frame sent decodes");
+    let lsn = match &msg {
+        Message::Update(u) => Some(u.snapshot_lsn),
+        _ => None,
+    };
     let (page, data) = match &msg {
         Message::Page(p) => (Some(p.page), p.data.len()),
         Message::PageReq { page, .. } => (Some(*page), 0),
@@ -59,6 +68,7 @@ fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], _: traced::Ca
         len: frame.len(),
         page,
         data,
+        lsn,
     }
 }
 
@@ -462,7 +472,7 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
     let f = net.forge(0, &page(SNAPSHOT_DB, 0, b"x"));
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::Unexpected));
     // Only a master serves initialisations.
-    let f = net.forge(2, &Message::UpdateReq);
+    let f = net.forge(2, &Message::UpdateReq { page_bytes: 4096 });
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
     let f = net.forge(2, &Message::PageReq { db: "", page: 0 });
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
@@ -608,4 +618,260 @@ fn s6_an_initialising_site_votes_only_for_a_candidate_holding_its_snapshot() {
             .any(|s| s.from == 2 && s.kind == MessageKind::Vote2);
         assert_eq!(voted, votes, "candidate behind the snapshot: {behind}");
     }
+}
+
+// ------------------------------------------- page size per client (S6)
+
+/// A server's limits (`Limits::default()`: frames and pages of 1 MiB),
+/// with segments and records small enough for these tests to archive,
+/// and bulk log messages a device can take (the log from F travels in
+/// them; see `device_limits`).
+fn server_limits() -> Limits {
+    Limits {
+        segment_size: 8192,
+        max_record: 4096,
+        max_key: 64,
+        max_value: 256,
+        max_bulk_bytes: 4096,
+        ..Limits::default()
+    }
+}
+
+/// A device's limits (`Limits::device()`: 8 KiB frames, so pages of at
+/// most 7680 bytes), with the test's segment size and room for the
+/// snapshot these tests build.
+fn device_limits() -> Limits {
+    Limits {
+        segment_size: 8192,
+        max_init_bytes: 256 << 10,
+        ..Limits::device()
+    }
+}
+
+fn with_limits(limits: Limits) -> Config {
+    let mut c = cfg();
+    c.limits = limits;
+    c.validate().expect("test limits are consistent");
+    c
+}
+
+/// Each PAGE sent to `to` after `mark`: (page number, data length).
+fn pages_to(net: &Net, mark: usize, to: usize) -> Vec<(u32, usize)> {
+    net.sent[mark..]
+        .iter()
+        .filter(|s| s.kind == MessageKind::Page && s.to == to)
+        .map(|s| (s.page.unwrap_or(u32::MAX), s.data))
+        .collect()
+}
+
+/// The UPDATEs sent to `to` after `mark`: (page count, snapshot LSN).
+fn updates_to(net: &Net, mark: usize, to: usize) -> Vec<(u32, Lsn)> {
+    net.sent[mark..]
+        .iter()
+        .filter(|s| s.kind == MessageKind::Update && s.to == to)
+        .map(|s| (s.page.unwrap_or(0), s.lsn.unwrap_or(Lsn::ZERO)))
+        .collect()
+}
+
+/// S6: a master with a server's limits initialises a client with a
+/// device's much smaller frames. The client's UPDATE_REQ says the pages
+/// it takes, and the master cuts its snapshot to that size: before, it
+/// sent pages of its own size (1 MiB here), which the device refused
+/// forever, re-requesting, never initialised.
+#[test]
+fn s6_a_device_client_of_a_server_master_is_initialised_in_its_page_size() {
+    let (server, device) = (server_limits(), device_limits());
+    let small = shoal_core::wire::max_page_bytes(&device);
+    assert_eq!(small, 7680);
+    assert!(shoal_core::wire::max_page_bytes(&server) >= 100 * small);
+    let mut net = group(vec![with_limits(server), with_limits(device)]);
+    net.commit("before", b"1");
+    let storage = net.fall_far_behind(1, 6);
+    let mark = net.restart(1, storage);
+    net.advance(Duration::from_millis(500), &mut traced::all);
+    assert_initialised(&mut net, 1);
+    assert_eq!(net.s(1).store().get("db", b"before"), Some(&b"1"[..]));
+    let pages = pages_to(&net, mark, 1);
+    let updates = updates_to(&net, mark, 1);
+    assert_eq!(updates.len(), 1, "one UPDATE: {updates:?}");
+    let n = updates[0].0 as usize;
+    assert!(n > 1, "a snapshot of several device pages: {n}");
+    assert_eq!(pages.len(), n, "every page once, none refused");
+    for (i, (p, data)) in pages.iter().enumerate() {
+        assert_eq!(*p as usize, i);
+        assert!(*data <= small, "page {p} of {data} bytes");
+        if i + 1 < n {
+            assert_eq!(*data, small, "every page but the last is full");
+        }
+    }
+    assert!(net.sent[mark..]
+        .iter()
+        .filter(|s| s.to == 1)
+        .all(|s| s.len <= device.max_frame as usize));
+    // It replicates as usual afterwards.
+    net.commit("after", b"2");
+    assert_eq!(net.s(1).store().get("db", b"after"), Some(&b"2"[..]));
+}
+
+/// S6: three clients with three page sizes (a device's, a smaller one,
+/// and one larger than the master's own) fetch the one snapshot the
+/// master serves, at the same time: each is told the page count for its
+/// size and served pages of min(its size, the master's), and all three
+/// end with the master's data.
+#[test]
+fn s6_clients_with_different_page_sizes_share_one_served_snapshot() {
+    // The master's pages: 16 KiB, so the snapshot takes several answers
+    // and the three fetches overlap.
+    let master = Limits {
+        max_answer_bytes: 16 << 10,
+        ..server_limits()
+    };
+    let tiny = Limits {
+        max_answer_bytes: 2048,
+        ..device_limits()
+    };
+    let cfgs = vec![
+        with_limits(master),
+        with_limits(device_limits()),
+        with_limits(tiny),
+        with_limits(server_limits()),
+    ];
+    let sizes = [0, 7680, 2048, 16 << 10];
+    for (c, size) in cfgs.iter().zip(sizes).skip(1) {
+        let own = shoal_core::wire::max_page_bytes(&c.limits);
+        assert_eq!(own.min(16 << 10), size);
+    }
+    let mut net = group(cfgs);
+    net.commit("before", b"1");
+    let mut stored = Vec::new();
+    for c in [2, 3] {
+        stored.push((c, net.sites[c].take().expect("up").into_storage()));
+        net.down.push(c);
+    }
+    let s1 = net.fall_far_behind(1, 8);
+    let mark = net.sent.len();
+    net.restart(1, s1);
+    for (c, storage) in stored {
+        net.restart(c, storage);
+    }
+    net.advance(Duration::from_millis(800), &mut traced::all);
+    let mut spans = Vec::new();
+    let mut total = None;
+    for (c, &size) in sizes.iter().enumerate().skip(1) {
+        assert_initialised(&mut net, c);
+        assert_eq!(net.s(c).store().get("db", b"before"), Some(&b"1"[..]));
+        let updates = updates_to(&net, mark, c);
+        assert_eq!(updates.len(), 1, "s{c}: {updates:?}");
+        let (n, lsn) = updates[0];
+        let pages = pages_to(&net, mark, c);
+        assert_eq!(pages.len(), n as usize, "s{c}: each page once");
+        for (i, (p, data)) in pages.iter().enumerate() {
+            assert_eq!(*p as usize, i, "s{c}");
+            assert!(*data <= size, "s{c}: page {p} of {data} bytes");
+            if i + 1 < pages.len() {
+                assert_eq!(*data, size, "s{c}: page {p} is full");
+            }
+        }
+        // The same snapshot, cut three ways.
+        let bytes: usize = pages.iter().map(|(_, d)| d).sum();
+        assert_eq!(*total.get_or_insert((bytes, lsn)), (bytes, lsn), "s{c}");
+        assert_eq!(n as usize, bytes.div_ceil(size), "s{c}'s page count");
+        let at = |s: &Sent| s.kind == MessageKind::Page && s.to == c;
+        let first = net.sent[mark..].iter().position(at).expect("pages");
+        let last = net.sent[mark..].iter().rposition(at).expect("pages");
+        spans.push((first, last));
+    }
+    // The fetches overlapped.
+    assert!(
+        spans.iter().all(|(f, _)| spans.iter().all(|(_, l)| f < l)),
+        "every fetch began before every other ended: {spans:?}"
+    );
+    assert_eq!(net.s(0).stats().inits_served, 3);
+}
+
+/// S6: an UPDATE_REQ announcing pages below `MIN_PAGE_BYTES` (0, 1, 63:
+/// absurd, or a division by zero) is refused with a typed reason when it
+/// is decoded; the master answers nothing and serves no snapshot. One
+/// announcing more than any frame holds is served the master's own size.
+/// The smallest page a valid site announces (64 bytes: `max_answer_bytes`
+/// at its minimum) initialises it, in many small pages.
+#[test]
+fn s6_absurd_page_sizes_are_refused_or_clamped_without_panic() {
+    use shoal_core::wire::{DecodeError, MIN_PAGE_BYTES, PROTOCOL_VERSION};
+    let mut net = group(vec![cfg(); 2]);
+    net.commit("before", b"1");
+    let now = net.now;
+    let s1 = net.s(1);
+    let env = Envelope {
+        from: s1.id(),
+        generation: s1.generation(),
+        egen: s1.egen(),
+        lsn: s1.last_lsn(),
+        flags: Flags::NONE,
+    };
+    // Built by hand, as a hostile peer could: the encoder refuses them.
+    for page_bytes in [0, 1, MIN_PAGE_BYTES - 1] {
+        let msg = Message::UpdateReq { page_bytes };
+        let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        f = postcard::to_extend(&env, f).unwrap();
+        f = postcard::to_extend(&msg, f).unwrap();
+        let mut out = Vec::new();
+        assert!(encode_frame(&env, &msg, &mut out, &net.cfgs[1].limits).is_err());
+        let mark = net.sent.len();
+        assert_eq!(
+            net.site(0).handle_frame(now, &f),
+            Err(Drop::Malformed(DecodeError::BelowMinimum("page size"))),
+            "{page_bytes}"
+        );
+        net.run(&mut traced::all);
+        assert!(
+            !net.sent[mark..]
+                .iter()
+                .any(|s| s.from == 0 && matches!(s.kind, MessageKind::Update | MessageKind::Page)),
+            "nothing served for {page_bytes}"
+        );
+    }
+    assert_eq!(net.s(0).stats().inits_served, 0);
+    // The largest announcement: the master's own page size is used.
+    let mark = net.sent.len();
+    let f = net.forge(
+        1,
+        &Message::UpdateReq {
+            page_bytes: u32::MAX,
+        },
+    );
+    assert_eq!(net.site(0).handle_frame(now, &f), Ok(()));
+    let f = net.forge(
+        1,
+        &Message::PageReq {
+            db: SNAPSHOT_DB,
+            page: 0,
+        },
+    );
+    assert_eq!(net.site(0).handle_frame(now, &f), Ok(()));
+    let mut only_master = |s: &Sent| s.from != 0;
+    net.run(&mut only_master);
+    let own = shoal_core::wire::max_page_bytes(&net.cfgs[0].limits);
+    let pages = pages_to(&net, mark, 1);
+    assert!(!pages.is_empty());
+    assert!(pages.iter().all(|(_, d)| *d <= own));
+    assert_eq!(net.s(0).stats().inits_served, 1);
+
+    // A client at the smallest valid size is initialised in 64-byte
+    // pages: many, each answer still bounded by the master's cap.
+    let mut net = group(vec![
+        cfg(),
+        with_limits(Limits {
+            max_answer_bytes: MIN_PAGE_BYTES,
+            ..cfg().limits
+        }),
+    ]);
+    let storage = net.fall_far_behind(1, 4);
+    let mark = net.restart(1, storage);
+    net.advance(Duration::from_secs(2), &mut traced::all);
+    assert_initialised(&mut net, 1);
+    let pages = pages_to(&net, mark, 1);
+    let n = updates_to(&net, mark, 1)[0].0 as usize;
+    assert!(n > 100, "{n} pages");
+    assert!(pages.iter().all(|(_, d)| *d <= MIN_PAGE_BYTES as usize));
 }

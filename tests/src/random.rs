@@ -62,6 +62,10 @@ pub struct RunSummary {
     pub archiving: bool,
     /// Internal initialisations completed (INIT_DONE events, S6).
     pub inits: u64,
+    /// One site takes smaller snapshot pages than its masters serve (S6).
+    pub small_pages: bool,
+    /// Of the initialisations, those of that site.
+    pub small_page_inits: u64,
     /// Channel requests made (W2).
     pub channel_requests: u64,
     /// Of them, answered with a response part (W2).
@@ -336,6 +340,19 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         };
         sim.set_site_config(sites - 1, unelectable);
     }
+    // Half the archiving seeds give one site a device's smaller snapshot
+    // pages (S6: 512 bytes, where the others take 1024 or 3584): its
+    // UPDATE_REQ says so and its masters must serve it pages of that size.
+    // A stream of its own keeps the other choices as they were.
+    let mut sp = Rng::fork(seed, 16);
+    let small = (sim.cfg.site.log_retention_segments.is_some() && sp.chance(500_000))
+        .then(|| sp.below(sites as u64) as usize);
+    if let Some(i) = small {
+        let mut c = sim.site_config(i);
+        c.limits.max_answer_bytes = 512;
+        sim.set_site_config(i, c);
+        sum.small_pages = true;
+    }
     // Half the seeds: every site asks one or two other sites for the log
     // before the master (S3), which also serve while they are clients.
     let mut pr = Rng::fork(seed, 12);
@@ -597,14 +614,14 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         .map(|&i| sim.site(i).stats().forwards_served)
         .sum();
     sum.archiving = sim.cfg.site.log_retention_segments.is_some();
-    sum.inits = (0..sim.len())
-        .map(|i| {
-            sim.events(i)
-                .iter()
-                .filter(|(_, e)| *e == shoal_core::site::Event::InitDone)
-                .count() as u64
-        })
-        .sum();
+    let inits = |i: usize| {
+        sim.events(i)
+            .iter()
+            .filter(|(_, e)| *e == shoal_core::site::Event::InitDone)
+            .count() as u64
+    };
+    sum.inits = (0..sim.len()).map(inits).sum();
+    sum.small_page_inits = small.map_or(0, inits);
     (sim, sum)
 }
 

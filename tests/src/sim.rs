@@ -258,9 +258,6 @@ impl Sim {
         }
     }
 
-    /// Replace one site's configuration (before it is started or
-    /// restarted: takes effect at its next open). The site is reopened now
-    /// if it is up and idle with an empty log.
     /// Site `i` asks these sites (by index) for the log before the master
     /// (S3), now and after every restart.
     pub fn set_peers(&mut self, i: usize, peers: &[usize]) {
@@ -271,6 +268,14 @@ impl Sim {
         self.slots[i].peers = addrs;
     }
 
+    /// Site `i`'s configuration (what it opens with).
+    pub fn site_config(&self, i: usize) -> Config {
+        self.slots[i].cfg
+    }
+
+    /// Replace one site's configuration (before it is started or
+    /// restarted: takes effect at its next open). The site is reopened now
+    /// if it is up and idle with an empty log.
     pub fn set_site_config(&mut self, i: usize, cfg: Config) {
         self.slots[i].cfg = cfg;
         let reopen = self.slots[i]

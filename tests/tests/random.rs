@@ -65,7 +65,7 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
     failed.sort_by_key(|f| f.0);
     let total = |f: fn(&RunSummary) -> u64| ok.iter().map(f).sum::<u64>();
     println!(
-        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), initialisations {} (in {} of {} archiving runs), channel requests {} ({} answered), promises broken in {} runs",
+        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), initialisations {} (in {} of {} archiving runs; {} of a site with small pages, in {} of {} runs with one), channel requests {} ({} answered), promises broken in {} runs",
         seeds.len(),
         started.elapsed(),
         ok.len(),
@@ -85,6 +85,9 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
         total(|s| s.inits),
         ok.iter().filter(|s| s.inits > 0).count(),
         ok.iter().filter(|s| s.archiving).count(),
+        total(|s| s.small_page_inits),
+        ok.iter().filter(|s| s.small_page_inits > 0).count(),
+        ok.iter().filter(|s| s.small_pages).count(),
         total(|s| s.channel_requests),
         total(|s| s.channel_answered),
         ok.iter().filter(|s| !s.promises_held).count(),
@@ -126,8 +129,10 @@ fn random_seeds() {
         assert!(sum(|s| s.peer_served) > 0);
         // Clients forwarded writes that masters committed (W1).
         assert!(sum(|s| s.forwards_served) > 0);
-        // Clients were initialised from the master's snapshot (S6).
+        // Clients were initialised from the master's snapshot (S6), some
+        // in smaller pages than their master's own.
         assert!(sum(|s| s.inits) > 0);
+        assert!(sum(|s| s.small_page_inits) > 0);
         assert!(sum(|s| s.channel_answered) > 0);
     }
 }

@@ -2,7 +2,9 @@
 //! has no overlap with its master's takes the master's whole database.
 //!
 //! 1. **Asked.** UPDATE_REQ to the master, re-sent with the re-request
-//!    back-off (R13) until UPDATE comes.
+//!    back-off (R13) until UPDATE comes. It says the largest page this
+//!    site takes (its own `max_page_bytes`), so a master with larger
+//!    frames cuts the snapshot to fit this site's.
 //! 2. **Pages.** The UPDATE fixes F, S and the page count; pages are asked
 //!    for with PAGE_REQ and taken in order into memory, at most
 //!    `max_init_bytes`. A page after a gap is dropped and the gap asked for
@@ -128,7 +130,21 @@ impl<S: Storage> Site<S> {
             wait,
         });
         self.sync = SyncState::Init;
-        self.send(master, Flags::NONE, &Message::UpdateReq);
+        self.send(master, Flags::NONE, &self.update_req());
+    }
+
+    /// The largest snapshot page this site takes: the most a PAGE frame
+    /// within its own limits carries (at least `MIN_PAGE_BYTES`, which
+    /// `Limits::validate` ensures).
+    fn init_page_bytes(&self) -> u32 {
+        u32::try_from(crate::wire::max_page_bytes(&self.cfg.limits)).unwrap_or(u32::MAX)
+    }
+
+    /// UPDATE_REQ, announcing the pages this site takes.
+    fn update_req(&self) -> Message<'static> {
+        Message::UpdateReq {
+            page_bytes: self.init_page_bytes(),
+        }
     }
 
     /// Give the initialisation up for good (the snapshot is too large for
@@ -219,6 +235,7 @@ impl<S: Storage> Site<S> {
     pub(super) fn on_page(&mut self, env: &Envelope, p: &Page<'_>) -> Result<(), Drop> {
         self.init_from(env)?;
         let max = self.cfg.limits.max_init_bytes as usize;
+        let announced = self.init_page_bytes() as usize;
         let Some(Phase::Pages {
             pages,
             next,
@@ -229,7 +246,9 @@ impl<S: Storage> Site<S> {
         else {
             return Err(Drop::Unexpected);
         };
-        if p.db != SNAPSHOT_DB || p.page >= *pages {
+        // No page larger than the UPDATE_REQ asked for (such a frame
+        // does not even decode within this site's limits).
+        if p.db != SNAPSHOT_DB || p.page >= *pages || p.data.len() > announced {
             return Err(Drop::BadInit);
         }
         if p.page < *next {
@@ -325,7 +344,10 @@ impl<S: Storage> Site<S> {
         };
         match from {
             Some(from) => self.ask_pages(from),
-            None => self.send(master, Flags::NONE, &Message::UpdateReq),
+            None => {
+                let msg = self.update_req();
+                self.send(master, Flags::NONE, &msg);
+            }
         }
     }
 

@@ -8,17 +8,27 @@
 //! snapshot to be usable when it reopens). It answers UPDATE { F, S, one
 //! database "" of n pages } once S is durable here: a client being
 //! initialised votes only for a candidate whose log reaches S (see
-//! `init_client`), and this master, restarted, must be one. The snapshot is encoded once ([`snapshot`]
-//! format, which carries its own checksum) and split into pages of at
-//! most [`crate::wire::max_page_bytes`]; PAGE_REQ is answered with pages
-//! up to `max_answer_bytes`, PAGE_MORE ahead of them when more remain.
+//! `init_client`), and this master, restarted, must be one.
+//!
+//! The snapshot is encoded once ([`snapshot`] format, which carries its
+//! own checksum) and cut into pages for each client on its own: the
+//! UPDATE_REQ says the largest page the client takes (its
+//! [`crate::wire::max_page_bytes`], which a device's small frames make far
+//! smaller than a server's), and the client is served pages of the smaller
+//! of that and this master's own size. So several clients fetch the one
+//! snapshot at once in pages of different sizes, each told its own page
+//! count n. A request for pages below [`crate::wire::MIN_PAGE_BYTES`]
+//! never gets here: it does not decode. PAGE_REQ is answered with pages up
+//! to `max_answer_bytes`, PAGE_MORE ahead of them when more remain.
 //!
 //! Memory: one encoded snapshot at most, kept while clients fetch it and
 //! dropped after [`Site::init_idle`] without a request, or when this site
-//! stops being master. While it is kept, archiving keeps F's segment, so
-//! the log from F stays available. A client given another snapshot than
-//! the one kept (it was replaced or dropped) gets PAGE_FAIL and starts
-//! over.
+//! stops being master. Its clients (at most `max_sites`) each add only
+//! their page size; an answer holds at most `max_answer_bytes` of pages of
+//! at least [`crate::wire::MIN_PAGE_BYTES`] each. While it is kept,
+//! archiving keeps F's segment, so the log from F stays available. A
+//! client given another snapshot than the one kept (it was replaced or
+//! dropped) gets PAGE_FAIL and starts over.
 //!
 //! [`snapshot`]: crate::snapshot
 
@@ -40,10 +50,9 @@ pub(super) struct Serving {
     pub(super) lsn: Lsn,
     /// The encoded snapshot.
     bytes: Vec<u8>,
-    /// Bytes per page.
-    page: usize,
-    /// Sites that asked for this snapshot (at most `max_sites`).
-    clients: Vec<SiteId>,
+    /// Sites that asked for this snapshot (at most `max_sites`), each with
+    /// the bytes per page it is served (at least 1).
+    clients: Vec<(SiteId, usize)>,
     /// Of those, the ones still owed their UPDATE (sent once S is durable).
     owed: Vec<SiteId>,
     /// Last request for it.
@@ -51,14 +60,25 @@ pub(super) struct Serving {
 }
 
 impl Serving {
-    fn pages(&self) -> u32 {
-        self.bytes.len().div_ceil(self.page.max(1)) as u32
+    /// The page count in pages of `size` bytes.
+    fn pages(&self, size: usize) -> u32 {
+        u32::try_from(self.bytes.len().div_ceil(size.max(1))).unwrap_or(u32::MAX)
     }
 
-    fn page_bytes(&self, n: u32) -> &[u8] {
-        let start = (n as usize).saturating_mul(self.page).min(self.bytes.len());
-        let end = start.saturating_add(self.page).min(self.bytes.len());
-        &self.bytes[start..end]
+    /// Page `n` in pages of `size` bytes (empty past the end).
+    fn page_bytes(&self, size: usize, n: u32) -> &[u8] {
+        let size = size.max(1);
+        let start = (n as usize).saturating_mul(size).min(self.bytes.len());
+        let end = start.saturating_add(size).min(self.bytes.len());
+        self.bytes.get(start..end).unwrap_or_default()
+    }
+
+    /// The page size `site` is served, if it asked for this snapshot.
+    fn page_of(&self, site: SiteId) -> Option<usize> {
+        self.clients
+            .iter()
+            .find(|(id, _)| *id == site)
+            .map(|(_, size)| *size)
     }
 }
 
@@ -96,9 +116,18 @@ impl<S: Storage> Site<S> {
         self.serving.as_mut()
     }
 
-    /// UPDATE_REQ: a client needs the whole database. Only the master
-    /// serves it (S3's client-to-client service is for logs).
-    pub(super) fn on_update_req(&mut self, env: &Envelope) -> Result<(), Drop> {
+    /// The page size a client that takes pages of up to `announced` bytes
+    /// is served: the smaller of that and this master's own, never 0.
+    fn page_for(&self, announced: u32) -> usize {
+        crate::wire::max_page_bytes(&self.cfg.limits)
+            .min(usize::try_from(announced).unwrap_or(usize::MAX))
+            .max(1)
+    }
+
+    /// UPDATE_REQ: a client needs the whole database, in pages of at most
+    /// `page_bytes`. Only the master serves it (S3's client-to-client
+    /// service is for logs).
+    pub(super) fn on_update_req(&mut self, env: &Envelope, page_bytes: u32) -> Result<(), Drop> {
         if self.role != Role::Master {
             return Err(Drop::WrongRole);
         }
@@ -107,6 +136,7 @@ impl<S: Storage> Site<S> {
         }
         let now = self.now;
         let max_sites = self.cfg.limits.max_sites as usize;
+        let size = self.page_for(page_bytes);
         let fresh = self.usable_serving().is_none();
         if fresh && !self.take_serving() {
             return Ok(());
@@ -115,11 +145,16 @@ impl<S: Storage> Site<S> {
             return Ok(());
         };
         s.used_at = now;
-        if !s.clients.contains(&env.from) {
-            if s.clients.len() >= max_sites {
-                s.clients.remove(0);
+        // A client asking again (its UPDATE was lost, or it restarted with
+        // other limits) is served in the size it asks for now.
+        if let Some(c) = s.clients.iter_mut().find(|(id, _)| *id == env.from) {
+            c.1 = size;
+        } else {
+            if s.clients.len() >= max_sites && !s.clients.is_empty() {
+                let (gone, _) = s.clients.remove(0);
+                s.owed.retain(|id| *id != gone);
             }
-            s.clients.push(env.from);
+            s.clients.push((env.from, size));
         }
         if !s.owed.contains(&env.from) {
             s.owed.push(env.from);
@@ -134,7 +169,8 @@ impl<S: Storage> Site<S> {
     }
 
     /// The log is durable to a new point: send the UPDATEs owed, if the
-    /// snapshot's record is durable now.
+    /// snapshot's record is durable now, each with the page count in the
+    /// page size its client is served.
     pub(super) fn send_updates(&mut self) {
         let Some(s) = self.serving.as_mut() else {
             return;
@@ -143,20 +179,25 @@ impl<S: Storage> Site<S> {
             return;
         }
         let owed = core::mem::take(&mut s.owed);
-        let (first, lsn, pages) = (s.first, s.lsn, s.pages());
-        let mut databases = heapless::Vec::new();
-        let _ = databases.push(DbSummary {
-            name: SNAPSHOT_DB,
-            pages,
-        });
-        let msg = Message::Update(Update {
-            first_lsn: first,
-            snapshot_lsn: lsn,
-            databases,
-        });
-        let dests: Vec<Dest> = owed.into_iter().map(Dest::Site).collect();
-        self.stats.inits_served += dests.len() as u64;
-        self.send_many(&dests, Flags::NONE, &msg);
+        let (first, lsn) = (s.first, s.lsn);
+        let sends: Vec<(SiteId, u32)> = owed
+            .into_iter()
+            .filter_map(|id| s.page_of(id).map(|size| (id, s.pages(size))))
+            .collect();
+        for (to, pages) in sends {
+            let mut databases = heapless::Vec::new();
+            let _ = databases.push(DbSummary {
+                name: SNAPSHOT_DB,
+                pages,
+            });
+            let msg = Message::Update(Update {
+                first_lsn: first,
+                snapshot_lsn: lsn,
+                databases,
+            });
+            self.stats.inits_served += 1;
+            self.send(to, Flags::NONE, &msg);
+        }
     }
 
     /// Encode the store and membership as of the last record, with F the
@@ -172,7 +213,6 @@ impl<S: Storage> Site<S> {
             first,
             lsn: last.lsn,
             bytes,
-            page: crate::wire::max_page_bytes(&self.cfg.limits).max(1),
             clients: Vec::new(),
             owed: Vec::new(),
             used_at: self.now,
@@ -180,9 +220,10 @@ impl<S: Storage> Site<S> {
         true
     }
 
-    /// PAGE_REQ: pages of the served snapshot from `page` on, at most
-    /// `max_answer_bytes` of them (at least one), PAGE_MORE first when
-    /// more remain. PAGE_FAIL when the requester's snapshot is gone.
+    /// PAGE_REQ: pages of the served snapshot from `page` on, in the
+    /// requester's page size, at most `max_answer_bytes` of them (at least
+    /// one), PAGE_MORE first when more remain. PAGE_FAIL when the
+    /// requester's snapshot is gone.
     pub(super) fn on_page_req(&mut self, env: &Envelope, db: &str, page: u32) -> Result<(), Drop> {
         if self.role != Role::Master {
             return Err(Drop::WrongRole);
@@ -192,23 +233,25 @@ impl<S: Storage> Site<S> {
         }
         let now = self.now;
         let budget = self.cfg.limits.max_answer_bytes as usize;
-        let known = db == SNAPSHOT_DB
-            && self
-                .usable_serving()
-                .is_some_and(|s| s.clients.contains(&env.from) && page < s.pages());
-        if !known {
+        let size = if db == SNAPSHOT_DB {
+            self.usable_serving()
+                .and_then(|s| s.page_of(env.from).filter(|&size| page < s.pages(size)))
+        } else {
+            None
+        };
+        let Some(size) = size else {
             self.send(env.from, Flags::NONE, &Message::PageFail { db, page });
             return Ok(());
-        }
+        };
         let Some(s) = self.serving.as_mut() else {
             return Ok(());
         };
         s.used_at = now;
-        let pages = s.pages();
+        let pages = s.pages(size);
         let mut end = page;
         let mut bytes = 0usize;
         while end < pages {
-            let len = s.page_bytes(end).len();
+            let len = s.page_bytes(size, end).len();
             if end > page && bytes + len > budget {
                 break;
             }
@@ -218,7 +261,7 @@ impl<S: Storage> Site<S> {
         let mut frames = Vec::new();
         if let Some(s) = self.serving.as_ref() {
             for n in page..end {
-                let data = s.page_bytes(n);
+                let data = s.page_bytes(size, n);
                 let msg = Message::Page(Page {
                     db: SNAPSHOT_DB,
                     page: n,

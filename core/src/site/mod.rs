@@ -1680,7 +1680,7 @@ impl<S: Storage> Site<S> {
             Message::VerifyReq { lsn } => self.serve_verify(env, *lsn),
             Message::Verify(e) => self.on_verify(env, Some(e)),
             Message::VerifyFail { lsn } => self.on_verify_fail(env, *lsn),
-            Message::UpdateReq => self.on_update_req(env),
+            Message::UpdateReq { page_bytes } => self.on_update_req(env, *page_bytes),
             Message::Update(u) => self.on_update(env, u),
             Message::PageReq { db, page } => self.on_page_req(env, db, *page),
             Message::Page(p) => self.on_page(env, p),

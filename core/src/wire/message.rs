@@ -344,8 +344,15 @@ pub enum Message<'a> {
         /// The first LSN that was asked for.
         lsn: Lsn,
     },
-    /// 21: Start internal initialisation for me (S6).
-    UpdateReq,
+    /// 21: Start internal initialisation for me (S6), in pages of at most
+    /// `page_bytes`.
+    UpdateReq {
+        /// The largest snapshot page the requester takes: its own
+        /// [`max_page_bytes`](crate::wire::max_page_bytes), at least
+        /// [`MIN_PAGE_BYTES`](crate::wire::MIN_PAGE_BYTES). The master
+        /// serves it pages of no more than that (protocol version 5).
+        page_bytes: u32,
+    },
     /// 22: The snapshot you will receive.
     Update(Update<'a>),
     /// 23: Send pages of `db` from `page` on.
@@ -619,7 +626,7 @@ impl Message<'_> {
             M::Verify(_) => K::Verify,
             M::VerifyFail { .. } => K::VerifyFail,
             M::Rerequest { .. } => K::Rerequest,
-            M::UpdateReq => K::UpdateReq,
+            M::UpdateReq { .. } => K::UpdateReq,
             M::Update(_) => K::Update,
             M::PageReq { .. } => K::PageReq,
             M::Page(_) => K::Page,

@@ -26,13 +26,20 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. A frame of another version is
 /// refused with [`DecodeError::BadVersion`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Longest nonce a HANDSHAKE may carry (B4).
 pub const MAX_HANDSHAKE_NONCE: usize = 64;
 
 /// Longest MAC a HANDSHAKE_PROOF may carry (B4).
 pub const MAX_HANDSHAKE_MAC: usize = 64;
+
+/// The smallest snapshot page an UPDATE_REQ may ask for (S6): a request
+/// for smaller pages is refused ([`DecodeError::BelowMinimum`]), so no
+/// peer can make a master cut its snapshot into pages of a few bytes each.
+/// [`Limits::validate`] keeps every site's own
+/// [`max_page_bytes`] at or above it.
+pub const MIN_PAGE_BYTES: u32 = 64;
 
 /// Bytes a frame may need beyond its largest payload (record, channel
 /// message, page): version, envelope and message fields.
@@ -140,6 +147,8 @@ pub enum DecodeError {
     UnknownFlags(u8),
     /// A field is above its limit.
     LimitExceeded(&'static str),
+    /// A field is below its minimum.
+    BelowMinimum(&'static str),
     /// A shipped log record is invalid.
     BadRecord(crate::log::RecordError),
 }
@@ -159,6 +168,7 @@ impl fmt::Display for DecodeError {
             DecodeError::TrailingBytes(n) => write!(f, "{n} bytes after the message"),
             DecodeError::UnknownFlags(b) => write!(f, "unknown message flags {b:#04x}"),
             DecodeError::LimitExceeded(what) => write!(f, "{what} is above its limit"),
+            DecodeError::BelowMinimum(what) => write!(f, "{what} is below its minimum"),
             DecodeError::BadRecord(e) => write!(f, "shipped record invalid: {e}"),
         }
     }
@@ -371,6 +381,9 @@ pub fn validate(env: &Envelope, msg: &Message<'_>, limits: &Limits) -> Result<()
             for d in &u.databases {
                 db(d.name)?;
             }
+        }
+        Message::UpdateReq { page_bytes } if *page_bytes < MIN_PAGE_BYTES => {
+            return Err(DecodeError::BelowMinimum("page size"));
         }
         Message::PageReq { db: d, .. }
         | Message::PageMore { db: d, .. }
