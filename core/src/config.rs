@@ -374,6 +374,10 @@ pub struct Config {
     /// that falls further behind than the master's retention has no log
     /// overlap left and needs internal initialisation (S6).
     pub log_retention_segments: Option<u32>,
+    /// Bytes of entries a checkpoint's snapshot takes in one step (R8):
+    /// the snapshot is built a step per turn while the site goes on (see
+    /// [`crate::snapshot`]), so this bounds how long a site pauses for it.
+    pub snapshot_step_bytes: u32,
     /// Seed for tie-breakers; hosts set it from real randomness, the
     /// simulator from its seed.
     pub seed: u64,
@@ -403,6 +407,7 @@ impl Default for Config {
             step_down_without_majority: true,
             view: false,
             log_retention_segments: Some(2),
+            snapshot_step_bytes: crate::snapshot::STEP_BYTES as u32,
             seed: 0,
             limits: Limits::default(),
         }

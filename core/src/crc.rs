@@ -44,6 +44,12 @@ impl Digest {
     }
 }
 
+impl core::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("crc::Digest")
+    }
+}
+
 /// A running CRC-32C.
 pub fn digest() -> Digest {
     Digest {

@@ -70,6 +70,25 @@ impl Store {
             .flat_map(|d| d.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
     }
 
+    /// The (key, value) pairs of a database after `after` (all of them for
+    /// None), in key order: where a snapshot being built goes on.
+    pub fn iter_after<'a>(
+        &'a self,
+        db: &str,
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        use core::ops::Bound;
+        let lower = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.dbs
+            .get(db)
+            .into_iter()
+            .flat_map(move |d| d.range((lower.clone(), Bound::Unbounded)))
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
     /// Number of keys in one database (0 if it does not exist).
     pub fn db_len(&self, db: &str) -> usize {
         self.dbs.get(db).map_or(0, |d| d.len())

@@ -66,6 +66,9 @@ pub struct RunSummary {
     pub small_pages: bool,
     /// Of the initialisations, those of that site.
     pub small_page_inits: u64,
+    /// Checkpoint snapshots built over several steps while records were
+    /// applied (fuzzy, R8), on the sites up at the end.
+    pub fuzzy_snapshots: u64,
     /// Channel requests made (W2).
     pub channel_requests: u64,
     /// Of them, answered with a response part (W2).
@@ -173,6 +176,14 @@ pub fn config_for(seed: u64, test: &str, name: &str, opts: &RandomOpts) -> SimCo
     if ar.chance(330_000) {
         c.log_retention_segments = Some(ar.range(0, 2) as u32);
         c.limits.segment_size = *ar.pick(&[2048u32, 4096]).expect("nonempty");
+    }
+    // Half the seeds build checkpoint snapshots in steps of a few entries
+    // (R8), so most are fuzzy: taken over many turns while records apply,
+    // then crashed, rolled back and reopened like any other. A stream of
+    // its own keeps the other choices as they were.
+    let mut fz = Rng::fork(seed, 21);
+    if fz.chance(500_000) {
+        c.snapshot_step_bytes = fz.range(1, 2048) as u32;
     }
     let lat_min = r.range(300, 3000);
     let link = LinkConfig {
@@ -614,6 +625,11 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         .map(|&i| sim.site(i).stats().forwards_served)
         .sum();
     sum.archiving = sim.cfg.site.log_retention_segments.is_some();
+    sum.fuzzy_snapshots = sim
+        .up()
+        .iter()
+        .map(|&i| sim.site(i).stats().snapshots_built_in_steps)
+        .sum();
     let inits = |i: usize| {
         sim.events(i)
             .iter()

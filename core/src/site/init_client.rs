@@ -419,7 +419,11 @@ impl<S: Storage> Site<S> {
         self.acked_sent = Lsn::ZERO;
         self.perm_lsn = Lsn::ZERO;
         self.snapshot_lsn = Lsn::ZERO;
+        self.snapshot_end = Lsn::ZERO;
         self.pending_snapshot = None;
+        self.building = None;
+        self.build_steps = 0;
+        self.build_at = None;
         // Superseded by the snapshot just written (write_snapshot).
         self.snapshot_staged = None;
         self.snapshot_due = None;
@@ -484,6 +488,7 @@ impl<S: Storage> Site<S> {
         }
         if self.snapshot_lsn.is_zero() {
             self.snapshot_lsn = lsn;
+            self.snapshot_end = lsn;
         }
         self.base_lsn = Lsn::ZERO;
         self.held = None;

@@ -57,6 +57,22 @@ pub const SNAPSHOT_DEFER: Duration = Duration::from_millis(1);
 /// (see [`crate::traits::Storage::stage_snapshot`]), while one is.
 pub const SNAPSHOT_POLL: Duration = Duration::from_millis(10);
 
+/// A built snapshot waiting for its end record to be durable.
+#[derive(Debug)]
+struct PendingSnapshot {
+    staged: StagedSnapshot,
+    bytes: Vec<u8>,
+}
+
+/// A snapshot's start and end records, with their generations.
+#[derive(Clone, Copy, Debug)]
+struct StagedSnapshot {
+    lsn: Lsn,
+    generation: Generation,
+    end: Lsn,
+    end_generation: Generation,
+}
+
 /// What this site is doing in the group.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Role {
@@ -173,6 +189,11 @@ pub struct Stats {
     pub rolled_back: u64,
     /// Times old log segments were removed (R8).
     pub segments_archived: u64,
+    /// Checkpoint snapshots built (R8).
+    pub snapshots_built: u64,
+    /// Of those, the ones built over more than one step, while records
+    /// were applied (fuzzy, see [`crate::snapshot`]).
+    pub snapshots_built_in_steps: u64,
     /// Elections this site started or joined.
     pub elections: u64,
     /// Times this master stepped down for want of a majority (P3).
@@ -378,15 +399,25 @@ pub struct Site<S: Storage> {
     unsettled: BTreeMap<(String, Vec<u8>), Unsettled>,
     /// The highest LSN whose commit met its ack policy.
     permanent_lsn: Lsn,
-    /// The record the stored snapshot reflects (zero: no snapshot).
+    /// The start record of the stored snapshot: recovery replays the log
+    /// after it (zero: no snapshot).
     snapshot_lsn: Lsn,
+    /// The stored snapshot's end record: a rollback below it makes the
+    /// snapshot unusable (see [`crate::snapshot`]).
+    snapshot_end: Lsn,
+    /// A checkpoint's snapshot being built a step per turn (R8).
+    building: Option<crate::snapshot::SnapshotBuilder>,
+    /// When to take the next building step.
+    build_at: Option<Instant>,
+    /// Steps the snapshot being built has taken so far.
+    build_steps: u32,
     /// A snapshot taken at a checkpoint record, written once that record
     /// is durable (so a snapshot never runs ahead of the log).
-    pending_snapshot: Option<(Lsn, Vec<u8>)>,
+    pending_snapshot: Option<PendingSnapshot>,
     /// A snapshot handed to the storage with `stage_snapshot`, not yet
     /// known to be in place: (its record, that record's generation). Until
     /// it is, `snapshot_lsn` and archiving stay as they were.
-    snapshot_staged: Option<(Lsn, Generation)>,
+    snapshot_staged: Option<StagedSnapshot>,
     /// When to look again whether the staged snapshot is in place.
     snapshot_check_at: Option<Instant>,
     /// When to encode the snapshot a checkpoint record asked for: a moment
@@ -501,6 +532,10 @@ impl<S: Storage> Site<S> {
             unsettled: BTreeMap::new(),
             permanent_lsn: Lsn::ZERO,
             snapshot_lsn: Lsn::ZERO,
+            snapshot_end: Lsn::ZERO,
+            building: None,
+            build_at: None,
+            build_steps: 0,
             pending_snapshot: None,
             snapshot_staged: None,
             snapshot_check_at: None,
@@ -558,18 +593,25 @@ impl<S: Storage> Site<S> {
         first: Lsn,
         base: Option<crate::snapshot::Snapshot>,
     ) -> Result<(), LogError<S::Error>> {
-        let (lsn, gen) = base
+        let (lsn, gen, end, end_gen) = base
             .as_ref()
-            .map_or((Lsn::ZERO, Generation(0)), |b| (b.lsn, b.generation));
+            .map_or((Lsn::ZERO, Generation(0), Lsn::ZERO, Generation(0)), |b| {
+                (b.lsn, b.generation, b.end, b.end_generation)
+            });
         self.replay(first, base)?;
-        let valid = !lsn.is_zero()
-            && self
-                .index_of(lsn)
-                .is_some_and(|i| self.index[i].generation == gen);
+        // Both ends must be this log's: a fuzzy snapshot may reflect any
+        // record up to its end (see `crate::snapshot`).
+        let holds = |l: Lsn, g: Generation| {
+            self.index_of(l)
+                .is_some_and(|i| self.index[i].generation == g)
+        };
+        let valid = !lsn.is_zero() && holds(lsn, gen) && holds(end, end_gen);
         if valid {
             self.snapshot_lsn = lsn;
+            self.snapshot_end = end;
         } else {
             self.snapshot_lsn = Lsn::ZERO;
+            self.snapshot_end = Lsn::ZERO;
             if !lsn.is_zero() {
                 self.replay(first, None)?;
             }
@@ -801,6 +843,7 @@ impl<S: Storage> Site<S> {
         at(self.checkpoint_at);
         at(self.snapshot_due);
         at(self.snapshot_check_at);
+        at(self.build_at);
         at(self.joining.as_ref().map(|j| j.next_at));
         // Served only to clients (an idle site may have one pending).
         if self.role == Role::Client {
@@ -1054,20 +1097,67 @@ impl<S: Storage> Site<S> {
         let Some(entry) = self.index.last().copied() else {
             return;
         };
-        if entry.lsn <= self.base_lsn || entry.lsn <= self.newest_snapshot() {
+        if entry.lsn <= self.base_lsn || entry.lsn <= self.newest_snapshot_start() {
             return;
         }
-        let bytes =
-            crate::snapshot::encode(entry.lsn, entry.generation, &self.store, &self.members);
-        self.pending_snapshot = Some((entry.lsn, bytes));
-        self.ask_flush(entry.lsn);
+        if self.building.is_some() {
+            // One is being built: it will do.
+            return;
+        }
+        self.building = Some(crate::snapshot::SnapshotBuilder::new(
+            entry.lsn,
+            entry.generation,
+            &self.members,
+        ));
+        self.build_at = Some(self.now);
     }
 
-    /// The newest snapshot stored or on its way to storage: the stored
-    /// file may already be the staged one (R8).
-    fn newest_snapshot(&self) -> Lsn {
+    /// One bounded step of the snapshot being built (about
+    /// `snapshot_step_bytes` of entries): a site pauses for a
+    /// step, not for its whole store. Once every entry is in, its end is
+    /// the last record applied, and it is written once that is durable.
+    fn build_snapshot_step(&mut self) {
+        self.build_at = None;
+        let Some(b) = self.building.as_mut() else {
+            return;
+        };
+        if !b.step(&self.store, self.cfg.snapshot_step_bytes.max(1) as usize) {
+            self.build_at = Some(self.now);
+            self.build_steps += 1;
+            return;
+        }
+        self.stats.snapshots_built += 1;
+        if core::mem::take(&mut self.build_steps) > 0 {
+            self.stats.snapshots_built_in_steps += 1;
+        }
+        let Some(b) = self.building.take() else {
+            return;
+        };
+        let Some(end) = self.index.last().copied() else {
+            return;
+        };
+        let staged = StagedSnapshot {
+            lsn: b.lsn(),
+            generation: b.generation(),
+            end: end.lsn,
+            end_generation: end.generation,
+        };
+        let bytes = b.finish(end.lsn, end.generation);
+        self.pending_snapshot = Some(PendingSnapshot { staged, bytes });
+        self.ask_flush(end.lsn);
+    }
+
+    /// The start of the newest snapshot stored or on its way to storage.
+    fn newest_snapshot_start(&self) -> Lsn {
         self.snapshot_staged
-            .map_or(self.snapshot_lsn, |(l, _)| l.max(self.snapshot_lsn))
+            .map_or(self.snapshot_lsn, |s| s.lsn.max(self.snapshot_lsn))
+    }
+
+    /// The end of the newest snapshot stored or on its way to storage: the
+    /// stored file may already be the staged one (R8).
+    fn newest_snapshot_end(&self) -> Lsn {
+        self.snapshot_staged
+            .map_or(self.snapshot_end, |s| s.end.max(self.snapshot_end))
     }
 
     /// Hand a pending snapshot whose record is now durable to the storage,
@@ -1075,22 +1165,20 @@ impl<S: Storage> Site<S> {
     /// [`Storage::stage_snapshot`]); [`Site::settle_staged_snapshot`] takes
     /// it from there.
     fn settle_snapshot(&mut self) {
-        let Some((lsn, _)) = self.pending_snapshot.as_ref() else {
+        let Some(p) = self.pending_snapshot.as_ref() else {
             return;
         };
-        if *lsn > self.flushed {
+        // Never ahead of the log: every record it may reflect is durable.
+        if p.staged.end > self.flushed {
             return;
         }
-        let Some((lsn, bytes)) = self.pending_snapshot.take() else {
+        let Some(p) = self.pending_snapshot.take() else {
             return;
         };
-        let Some(generation) = self.index_of(lsn).map(|i| self.index[i].generation) else {
-            return;
-        };
-        if self.storage.stage_snapshot(bytes).is_err() {
+        if self.storage.stage_snapshot(p.bytes).is_err() {
             return;
         }
-        self.snapshot_staged = Some((lsn, generation));
+        self.snapshot_staged = Some(p.staged);
         self.settle_staged_snapshot();
     }
 
@@ -1098,7 +1186,7 @@ impl<S: Storage> Site<S> {
     /// the segments retention no longer asks for. Until then archiving
     /// waits, so the log never depends on a snapshot not yet durable.
     fn settle_staged_snapshot(&mut self) {
-        let Some((lsn, generation)) = self.snapshot_staged else {
+        let Some(s) = self.snapshot_staged else {
             self.snapshot_check_at = None;
             return;
         };
@@ -1108,13 +1196,16 @@ impl<S: Storage> Site<S> {
         }
         self.snapshot_staged = None;
         self.snapshot_check_at = None;
-        // A rollback below it clears it first (see `roll_back_to`); this
-        // only guards the invariant.
-        let in_log = self
-            .index_of(lsn)
-            .is_some_and(|i| self.index[i].generation == generation);
-        if in_log && lsn > self.snapshot_lsn {
-            self.snapshot_lsn = lsn;
+        // A rollback below its end clears it first (see `roll_back_to`);
+        // this only guards the invariant.
+        let holds = |l: Lsn, g: Generation| {
+            self.index_of(l)
+                .is_some_and(|i| self.index[i].generation == g)
+        };
+        if holds(s.lsn, s.generation) && holds(s.end, s.end_generation) && s.lsn > self.snapshot_lsn
+        {
+            self.snapshot_lsn = s.lsn;
+            self.snapshot_end = s.end;
             self.archive();
         }
     }
@@ -1215,7 +1306,9 @@ impl<S: Storage> Site<S> {
         }
         let at = self.index[keep].lsn;
         // The stored snapshot may already be the staged one.
-        let newest = self.newest_snapshot();
+        // The stored snapshot may already be the staged one, and it holds
+        // records up to its end.
+        let newest = self.newest_snapshot_end();
         if (newest.is_zero() || newest >= at) && !self.has_full_history() {
             // The rollback would go below the snapshot and the log before
             // it is gone: nothing to rebuild the store from. Say so before
@@ -1250,10 +1343,14 @@ impl<S: Storage> Site<S> {
         let keep_first = if keep == 0 { Lsn::ZERO } else { first };
         self.pending_snapshot = None;
         self.snapshot_due = None;
+        // A snapshot being built may hold records now gone.
+        self.building = None;
+        self.build_steps = 0;
+        self.build_at = None;
         // A staged snapshot of records now gone must never be registered;
         // if it is already in place, the rebuild below finds it invalid
         // and writes a new one over it (write_snapshot supersedes it).
-        if self.snapshot_staged.is_some_and(|(l, _)| l >= at) {
+        if self.snapshot_staged.is_some_and(|s| s.end >= at) {
             self.snapshot_staged = None;
         }
         let base = if !newest.is_zero() && newest < at {
@@ -1293,6 +1390,7 @@ impl<S: Storage> Site<S> {
             let bytes = crate::snapshot::encode(e.lsn, e.generation, &self.store, &self.members);
             if self.storage.write_snapshot(&bytes).is_ok() {
                 self.snapshot_lsn = e.lsn;
+                self.snapshot_end = e.lsn;
             }
         }
         self.stats.rolled_back += commits.len() as u64;
@@ -1724,6 +1822,8 @@ impl<S: Storage> Site<S> {
         self.channel_timeouts();
         if self.snapshot_due.is_some_and(|t| t <= now) {
             self.encode_due_snapshot();
+        } else if self.build_at.is_some_and(|t| t <= now) {
+            self.build_snapshot_step();
         }
         if self.snapshot_check_at.is_some_and(|t| t <= now) {
             self.settle_staged_snapshot();
