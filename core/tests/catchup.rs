@@ -611,3 +611,89 @@ fn r2_r11_a_record_above_the_requesters_max_record_is_counted_not_resent() {
     // The other client, with the master's limits, has it.
     assert!(net.caught_up(1));
 }
+
+/// R11: a LOG_REQ announcing a bulk or record size below `MIN_BULK_BYTES`
+/// (0, 1, 63: absurd, or a division by zero) is refused with a typed
+/// reason when it is decoded, and nothing is sent in answer. One
+/// announcing more than any frame holds is served in the answerer's own
+/// size; one at the minimum (64 bytes, smaller than every record here)
+/// is served every record alone as a LOG, without a panic.
+#[test]
+fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
+    use shoal_core::site::Drop;
+    use shoal_core::wire::{DecodeError, Envelope, MIN_BULK_BYTES, PROTOCOL_VERSION};
+    let mut net = group(3, config(Limits::default()));
+    for k in 0..50 {
+        net.commit(&format!("k{k:02}"), &[3u8; 100]);
+        net.run(&mut |_| true);
+    }
+    let s1 = net.s(1);
+    let env = Envelope {
+        from: s1.id(),
+        generation: s1.generation(),
+        egen: s1.egen(),
+        lsn: s1.last_lsn(),
+        flags: Flags::NONE,
+    };
+    let req = |bulk_bytes, record_bytes| Message::LogReq {
+        from: Lsn::ZERO,
+        to: Lsn::ZERO,
+        bulk_bytes,
+        record_bytes,
+    };
+    // Built by hand, as a hostile peer could: the encoder refuses them.
+    let (ok, min) = (1 << 20, MIN_BULK_BYTES);
+    for (bulk, record, what) in [
+        (0, ok, "bulk size"),
+        (1, ok, "bulk size"),
+        (min - 1, ok, "bulk size"),
+        (ok, 0, "record size"),
+        (ok, min - 1, "record size"),
+    ] {
+        let msg = req(bulk, record);
+        let mut out = Vec::new();
+        let l = net.cfgs[1].limits;
+        assert!(shoal_core::wire::encode_frame(&env, &msg, &mut out, &l).is_err());
+        let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        f = postcard::to_extend(&env, f).unwrap();
+        f = postcard::to_extend(&msg, f).unwrap();
+        let mark = net.sent.len();
+        let now = net.now;
+        assert_eq!(
+            net.site(0).handle_frame(now, &f),
+            Err(Drop::Malformed(DecodeError::BelowMinimum(what))),
+            "{bulk} {record}"
+        );
+        net.run(&mut |_| true);
+        assert!(
+            !net.sent[mark..].iter().any(|s| s.from == 0 && s.to == 1),
+            "nothing served for {bulk} {record}"
+        );
+    }
+    let own = shoal_core::wire::max_bulk_bytes(&net.cfgs[0].limits);
+    for (bulk, lone) in [(u32::MAX, false), (min, true)] {
+        let mut f = Vec::new();
+        let l = net.cfgs[1].limits;
+        shoal_core::wire::encode_frame(&env, &req(bulk, u32::MAX), &mut f, &l).unwrap();
+        let mark = net.sent.len();
+        let now = net.now;
+        assert_eq!(net.site(0).handle_frame(now, &f), Ok(()));
+        net.run(&mut |_| true);
+        let answer: Vec<&Sent> = net.sent[mark..]
+            .iter()
+            .filter(|s| s.from == 0 && s.to == 1)
+            .collect();
+        let records: usize = answer.iter().map(|s| s.records.len()).sum();
+        assert!(records >= 50, "{bulk}: {records} records served");
+        assert!(answer.iter().all(|s| s.bulk <= own.min(bulk as usize)));
+        let logs = answer.iter().filter(|s| s.kind == MessageKind::Log).count();
+        if lone {
+            // Every commit alone; only the group's first, smallest records
+            // (membership) fit a bulk of 64 bytes.
+            assert!(logs >= 50, "{logs} of {records} records alone");
+        } else {
+            assert_eq!(logs, 0, "bulks of the master's own size");
+        }
+    }
+    assert_eq!(net.s(0).stats().oversized_records, 0);
+}
