@@ -320,6 +320,13 @@ impl Limits {
                 "max_answer_bytes must be at least 64 (the smallest snapshot page, S6)",
             ));
         }
+        // The bulk size this site asks for in its log requests must be one
+        // a master accepts (R11).
+        if (crate::wire::max_bulk_bytes(self) as u64) < crate::wire::MIN_BULK_BYTES as u64 {
+            return Err(ConfigError::Inconsistent(
+                "max_bulk_bytes must be at least 64 (the smallest bulk a site asks for, R11)",
+            ));
+        }
         Ok(())
     }
 }
@@ -675,6 +682,12 @@ mod tests {
         c.limits.max_answer_bytes = crate::wire::MIN_PAGE_BYTES - 1;
         assert!(matches!(c.validate(), Err(ConfigError::Inconsistent(_))));
         c.limits.max_answer_bytes = crate::wire::MIN_PAGE_BYTES;
+        assert_eq!(c.validate(), Ok(()));
+        // R11: and for bulks a master accepts.
+        let mut c = Config::default();
+        c.limits.max_bulk_bytes = crate::wire::MIN_BULK_BYTES - 1;
+        assert!(matches!(c.validate(), Err(ConfigError::Inconsistent(_))));
+        c.limits.max_bulk_bytes = crate::wire::MIN_BULK_BYTES;
         assert_eq!(c.validate(), Ok(()));
     }
 

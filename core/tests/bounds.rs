@@ -211,12 +211,18 @@ fn largest<'a>(kind: MessageKind, b: &'a Buffers, l: &Limits) -> Message<'a> {
     match kind {
         K::Alive => Message::Alive,
         K::AliveReq => Message::AliveReq,
-        K::AllReq => Message::AllReq { from: LSN_MAX },
+        K::AllReq => Message::AllReq {
+            from: LSN_MAX,
+            bulk_bytes: MAX,
+            record_bytes: MAX,
+        },
         K::Log => Message::Log(entry),
         K::LogMore => Message::LogMore { next: LSN_MAX },
         K::LogReq => Message::LogReq {
             from: LSN_MAX,
             to: LSN_MAX,
+            bulk_bytes: MAX,
+            record_bytes: MAX,
         },
         K::BulkLog => Message::BulkLog(BulkLog {
             count: b.bulk.0,
@@ -598,6 +604,49 @@ fn one_more(l: &Limits, label: &str) {
     let mut out = Vec::new();
     encode_frame(&big_env(), &msg, &mut out, l).unwrap();
     assert_eq!(decode_frame(&out, l).unwrap().1, msg, "{label}: update_req");
+
+    // LOG_REQ, ALL_REQ: a bulk or record size one below the smallest an
+    // answerer cuts to (R11); the smallest itself passes.
+    let min = wire::MIN_BULK_BYTES;
+    for (what, bulk_bytes, record_bytes) in [("bulk", min - 1, min), ("record", min, min - 1)] {
+        for msg in [
+            Message::LogReq {
+                from: LSN_MAX,
+                to: LSN_MAX,
+                bulk_bytes,
+                record_bytes,
+            },
+            Message::AllReq {
+                from: LSN_MAX,
+                bulk_bytes,
+                record_bytes,
+            },
+        ] {
+            refused(
+                l,
+                &format!("{label}: {:?} {what} size -1", msg.kind()),
+                Some(&msg),
+                &msg,
+            );
+        }
+    }
+    for msg in [
+        Message::LogReq {
+            from: LSN_MAX,
+            to: LSN_MAX,
+            bulk_bytes: min,
+            record_bytes: min,
+        },
+        Message::AllReq {
+            from: LSN_MAX,
+            bulk_bytes: min,
+            record_bytes: min,
+        },
+    ] {
+        let mut out = Vec::new();
+        encode_frame(&big_env(), &msg, &mut out, l).unwrap();
+        assert_eq!(decode_frame(&out, l).unwrap().1, msg, "{label}: smallest");
+    }
 
     // HANDSHAKE: group, address, nonce one byte longer.
     let long_group = s(caps::MAX_GROUP_NAME + 1);

@@ -10,6 +10,7 @@ mod common;
 use common::traced::{self, Traced};
 use shoal_core::config::{Config, Durability, Limits};
 use shoal_core::log::Op;
+use shoal_core::mem::MemStorage;
 use shoal_core::site::Site;
 use shoal_core::wire::{decode_frame, Flags, Message, MessageKind, FRAME_OVERHEAD};
 use shoal_core::Lsn;
@@ -27,6 +28,8 @@ struct Sent {
     len: usize,
     /// Record bytes it carries (LOG, BULK_LOG), and the LSNs.
     records: Vec<(Lsn, usize)>,
+    /// BULK_LOG: bytes of entries.
+    bulk: usize,
     /// LOG_MORE's `next`, LOG_REQ's `from`, ACK's LSN.
     lsn: Option<Lsn>,
     cause: Option<(usize, MessageKind, u64)>,
@@ -44,9 +47,11 @@ fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], cause: traced
     let (env, msg) = decode_frame(frame, limits).expect("every frame sent decodes");
     let mut records = vec![];
     let mut lsn = None;
+    let mut bulk = 0;
     match &msg {
         Message::Log(e) => records.push((e.lsn, e.record.len())),
         Message::BulkLog(b) => {
+            bulk = b.bytes.len();
             for e in b.entries() {
                 let e = e.expect("entries decode");
                 records.push((e.lsn, e.record.len()));
@@ -64,6 +69,7 @@ fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], cause: traced
         flags: env.flags,
         len: frame.len(),
         records,
+        bulk,
         lsn,
         cause,
     }
@@ -86,6 +92,13 @@ impl Net {
     /// it; it restarts from its storage as a client. Returns the index of
     /// the first frame sent after the restart.
     fn fall_behind_and_restart(&mut self, c: usize, n: usize, value_len: usize) -> usize {
+        let storage = self.fall_behind(c, n, value_len);
+        self.restart(c, storage, &[])
+    }
+
+    /// Site `c` stops and `n` commits of `value_len` bytes are made
+    /// without it; returns its storage.
+    fn fall_behind(&mut self, c: usize, n: usize, value_len: usize) -> MemStorage {
         let storage = self.sites[c].take().expect("up").into_storage();
         self.down.push(c);
         let value = vec![7u8; value_len];
@@ -97,8 +110,16 @@ impl Net {
         }
         self.run(&mut |_| true);
         self.advance(Duration::from_millis(10), &mut |_| true);
+        storage
+    }
+
+    /// Site `c` restarts from `storage` as a client with its own
+    /// configuration, asking `peers` for the log first (S3). Returns the
+    /// index of the first frame sent after the restart.
+    fn restart(&mut self, c: usize, storage: MemStorage, peers: &[&str]) -> usize {
         let now = self.now;
-        let mut s = Site::open(self.cfgs[0], &format!("s{c}"), storage, now).expect("reopen");
+        let mut s = Site::open(self.cfgs[c], &format!("s{c}"), storage, now).expect("reopen");
+        s.set_peers(peers);
         s.rep_start_client(now);
         self.sites[c] = Some(s);
         self.down.retain(|&d| d != c);
@@ -442,4 +463,237 @@ fn r5_a_catching_up_client_flushes_once_caught_up() {
         Some(last),
         "the whole log acked once durable"
     );
+}
+
+// ------------------------------------ answers sized to the requester (R11)
+
+/// A master and a client with `Limits::default()` (1 MiB frames and
+/// bulks), and s2 with `Limits::device()` (8 KiB frames, 4 KiB bulks):
+/// a device in a group of servers.
+fn servers_and_a_device() -> Net {
+    let device = Limits::device();
+    Traced::group(
+        vec![
+            config(Limits::default()),
+            config(Limits::default()),
+            config(device),
+        ],
+        describe,
+        false,
+    )
+}
+
+/// Every frame sent to the device from `mark` is one its limits take: within
+/// its `max_frame`, bulks within its `max_bulk_bytes`, records within its
+/// `max_record`. Returns the BULK_LOGs it got, by sender.
+fn check_device_frames(net: &Net, mark: usize, device: usize) -> Vec<(usize, usize)> {
+    let l = net.cfgs[device].limits;
+    let mut bulks = vec![];
+    for s in net.sent[mark..].iter().filter(|s| s.to == device) {
+        assert!(
+            s.len <= l.max_frame as usize,
+            "frame above its max_frame: {s:?}"
+        );
+        assert!(
+            s.records.iter().all(|r| r.1 <= l.max_record as usize + 16),
+            "record above its max_record: {s:?}"
+        );
+        if s.kind == MessageKind::BulkLog {
+            assert!(
+                s.bulk <= l.max_bulk_bytes as usize,
+                "bulk above its size: {s:?}"
+            );
+            bulks.push((s.from, s.bulk));
+        }
+    }
+    bulks
+}
+
+/// R2, R11: a device client that fell behind a master with default limits
+/// (no archive: plain log catch-up, no initialisation) catches up. Its
+/// LOG_REQ says the bulks it takes, and the master cuts its BULK_LOGs to
+/// them; before, the master packed bulks of up to 1 MiB, which the device
+/// refused at decode and asked for again, forever (its log stayed at the
+/// first records while the master's went on).
+#[test]
+fn r2_r11_a_device_client_behind_a_default_master_catches_up_in_bulks_it_takes() {
+    let mut net = servers_and_a_device();
+    let storage = net.fall_behind(2, 600, 100);
+    let mark = net.restart(2, storage, &[]);
+    net.run(&mut |_| true);
+    net.advance(Duration::from_millis(200), &mut |_| true);
+    assert!(
+        net.caught_up(2),
+        "the device has the master's log and store"
+    );
+    assert_eq!(net.s(2).stats().dropped_malformed, 0, "nothing refused");
+    let bulks = check_device_frames(&net, mark, 2);
+    // 600 records of ~150 bytes, in bulks of at most 4 KiB, all from the
+    // master, most of them full.
+    assert!(bulks.len() >= 20, "{} bulks", bulks.len());
+    assert!(bulks.iter().all(|b| b.0 == 0));
+    assert!(bulks.iter().filter(|b| b.1 > 3 * 1024).count() >= bulks.len() - 2);
+    // It replicates as usual afterwards.
+    net.commit("after", b"2");
+    net.run(&mut |_| true);
+    assert!(net.caught_up(2));
+}
+
+/// S3, R11: a client with default limits serving as the device's peer
+/// cuts its answer to the device's bulk size too, as a master would: the
+/// device catches up from the peer, and the master sends it no bulk.
+/// Before, the peer packed bulks to its own 1 MiB limits, the device
+/// refused them, and (the master doing the same) never caught up.
+#[test]
+fn s3_r11_a_peer_client_serves_a_device_client_in_bulks_it_takes() {
+    let mut net = servers_and_a_device();
+    let storage = net.fall_behind(2, 600, 100);
+    let peer_served = net.s(1).stats().peer_served;
+    let mark = net.restart(2, storage, &["s1"]);
+    net.run(&mut |_| true);
+    net.advance(Duration::from_millis(200), &mut |_| true);
+    assert!(
+        net.caught_up(2),
+        "the device has the master's log and store"
+    );
+    assert_eq!(net.s(2).stats().dropped_malformed, 0, "nothing refused");
+    assert!(
+        net.s(1).stats().peer_served > peer_served,
+        "the peer served"
+    );
+    let bulks = check_device_frames(&net, mark, 2);
+    assert!(bulks.len() >= 20, "{} bulks", bulks.len());
+    assert!(bulks.iter().all(|b| b.0 == 1), "every bulk from the peer");
+    assert!(net.sent[mark..]
+        .iter()
+        .filter(|s| s.to == 2 && s.kind == MessageKind::BulkLog)
+        .all(|s| s.flags.contains(Flags::ANYWHERE)));
+}
+
+/// R2, R11: a record the requester's limits cannot take at all (above its
+/// `max_record`; here a 5000-byte value from a master whose limits allow
+/// it, for a device whose records stop at 4 KiB) is never sent to it: the
+/// master's answer stops before it and `oversized_records` counts each
+/// request that meets it, instead of sending a frame the device refuses
+/// at every re-request. The device takes everything before it; a group's
+/// records must fit every member's limits (FORMAT.md, Log answers).
+#[test]
+fn r2_r11_a_record_above_the_requesters_max_record_is_counted_not_resent() {
+    let mut net = servers_and_a_device();
+    let storage = net.sites[2].take().unwrap().into_storage();
+    net.down.push(2);
+    for k in 0..20 {
+        let value = if k == 10 {
+            vec![1u8; 5000]
+        } else {
+            vec![2u8; 100]
+        };
+        net.commit(&format!("k{k:02}"), &value);
+        net.run(&mut |_| true);
+    }
+    let mark = net.restart(2, storage, &[]);
+    net.run(&mut |_| true);
+    net.advance(Duration::from_secs(3), &mut |_| true);
+    assert!(!net.caught_up(2));
+    assert_eq!(net.s(2).store().get("db", b"k09"), Some(&[2u8; 100][..]));
+    assert_eq!(net.s(2).store().get("db", b"k10"), None);
+    check_device_frames(&net, mark, 2);
+    assert_eq!(net.s(2).stats().dropped_malformed, 0, "nothing refused");
+    // Counted at every request that met it (the device asks again with
+    // its back-off), never sent.
+    let counted = net.s(0).stats().oversized_records;
+    assert!(counted >= 2, "{counted}");
+    let asked = net.sent[mark..]
+        .iter()
+        .filter(|s| s.from == 2 && s.kind == MessageKind::LogReq)
+        .count() as u64;
+    assert!(counted <= asked, "{counted} of {asked} requests");
+    // The other client, with the master's limits, has it.
+    assert!(net.caught_up(1));
+}
+
+/// R11: a LOG_REQ announcing a bulk or record size below `MIN_BULK_BYTES`
+/// (0, 1, 63: absurd, or a division by zero) is refused with a typed
+/// reason when it is decoded, and nothing is sent in answer. One
+/// announcing more than any frame holds is served in the answerer's own
+/// size; one at the minimum (64 bytes, smaller than every record here)
+/// is served every record alone as a LOG, without a panic.
+#[test]
+fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
+    use shoal_core::site::Drop;
+    use shoal_core::wire::{DecodeError, Envelope, MIN_BULK_BYTES, PROTOCOL_VERSION};
+    let mut net = group(3, config(Limits::default()));
+    for k in 0..50 {
+        net.commit(&format!("k{k:02}"), &[3u8; 100]);
+        net.run(&mut |_| true);
+    }
+    let s1 = net.s(1);
+    let env = Envelope {
+        from: s1.id(),
+        generation: s1.generation(),
+        egen: s1.egen(),
+        lsn: s1.last_lsn(),
+        flags: Flags::NONE,
+    };
+    let req = |bulk_bytes, record_bytes| Message::LogReq {
+        from: Lsn::ZERO,
+        to: Lsn::ZERO,
+        bulk_bytes,
+        record_bytes,
+    };
+    // Built by hand, as a hostile peer could: the encoder refuses them.
+    let (ok, min) = (1 << 20, MIN_BULK_BYTES);
+    for (bulk, record, what) in [
+        (0, ok, "bulk size"),
+        (1, ok, "bulk size"),
+        (min - 1, ok, "bulk size"),
+        (ok, 0, "record size"),
+        (ok, min - 1, "record size"),
+    ] {
+        let msg = req(bulk, record);
+        let mut out = Vec::new();
+        let l = net.cfgs[1].limits;
+        assert!(shoal_core::wire::encode_frame(&env, &msg, &mut out, &l).is_err());
+        let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        f = postcard::to_extend(&env, f).unwrap();
+        f = postcard::to_extend(&msg, f).unwrap();
+        let mark = net.sent.len();
+        let now = net.now;
+        assert_eq!(
+            net.site(0).handle_frame(now, &f),
+            Err(Drop::Malformed(DecodeError::BelowMinimum(what))),
+            "{bulk} {record}"
+        );
+        net.run(&mut |_| true);
+        assert!(
+            !net.sent[mark..].iter().any(|s| s.from == 0 && s.to == 1),
+            "nothing served for {bulk} {record}"
+        );
+    }
+    let own = shoal_core::wire::max_bulk_bytes(&net.cfgs[0].limits);
+    for (bulk, lone) in [(u32::MAX, false), (min, true)] {
+        let mut f = Vec::new();
+        let l = net.cfgs[1].limits;
+        shoal_core::wire::encode_frame(&env, &req(bulk, u32::MAX), &mut f, &l).unwrap();
+        let mark = net.sent.len();
+        let now = net.now;
+        assert_eq!(net.site(0).handle_frame(now, &f), Ok(()));
+        net.run(&mut |_| true);
+        let answer: Vec<&Sent> = net.sent[mark..]
+            .iter()
+            .filter(|s| s.from == 0 && s.to == 1)
+            .collect();
+        let records: usize = answer.iter().map(|s| s.records.len()).sum();
+        assert!(records >= 50, "{bulk}: {records} records served");
+        assert!(answer.iter().all(|s| s.bulk <= own.min(bulk as usize)));
+        let logs = answer.iter().filter(|s| s.kind == MessageKind::Log).count();
+        if lone {
+            // Every commit alone; only the group's first, smallest records
+            // (membership) fit a bulk of 64 bytes.
+            assert!(logs >= 50, "{logs} of {records} records alone");
+        } else {
+            assert_eq!(logs, 0, "bulks of the master's own size");
+        }
+    }
+    assert_eq!(net.s(0).stats().oversized_records, 0);
 }

@@ -305,6 +305,8 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
         client(Flags::ANYWHERE),
         Message::AllReq {
             from: Lsn::new(2, 20),
+            bulk_bytes: 4_096,
+            record_bytes: 4_112,
         },
     );
     add(
@@ -329,6 +331,8 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
         Message::LogReq {
             from: Lsn::new(3, 1_100),
             to: Lsn::new(3, 4_096),
+            bulk_bytes: 4_096,
+            record_bytes: 4_112,
         },
     );
     add(
@@ -337,6 +341,8 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
         Message::LogReq {
             from: Lsn::new(3, 1_100),
             to: Lsn::ZERO,
+            bulk_bytes: 1_048_576,
+            record_bytes: 1_048_592,
         },
     );
     add(
@@ -976,7 +982,10 @@ fn segment_header_and_meta_bytes_are_as_documented() {
     assert_eq!(shoal_core::crc::checksum(b"123456789"), 0xe306_9283);
     // The worked frame example.
     let f = std::fs::read(golden_dir().join("frames/log_req.bin")).unwrap();
-    assert_eq!(f, unhex("05 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20"));
+    assert_eq!(
+        f,
+        unhex("05 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20 80 20 90 20")
+    );
     let r = std::fs::read(golden_dir().join("records/commit_empty.bin")).unwrap();
     assert_eq!(
         r,

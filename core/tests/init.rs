@@ -622,17 +622,17 @@ fn s6_an_initialising_site_votes_only_for_a_candidate_holding_its_snapshot() {
 
 // ------------------------------------------- page size per client (S6)
 
-/// A server's limits (`Limits::default()`: frames and pages of 1 MiB),
-/// with segments and records small enough for these tests to archive,
-/// and bulk log messages a device can take (the log from F travels in
-/// them; see `device_limits`).
+/// A server's limits (`Limits::default()`: frames, pages and bulk log
+/// messages of 1 MiB), with segments and records small enough for these
+/// tests to archive (a record must fit a segment, a put a record). The
+/// log from F travels to a device in bulks cut to the size its LOG_REQ
+/// announces (R11), as its pages are (S6).
 fn server_limits() -> Limits {
     Limits {
         segment_size: 8192,
         max_record: 4096,
         max_key: 64,
         max_value: 256,
-        max_bulk_bytes: 4096,
         ..Limits::default()
     }
 }
@@ -677,7 +677,9 @@ fn updates_to(net: &Net, mark: usize, to: usize) -> Vec<(u32, Lsn)> {
 /// device's much smaller frames. The client's UPDATE_REQ says the pages
 /// it takes, and the master cuts its snapshot to that size: before, it
 /// sent pages of its own size (1 MiB here), which the device refused
-/// forever, re-requesting, never initialised.
+/// forever, re-requesting, never initialised. The master's limits are a
+/// server's, bulk size included: the log from F reaches the device in
+/// bulks cut to the size its LOG_REQ announces (R11).
 #[test]
 fn s6_a_device_client_of_a_server_master_is_initialised_in_its_page_size() {
     let (server, device) = (server_limits(), device_limits());
@@ -687,10 +689,19 @@ fn s6_a_device_client_of_a_server_master_is_initialised_in_its_page_size() {
     let mut net = group(vec![with_limits(server), with_limits(device)]);
     net.commit("before", b"1");
     let storage = net.fall_far_behind(1, 6);
+    // More of the log after the last checkpoint: the records from F the
+    // device fetches after the snapshot are more than one of its bulks.
+    for k in 0..20 {
+        net.commit(&format!("tail{k:02}"), &[b't'; 200]);
+    }
     let mark = net.restart(1, storage);
     net.advance(Duration::from_millis(500), &mut traced::all);
     assert_initialised(&mut net, 1);
     assert_eq!(net.s(1).store().get("db", b"before"), Some(&b"1"[..]));
+    assert_eq!(
+        net.s(1).store().get("db", b"tail19"),
+        Some(&[b't'; 200][..])
+    );
     let pages = pages_to(&net, mark, 1);
     let updates = updates_to(&net, mark, 1);
     assert_eq!(updates.len(), 1, "one UPDATE: {updates:?}");

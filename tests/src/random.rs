@@ -69,6 +69,12 @@ pub struct RunSummary {
     /// Checkpoint snapshots built over several steps while records were
     /// applied (fuzzy, R8), on the sites up at the end.
     pub fuzzy_snapshots: u64,
+    /// One site takes smaller bulk log messages (and sometimes frames)
+    /// than the other sites send (R11).
+    pub small_bulk: bool,
+    /// That site's log requests since it last opened (its catch-ups and
+    /// gap fills, each answered in bulks cut to its size).
+    pub small_bulk_requests: u64,
     /// Channel requests made (W2).
     pub channel_requests: u64,
     /// Of them, answered with a response part (W2).
@@ -364,6 +370,23 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         sim.set_site_config(i, c);
         sum.small_pages = true;
     }
+    // Half the seeds give one site smaller bulk log messages than the
+    // others send (R11: 256 to 1024 bytes of entries where they pack
+    // 2048), and a third of those a smaller max_frame too (2048 where the
+    // others take 4096): its LOG_REQs say so, and whoever answers them,
+    // master or peer (S3), must cut its BULK_LOGs to fit. A stream of its
+    // own keeps the other choices as they were.
+    let mut sb = Rng::fork(seed, 17);
+    let small_bulk = sb.chance(500_000).then(|| sb.below(sites as u64) as usize);
+    if let Some(i) = small_bulk {
+        let mut c = sim.site_config(i);
+        c.limits.max_bulk_bytes = *sb.pick(&[256u32, 512, 1024]).expect("nonempty");
+        if sb.chance(330_000) {
+            c.limits.max_frame = 2048;
+        }
+        sim.set_site_config(i, c);
+        sum.small_bulk = true;
+    }
     // Half the seeds: every site asks one or two other sites for the log
     // before the master (S3), which also serve while they are clients.
     let mut pr = Rng::fork(seed, 12);
@@ -638,6 +661,18 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
     };
     sum.inits = (0..sim.len()).map(inits).sum();
     sum.small_page_inits = small.map_or(0, inits);
+    sum.small_bulk_requests = small_bulk
+        .filter(|&i| sim.is_up(i))
+        .map_or(0, |i| sim.site(i).stats().log_requests);
+    // Every site takes every record of the group (one max_record for
+    // all): no answer may stop short of a record its requester cannot
+    // take (R11).
+    for i in sim.up() {
+        let n = sim.site(i).stats().oversized_records;
+        if n > 0 {
+            sim.fail(&format!("s{i} met {n} records too large for a requester"));
+        }
+    }
     (sim, sum)
 }
 

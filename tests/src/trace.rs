@@ -39,8 +39,8 @@ impl MsgSum {
             Ok((env, msg)) => {
                 let (a, b) = match &msg {
                     Message::Log(e) | Message::Verify(e) => (e.lsn, e.prev),
-                    Message::LogReq { from, to } => (*from, *to),
-                    Message::AllReq { from } => (*from, Lsn::ZERO),
+                    Message::LogReq { from, to, .. } => (*from, *to),
+                    Message::AllReq { from, .. } => (*from, Lsn::ZERO),
                     Message::LogMore { next } => (*next, Lsn::ZERO),
                     Message::Ack { lsn }
                     | Message::VerifyReq { lsn }

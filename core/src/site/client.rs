@@ -286,7 +286,22 @@ impl<S: Storage> Site<S> {
         // A peer client first, when one is configured (S3).
         let (dest, flags) = self.log_request_dest(master, rerequest);
         self.stats.log_requests += 1;
-        self.send(dest, flags, &Message::LogReq { from, to: w.to });
+        let msg = self.log_req(from, w.to);
+        self.send(dest, flags, &msg);
+    }
+
+    /// LOG_REQ for `from..to`, announcing the largest bulk and record this
+    /// site's limits take, so an answerer with larger limits (a server
+    /// master, or a peer, serving a device) cuts its answer to fit them.
+    fn log_req(&self, from: Lsn, to: Lsn) -> Message<'static> {
+        let limits = &self.cfg.limits;
+        let size = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Message::LogReq {
+            from,
+            to,
+            bulk_bytes: size(crate::wire::max_bulk_bytes(limits)),
+            record_bytes: size(crate::wire::max_record_bytes(limits)),
+        }
     }
 
     /// Where this site's log continues: zero for an empty log, which may

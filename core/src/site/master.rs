@@ -38,6 +38,28 @@ fn entry_size(e: &IndexEntry, prev: Lsn) -> usize {
         + e.len as usize
 }
 
+/// What a log requester takes, as its LOG_REQ / ALL_REQ announced
+/// (protocol version 5): the answer is cut to fit its limits, which may be
+/// far smaller than the answerer's (a device under a server master).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Fit {
+    /// The most bytes of entries in one BULK_LOG.
+    pub bulk: usize,
+    /// The largest record, header included.
+    pub record: usize,
+}
+
+impl Fit {
+    /// From the announced sizes (at least `MIN_BULK_BYTES` each: smaller
+    /// ones do not decode).
+    pub fn new(bulk_bytes: u32, record_bytes: u32) -> Fit {
+        Fit {
+            bulk: bulk_bytes as usize,
+            record: record_bytes as usize,
+        }
+    }
+}
+
 /// A key a commit changes: (database, key), its value before, its value after.
 type KeyChange = ((String, Vec<u8>), Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -405,11 +427,18 @@ impl<S: Storage> Site<S> {
     }
 
     /// Answer a LOG_REQ / ALL_REQ: records from `from` up to `to` (zero =
-    /// the end), at most `max_answer_bytes`, then LOG_MORE (R13).
-    pub(super) fn serve_log(&mut self, env: &Envelope, from: Lsn, to: Lsn) -> Result<(), Drop> {
+    /// the end), at most `max_answer_bytes`, then LOG_MORE (R13), in
+    /// frames the requester takes (`fit`).
+    pub(super) fn serve_log(
+        &mut self,
+        env: &Envelope,
+        from: Lsn,
+        to: Lsn,
+        fit: Fit,
+    ) -> Result<(), Drop> {
         if self.role != Role::Master {
             // Client-to-client service (S3).
-            return self.serve_log_as_peer(env, from, to);
+            return self.serve_log_as_peer(env, from, to, fit);
         }
         self.stats.requests_served += 1;
         if from.is_zero() && !self.has_full_history() {
@@ -431,14 +460,22 @@ impl<S: Storage> Site<S> {
             self.send(env.from, Flags::NONE, &Message::VerifyFail { lsn: from });
             return Ok(());
         }
-        self.answer_log(env.from, start, to, Flags::NONE);
+        self.answer_log(env.from, start, to, Flags::NONE, fit);
         Ok(())
     }
 
     /// Send the records from index position `start` to `dest`, up to `to`
-    /// (zero: the end) and the answer cap, LOG_MORE first when more remain.
-    /// Every frame carries `mark` too (ANYWHERE: a peer's answer, S3).
-    pub(super) fn answer_log(&mut self, dest: SiteId, start: usize, to: Lsn, mark: Flags) {
+    /// (zero: the end) and the answer cap, LOG_MORE first when more remain,
+    /// in frames `dest` takes (`fit`). Every frame carries `mark` too
+    /// (ANYWHERE: a peer's answer, S3).
+    pub(super) fn answer_log(
+        &mut self,
+        dest: SiteId,
+        start: usize,
+        to: Lsn,
+        mark: Flags,
+        fit: Fit,
+    ) {
         // The records this answer carries: at most `max_answer_bytes` as
         // encoded entries (so a bulk as large as the answer cap holds the
         // whole answer), at least one record, stopping before `to`.
@@ -454,7 +491,7 @@ impl<S: Storage> Site<S> {
             bytes += size;
             end += 1;
         }
-        let frames = self.pack_log(start, end, mark);
+        let frames = self.pack_log(start, end, mark, fit);
         let sent = frames.last().map_or(start, |(_, last)| *last + 1) - start;
         self.stats.records_served += sent as u64;
         // LOG_MORE goes first, naming where this answer stops, so the
@@ -473,16 +510,27 @@ impl<S: Storage> Site<S> {
     }
 
     /// Encode the records at index positions `start..end` for the wire:
-    /// BULK_LOG frames of up to min(`max_bulk_bytes`, `max_frame` less the
-    /// framing) bytes of entries (R11), and a lone LOG for a record too big
-    /// for one. The records are read from storage a contiguous run at a
-    /// time, and each is checked (length, checksum) before it is sent; the
-    /// answer stops at the first that fails. Returns each frame with the
-    /// index position of its last record.
-    fn pack_log(&mut self, start: usize, end: usize, tag: Flags) -> Vec<(Vec<u8>, usize)> {
+    /// BULK_LOG frames of up to min(this site's `wire::max_bulk_bytes`, the
+    /// requester's announced `fit.bulk`) bytes of entries (R11), and a lone
+    /// LOG for a record too big for one: a record the requester takes at
+    /// all (up to `fit.record`) fits its `max_frame` as a LOG, since its
+    /// `Limits::validate` makes room for one. A record above `fit.record`
+    /// cannot reach the requester in any frame: the answer stops before
+    /// it and `Stats::oversized_records` counts it, rather than send, on
+    /// every re-request, a frame the requester must refuse. The records
+    /// are read from storage a contiguous run at a time, and each is
+    /// checked (length, checksum) before it is sent; the answer stops at
+    /// the first that fails. Returns each frame with the index position of
+    /// its last record.
+    fn pack_log(
+        &mut self,
+        start: usize,
+        end: usize,
+        tag: Flags,
+        fit: Fit,
+    ) -> Vec<(Vec<u8>, usize)> {
         let limits = self.cfg.limits;
-        let bulk_cap = (limits.max_bulk_bytes as usize)
-            .min((limits.max_frame as usize).saturating_sub(crate::wire::FRAME_OVERHEAD));
+        let bulk_cap = crate::wire::max_bulk_bytes(&limits).min(fit.bulk);
         let mut frames: Vec<(Vec<u8>, usize)> = Vec::new();
         let mut read = core::mem::take(&mut self.read_buf);
         let mut bulk = core::mem::take(&mut self.bulk_buf);
@@ -508,6 +556,13 @@ impl<S: Storage> Site<S> {
             while i < j {
                 let e = self.index[i];
                 let len = e.len as usize;
+                if len > fit.record {
+                    // Above the requester's max_record: nothing can carry
+                    // it there (a group's records must fit every member's
+                    // limits). Say so, once per request.
+                    self.stats.oversized_records += 1;
+                    break 'runs;
+                }
                 let Some(record) = read.get(off..off + len).filter(|_| off + len <= n) else {
                     break 'runs;
                 };

@@ -47,6 +47,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
+use master::Fit;
 use members::{Change, Members};
 
 /// How long after a checkpoint record its snapshot is encoded (R8): one
@@ -177,6 +178,13 @@ pub struct Stats {
     /// Log requests from other clients this client could not serve
     /// (answered REREQUEST, S3).
     pub requests_refused: u64,
+    /// Log requests answered short of a record the requester cannot take:
+    /// one larger than the `record_bytes` its LOG_REQ announced (its
+    /// `max_record`). No frame can carry such a record there, so the answer
+    /// stops before it instead of sending, at every re-request, a frame the
+    /// requester must refuse. Nonzero means a member's limits are smaller
+    /// than the group's records: it cannot catch up past them (R2, R11).
+    pub oversized_records: u64,
     /// Sends dropped because the output queue was full.
     pub sends_dropped: u64,
     /// Commits answered.
@@ -1772,8 +1780,17 @@ impl<S: Storage> Site<S> {
             Message::Log(e) => self.on_log(env, e),
             Message::BulkLog(b) => self.on_bulk_log(env, b),
             Message::LogMore { next } => self.on_log_more(env, *next),
-            Message::LogReq { from, to } => self.serve_log(env, *from, *to),
-            Message::AllReq { from } => self.serve_log(env, *from, Lsn::ZERO),
+            Message::LogReq {
+                from,
+                to,
+                bulk_bytes,
+                record_bytes,
+            } => self.serve_log(env, *from, *to, Fit::new(*bulk_bytes, *record_bytes)),
+            Message::AllReq {
+                from,
+                bulk_bytes,
+                record_bytes,
+            } => self.serve_log(env, *from, Lsn::ZERO, Fit::new(*bulk_bytes, *record_bytes)),
             Message::Rerequest { lsn } => self.on_rerequest(env, *lsn),
             Message::VerifyReq { lsn } => self.serve_verify(env, *lsn),
             Message::Verify(e) => self.on_verify(env, Some(e)),

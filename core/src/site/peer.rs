@@ -97,12 +97,15 @@ impl<S: Storage> Site<S> {
     /// A log request to this site as a client: serve it if it is marked
     /// ANYWHERE and this log is a prefix of the requester's master's (this
     /// site synchronised with the master of the requester's generation)
-    /// holding the records asked for; otherwise say REREQUEST.
+    /// holding the records asked for, in frames the requester takes (`fit`,
+    /// as a master would: a peer may have larger limits than a device it
+    /// serves); otherwise say REREQUEST.
     pub(super) fn serve_log_as_peer(
         &mut self,
         env: &Envelope,
         from: Lsn,
         to: Lsn,
+        fit: Fit,
     ) -> Result<(), Drop> {
         if self.role != Role::Client || !env.flags.contains(Flags::ANYWHERE) {
             return Err(Drop::WrongRole);
@@ -111,7 +114,7 @@ impl<S: Storage> Site<S> {
             Some(start) => {
                 self.stats.requests_served += 1;
                 self.stats.peer_served += 1;
-                self.answer_log(env.from, start, to, Flags::ANYWHERE);
+                self.answer_log(env.from, start, to, Flags::ANYWHERE, fit);
             }
             None => {
                 self.stats.requests_refused += 1;

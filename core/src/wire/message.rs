@@ -275,10 +275,16 @@ pub enum Message<'a> {
     Alive,
     /// 1: Are you there? (asks for ALIVE).
     AliveReq,
-    /// 2: Send me every record from `from` on.
+    /// 2: Send me every record from `from` on, in frames my limits take.
     AllReq {
         /// First LSN wanted.
         from: Lsn,
+        /// The largest BULK_LOG payload the requester takes (see
+        /// [`LogReq`](Message::LogReq)).
+        bulk_bytes: u32,
+        /// The largest log record the requester takes (see
+        /// [`LogReq`](Message::LogReq)).
+        record_bytes: u32,
     },
     /// 3: One log record.
     #[serde(borrow)]
@@ -295,6 +301,16 @@ pub enum Message<'a> {
         from: Lsn,
         /// End of the range, exclusive.
         to: Lsn,
+        /// The largest BULK_LOG payload (bytes of entries) the requester
+        /// takes: its own [`max_bulk_bytes`](crate::wire::max_bulk_bytes),
+        /// at least [`MIN_BULK_BYTES`](crate::wire::MIN_BULK_BYTES). The
+        /// answer's bulks are no larger (protocol version 5), so a client
+        /// with smaller frames than its master's (a device) can catch up.
+        bulk_bytes: u32,
+        /// The largest log record, header included, the requester takes:
+        /// its own [`max_record_bytes`](crate::wire::max_record_bytes). A
+        /// record above it is not sent: the requester would refuse it.
+        record_bytes: u32,
     },
     /// 6: Several log records (R11).
     BulkLog(BulkLog<'a>),

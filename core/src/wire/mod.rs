@@ -41,6 +41,15 @@ pub const MAX_HANDSHAKE_MAC: usize = 64;
 /// [`max_page_bytes`] at or above it.
 pub const MIN_PAGE_BYTES: u32 = 64;
 
+/// The smallest BULK_LOG payload (and largest record) a LOG_REQ or ALL_REQ
+/// may announce (R11, S3): an entry's two LSNs and its length (at most 25
+/// bytes of varints) and a record's 16-byte header fit in it. A request
+/// announcing less is refused ([`DecodeError::BelowMinimum`]), so no peer
+/// can make a site cut its answer into bulks of a few bytes each.
+/// [`Limits::validate`] keeps every site's own [`max_bulk_bytes`] at or
+/// above it ([`max_record_bytes`] always is).
+pub const MIN_BULK_BYTES: u32 = 64;
+
 /// Bytes a frame may need beyond its largest payload (record, channel
 /// message, page): version, envelope and message fields.
 pub const FRAME_OVERHEAD: usize = 512;
@@ -232,8 +241,7 @@ pub fn encode_frame_trusted(
     limits: &Limits,
 ) -> Result<usize, EncodeError> {
     match msg {
-        Message::Log(e) | Message::Verify(e)
-            if e.record.len() <= limits.max_record as usize + RECORD_HEADER_LEN => {}
+        Message::Log(e) | Message::Verify(e) if e.record.len() <= max_record_bytes(limits) => {}
         Message::Log(_) | Message::Verify(_) => {
             return Err(EncodeError::Invalid(DecodeError::LimitExceeded(
                 "log record",
@@ -325,7 +333,7 @@ pub fn stream_frame_len(prefix: [u8; 4], limits: &Limits) -> Result<usize, Decod
 }
 
 fn check_entry(e: &LogEntry<'_>, limits: &Limits) -> Result<(), DecodeError> {
-    if e.record.len() > limits.max_record as usize + RECORD_HEADER_LEN {
+    if e.record.len() > max_record_bytes(limits) {
         return Err(DecodeError::LimitExceeded("log record"));
     }
     let view = RecordView::parse(e.record, e.lsn, limits).map_err(DecodeError::BadRecord)?;
@@ -344,6 +352,21 @@ fn check_entry(e: &LogEntry<'_>, limits: &Limits) -> Result<(), DecodeError> {
 pub fn max_page_bytes(limits: &Limits) -> usize {
     (limits.max_answer_bytes as usize)
         .min((limits.max_frame as usize).saturating_sub(FRAME_OVERHEAD))
+}
+
+/// The most bytes of entries a BULK_LOG sent to a site with these limits
+/// may carry: `Limits::max_bulk_bytes`, but never so many that the frame
+/// would not fit in `Limits::max_frame` with [`FRAME_OVERHEAD`] to spare.
+/// A site announces it in its log requests, and sends no larger bulks.
+pub fn max_bulk_bytes(limits: &Limits) -> usize {
+    (limits.max_bulk_bytes as usize).min((limits.max_frame as usize).saturating_sub(FRAME_OVERHEAD))
+}
+
+/// The largest log record, header included, a LOG, VERIFY or BULK_LOG
+/// entry may carry to a site with these limits (`Limits::max_record` of
+/// body). `Limits::validate` makes sure a LOG of it fits `max_frame`.
+pub fn max_record_bytes(limits: &Limits) -> usize {
+    limits.max_record as usize + RECORD_HEADER_LEN
 }
 
 fn check_str(s: &str, max: usize, what: &'static str) -> Result<(), DecodeError> {
@@ -380,6 +403,23 @@ pub fn validate(env: &Envelope, msg: &Message<'_>, limits: &Limits) -> Result<()
             }
             for d in &u.databases {
                 db(d.name)?;
+            }
+        }
+        Message::LogReq {
+            bulk_bytes,
+            record_bytes,
+            ..
+        }
+        | Message::AllReq {
+            bulk_bytes,
+            record_bytes,
+            ..
+        } => {
+            if *bulk_bytes < MIN_BULK_BYTES {
+                return Err(DecodeError::BelowMinimum("bulk size"));
+            }
+            if *record_bytes < MIN_BULK_BYTES {
+                return Err(DecodeError::BelowMinimum("record size"));
             }
         }
         Message::UpdateReq { page_bytes } if *page_bytes < MIN_PAGE_BYTES => {
