@@ -16,10 +16,10 @@
 //! [`encode`] builds one in a single step (`end` = `lsn`).
 //!
 //! Layout (version 2): version byte, CRC-32C of everything after the
-//! header (u32 LE), then postcard: the [`Head`] (LSN and generation of the
+//! header (u32 LE), then postcard: the head (LSN and generation of the
 //! start record, the members), chunks of entries each after a 1 byte
 //! (a database name and some of its key/value pairs, in key order), a 0
-//! byte, and the [`Tail`] (LSN and generation of the end record).
+//! byte, and the tail (LSN and generation of the end record).
 //! Version 1 (one postcard body, always `end` = `lsn`) is still read.
 
 use crate::ids::{Generation, Lsn, SiteId};
