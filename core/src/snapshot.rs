@@ -508,19 +508,13 @@ mod tests {
             }
         }
         for db in store.databases().chain(replayed.databases()) {
-            let a: Vec<_> = replayed.iter(db).collect();
-            let b: Vec<_> = store.iter(db).collect();
-            if a != b {
-                let ka: Vec<_> = a.iter().map(|(k, _)| k.to_vec()).collect();
-                let kb: Vec<_> = b.iter().map(|(k, _)| k.to_vec()).collect();
-                let missing: Vec<_> = kb.iter().filter(|k| !ka.contains(k)).collect();
-                let extra: Vec<_> = ka.iter().filter(|k| !kb.contains(k)).collect();
-                panic!(
-                    "db {db}: {} vs {} keys; missing {missing:?} extra {extra:?}",
-                    a.len(),
-                    b.len()
-                );
-            }
+            // Compare keys first: a short message names what differs.
+            let keys = |s: &Store| s.iter(db).map(|(k, _)| k.to_vec()).collect::<Vec<_>>();
+            assert_eq!(keys(&replayed), keys(&store), "keys of db {db}");
+            assert!(
+                replayed.iter(db).eq(store.iter(db)),
+                "values of db {db} differ"
+            );
         }
         // Empty databases carry nothing (the digest skips them too).
         assert_eq!(replayed.digest(), store.digest());
