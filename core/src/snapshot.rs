@@ -141,6 +141,18 @@ pub struct SnapshotBuilder {
 impl SnapshotBuilder {
     /// Start a snapshot as of the record at `lsn`: the membership now.
     pub fn new(lsn: Lsn, generation: Generation, members: &Members) -> Self {
+        Self::with_capacity(lsn, generation, members, 256)
+    }
+
+    /// [`SnapshotBuilder::new`], with room for about `bytes` from the
+    /// start: the buffer never grows by copying all it holds, which for a
+    /// large store would be one long pause in the middle of a step.
+    pub fn with_capacity(
+        lsn: Lsn,
+        generation: Generation,
+        members: &Members,
+        bytes: usize,
+    ) -> Self {
         let head = Head {
             lsn,
             generation,
@@ -149,7 +161,7 @@ impl SnapshotBuilder {
                 .map(|m| (m.id, m.address.as_str(), m.flags))
                 .collect(),
         };
-        let mut out = Vec::with_capacity(256);
+        let mut out = Vec::with_capacity(bytes.max(256));
         out.push(SNAPSHOT_VERSION);
         out.extend_from_slice(&[0; 4]);
         // The Vec flavour fails only on allocation failure, which aborts.
@@ -249,9 +261,18 @@ impl SnapshotBuilder {
     }
 }
 
+/// About the bytes a snapshot of `store` takes: its keys and values, a few
+/// bytes of lengths per entry, and a little more for the rest.
+pub fn capacity_for(store: &Store) -> usize {
+    store
+        .bytes()
+        .saturating_add(store.len().saturating_mul(4))
+        .saturating_add(4096)
+}
+
 /// Encode the store and membership as of the record at `lsn`, in one step.
 pub fn encode(lsn: Lsn, generation: Generation, store: &Store, members: &Members) -> Vec<u8> {
-    let mut b = SnapshotBuilder::new(lsn, generation, members);
+    let mut b = SnapshotBuilder::with_capacity(lsn, generation, members, capacity_for(store));
     while !b.step(store, usize::MAX) {}
     b.finish(lsn, generation)
 }

@@ -1112,10 +1112,13 @@ impl<S: Storage> Site<S> {
             // One is being built: it will do.
             return;
         }
-        self.building = Some(crate::snapshot::SnapshotBuilder::new(
+        // Room for the whole store, plus what it may grow by meanwhile.
+        let room = crate::snapshot::capacity_for(&self.store);
+        self.building = Some(crate::snapshot::SnapshotBuilder::with_capacity(
             entry.lsn,
             entry.generation,
             &self.members,
+            room.saturating_add(room / 8),
         ));
         self.build_at = Some(self.now);
     }
