@@ -621,20 +621,14 @@ fn r2_r11_a_record_above_the_requesters_max_record_is_counted_not_resent() {
 #[test]
 fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
     use shoal_core::site::Drop;
-    use shoal_core::wire::{DecodeError, Envelope, MIN_BULK_BYTES, PROTOCOL_VERSION};
+    use shoal_core::wire::{DecodeError, MIN_BULK_BYTES, PROTOCOL_VERSION};
     let mut net = group(3, config(Limits::default()));
     for k in 0..50 {
         net.commit(&format!("k{k:02}"), &[3u8; 100]);
         net.run(&mut |_| true);
     }
     let s1 = net.s(1);
-    let env = Envelope {
-        from: s1.id(),
-        generation: s1.generation(),
-        egen: s1.egen(),
-        lsn: s1.last_lsn(),
-        flags: Flags::NONE,
-    };
+    let env = common::envelope_of(s1);
     let req = |bulk_bytes, record_bytes| Message::LogReq {
         from: Lsn::ZERO,
         to: Lsn::ZERO,

@@ -141,13 +141,7 @@ impl Net {
     /// A frame from site `from` as it would send it now.
     fn forge(&self, from: usize, msg: &Message<'_>) -> Vec<u8> {
         let s = self.s(from);
-        let env = Envelope {
-            from: s.id(),
-            generation: s.generation(),
-            egen: s.egen(),
-            lsn: s.last_lsn(),
-            flags: Flags::NONE,
-        };
+        let env = common::envelope_of(s);
         let mut out = Vec::new();
         encode_frame(&env, msg, &mut out, &self.cfgs[from].limits).expect("encodes");
         out
@@ -508,13 +502,7 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
     big_limits.max_answer_bytes *= 4;
     let data = vec![0u8; shoal_core::wire::max_page_bytes(&net.cfgs[0].limits) + 1];
     let s0 = net.s(0);
-    let env = Envelope {
-        from: s0.id(),
-        generation: s0.generation(),
-        egen: s0.egen(),
-        lsn: s0.last_lsn(),
-        flags: Flags::NONE,
-    };
+    let env = common::envelope_of(s0);
     let mut f = Vec::new();
     let msg = Message::Page(Page {
         db: SNAPSHOT_DB,
@@ -813,13 +801,7 @@ fn s6_absurd_page_sizes_are_refused_or_clamped_without_panic() {
     net.commit("before", b"1");
     let now = net.now;
     let s1 = net.s(1);
-    let env = Envelope {
-        from: s1.id(),
-        generation: s1.generation(),
-        egen: s1.egen(),
-        lsn: s1.last_lsn(),
-        flags: Flags::NONE,
-    };
+    let env = common::envelope_of(s1);
     // Built by hand, as a hostile peer could: the encoder refuses them.
     for page_bytes in [0, 1, MIN_PAGE_BYTES - 1] {
         let msg = Message::UpdateReq { page_bytes };

@@ -14,6 +14,18 @@ use shoal_core::{Instant, SiteId};
 use std::collections::VecDeque;
 use std::time::Duration;
 
+/// The envelope site `s` would put on a frame now, for tests that hand a
+/// peer a message built by hand (as a hostile or odd peer could).
+pub fn envelope_of(s: &Site<MemStorage>) -> shoal_core::wire::Envelope {
+    shoal_core::wire::Envelope {
+        from: s.id(),
+        generation: s.generation(),
+        egen: s.egen(),
+        lsn: s.last_lsn(),
+        flags: shoal_core::wire::Flags::NONE,
+    }
+}
+
 pub struct Net {
     pub sites: Vec<Option<Site<MemStorage>>>,
     pub disks: Vec<Option<MemStorage>>,
