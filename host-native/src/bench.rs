@@ -65,7 +65,8 @@ pub struct BenchArgs {
     /// default: the node's own default).
     #[arg(long)]
     pub worker_threads: Option<usize>,
-    /// Each node's `shoal node --spin-us` (default: the node's, 0).
+    /// Each node's `shoal node --spin-us` (default: the node's own
+    /// default, 100 on a machine with two or more CPUs).
     #[arg(long)]
     pub spin_us: Option<u64>,
     /// Print one JSON object with every figure.

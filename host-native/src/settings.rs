@@ -144,19 +144,21 @@ pub struct NodeArgs {
     /// Log level filter (error, warn, info, debug, trace; default info).
     #[arg(long)]
     pub log_level: Option<String>,
-    /// Threads of the node's async runtime (default 2, at most 64). One
-    /// thread costs less CPU per commit (fewer wake-ups between threads),
-    /// but then nothing else in the node moves while the site works, for
-    /// example while it encodes a checkpoint's snapshot of the whole store.
+    /// Threads of the node's async runtime (default 1, at most 64). One
+    /// thread costs the least CPU per commit (no wake-ups between
+    /// threads); the site's long work (checkpoints, fsyncs, snapshot
+    /// writes) runs in steps or on threads of its own, so it does not
+    /// hold up the others. More threads serve many API connections in
+    /// parallel, but each commit still passes through the one site.
     #[arg(long)]
     pub worker_threads: Option<usize>,
     /// After this node sends a frame an answer follows (a record awaiting
     /// acks, or an ack), keep one runtime thread polling the sockets for up
-    /// to this many µs (0 = never, the default; at most 10000), yielding
-    /// the CPU to any ready thread between polls: the answer is read as it
-    /// lands instead of after the thread is woken, which lowers a lone
-    /// writer's latency at the cost of CPU while it waits. Best with
-    /// --worker-threads 1.
+    /// to this many µs (at most 10000; 0 = never), yielding the CPU to any
+    /// ready thread between polls: the answer is read as it lands instead
+    /// of after the thread is woken, which lowers a lone writer's latency
+    /// at the cost of CPU while writes flow. Default 100 on a machine with
+    /// two or more CPUs, 0 on one. An idle node never polls.
     #[arg(long)]
     pub spin_us: Option<u64>,
 }
@@ -196,8 +198,26 @@ pub struct Settings {
     pub spin: Duration,
 }
 
-/// Runtime threads of a node by default.
-pub const DEFAULT_WORKER_THREADS: usize = 2;
+/// Runtime threads of a node by default: one, which costs the least CPU
+/// per commit and is the thread `--spin-us` polls on (issue 5's figures).
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+
+/// `--spin-us` by default on a machine with two or more CPUs: about three
+/// loopback round trips, so a lone writer's next ack is read while polling;
+/// a node that stops writing polls no longer than this.
+pub const DEFAULT_SPIN_US: u64 = 100;
+
+/// `--spin-us` when neither the flags nor the file set it: polling pays
+/// only when another CPU can run the peer's side meanwhile, so a machine
+/// with one CPU does not poll.
+pub fn default_spin_us() -> u64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        DEFAULT_SPIN_US
+    } else {
+        0
+    }
+}
 
 /// Most runtime threads a node may ask for.
 pub const MAX_WORKER_THREADS: usize = 64;
@@ -399,7 +419,7 @@ impl NodeArgs {
                 "--worker-threads {worker_threads} is out of range: use 1 to {MAX_WORKER_THREADS}"
             ));
         }
-        let spin_us = a.spin_us.or(f.spin_us).unwrap_or(0);
+        let spin_us = a.spin_us.or(f.spin_us).unwrap_or_else(default_spin_us);
         if spin_us > crate::spin::MAX_SPIN_US {
             return Err(format!(
                 "--spin-us {spin_us} is out of range: use 0 (never) to {}",
@@ -568,7 +588,18 @@ mod tests {
         .unwrap();
         assert_eq!(s.worker_threads, 4);
         assert_eq!(s.spin, Duration::from_micros(80));
-        assert_eq!(args().resolve().unwrap().spin, Duration::ZERO);
+        assert_eq!(
+            args().resolve().unwrap().spin,
+            Duration::from_micros(default_spin_us())
+        );
+        let s = NodeArgs {
+            spin_us: Some(0),
+            worker_threads: Some(2),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((s.worker_threads, s.spin), (2, Duration::ZERO));
     }
 
     #[test]

@@ -139,18 +139,19 @@ async fn master_sigkilled_no_permanent_no_sync_write_lost() {
     master_sigkilled(&["--sync", "no-sync"]).await;
 }
 
-/// The same with every node on one runtime thread that polls for a moment
-/// after a record awaiting acks leaves (`--worker-threads 1 --spin-us`):
-/// elections, catch-up and acks still run, and nothing is lost.
+/// The same with every node on two runtime threads that never poll
+/// (`--worker-threads 2 --spin-us 0`; the defaults are one thread that
+/// polls for a moment after a record or an ack leaves): elections,
+/// catch-up and acks run the same, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn master_sigkilled_with_one_polling_thread_per_node_no_write_lost() {
+async fn master_sigkilled_with_two_threads_and_no_polling_no_write_lost() {
     master_sigkilled(&[
         "--sync",
         "no-sync",
         "--worker-threads",
-        "1",
+        "2",
         "--spin-us",
-        "200",
+        "0",
     ])
     .await;
 }
