@@ -573,7 +573,7 @@ fn s3_r11_a_peer_client_serves_a_device_client_in_bulks_it_takes() {
 /// R2, R11: a record the requester's limits cannot take at all (above its
 /// `max_record`; here a 5000-byte value from a master whose limits allow
 /// it, for a device whose records stop at 4 KiB) is never sent to it: the
-/// master's answer stops before it and `oversized_records` counts each
+/// master's answer stops before it and `unfit_records` counts each
 /// request that meets it, instead of sending a frame the device refuses
 /// at every re-request. The device takes everything before it; a group's
 /// records must fit every member's limits (FORMAT.md, Log answers).
@@ -601,7 +601,7 @@ fn r2_r11_a_record_above_the_requesters_max_record_is_counted_not_resent() {
     assert_eq!(net.s(2).stats().dropped_malformed, 0, "nothing refused");
     // Counted at every request that met it (the device asks again with
     // its back-off), never sent.
-    let counted = net.s(0).stats().oversized_records;
+    let counted = net.s(0).stats().unfit_records;
     assert!(counted >= 2, "{counted}");
     let asked = net.sent[mark..]
         .iter()
@@ -632,8 +632,11 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
     let req = |bulk_bytes, record_bytes| Message::LogReq {
         from: Lsn::ZERO,
         to: Lsn::ZERO,
-        bulk_bytes,
-        record_bytes,
+        limits: shoal_core::wire::RequesterLimits {
+            bulk_bytes,
+            record_bytes,
+            ..shoal_core::wire::RequesterLimits::of(&Limits::default())
+        },
     };
     // Built by hand, as a hostile peer could: the encoder refuses them.
     let (ok, min) = (1 << 20, MIN_BULK_BYTES);
@@ -689,5 +692,5 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
             assert_eq!(logs, 0, "bulks of the master's own size");
         }
     }
-    assert_eq!(net.s(0).stats().oversized_records, 0);
+    assert_eq!(net.s(0).stats().unfit_records, 0);
 }

@@ -18,7 +18,7 @@ use shoal_core::mem::MemStorage;
 use shoal_core::site::{Drop, Event, Role, Site, SNAPSHOT_DB};
 use shoal_core::wire::{
     decode_frame, encode_frame, DbSummary, DecodeError, Envelope, Flags, Message, MessageKind,
-    Page, Update,
+    Page, RequesterLimits, Update,
 };
 use shoal_core::{Instant, Lsn};
 use std::time::Duration;
@@ -466,7 +466,15 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
     let f = net.forge(0, &page(SNAPSHOT_DB, 0, b"x"));
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::Unexpected));
     // Only a master serves initialisations.
-    let f = net.forge(2, &Message::UpdateReq { page_bytes: 4096 });
+    let f = net.forge(
+        2,
+        &Message::UpdateReq {
+            limits: RequesterLimits {
+                page_bytes: 4096,
+                ..RequesterLimits::of(&Limits::default())
+            },
+        },
+    );
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
     let f = net.forge(2, &Message::PageReq { db: "", page: 0 });
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
@@ -804,7 +812,12 @@ fn s6_absurd_page_sizes_are_refused_or_clamped_without_panic() {
     let env = common::envelope_of(s1);
     // Built by hand, as a hostile peer could: the encoder refuses them.
     for page_bytes in [0, 1, MIN_PAGE_BYTES - 1] {
-        let msg = Message::UpdateReq { page_bytes };
+        let msg = Message::UpdateReq {
+            limits: RequesterLimits {
+                page_bytes,
+                ..RequesterLimits::of(&Limits::default())
+            },
+        };
         let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
         f = postcard::to_extend(&env, f).unwrap();
         f = postcard::to_extend(&msg, f).unwrap();
@@ -830,7 +843,15 @@ fn s6_absurd_page_sizes_are_refused_or_clamped_without_panic() {
     let f = net.forge(
         1,
         &Message::UpdateReq {
-            page_bytes: u32::MAX,
+            limits: RequesterLimits {
+                answer_bytes: u32::MAX,
+                bulk_bytes: u32::MAX,
+                record_bytes: u32::MAX,
+                page_bytes: u32::MAX,
+                max_key: u32::MAX,
+                max_value: u32::MAX,
+                max_txn_ops: u32::MAX,
+            },
         },
     );
     assert_eq!(net.site(0).handle_frame(now, &f), Ok(()));

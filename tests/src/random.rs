@@ -668,7 +668,7 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
     // all): no answer may stop short of a record its requester cannot
     // take (R11).
     for i in sim.up() {
-        let n = sim.site(i).stats().oversized_records;
+        let n = sim.site(i).stats().unfit_records;
         if n > 0 {
             sim.fail(&format!("s{i} met {n} records too large for a requester"));
         }

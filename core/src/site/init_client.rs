@@ -140,10 +140,11 @@ impl<S: Storage> Site<S> {
         u32::try_from(crate::wire::max_page_bytes(&self.cfg.limits)).unwrap_or(u32::MAX)
     }
 
-    /// UPDATE_REQ, announcing the pages this site takes.
+    /// UPDATE_REQ, announcing what this site takes: its page size (the
+    /// same as [`Site::init_page_bytes`]) and answer size.
     fn update_req(&self) -> Message<'static> {
         Message::UpdateReq {
-            page_bytes: self.init_page_bytes(),
+            limits: crate::wire::RequesterLimits::of(&self.cfg.limits),
         }
     }
 
