@@ -13,8 +13,7 @@ use shoal_core::wire::{
     self, decode_frame, encode_frame, BulkLog, ChannelError, ChannelMsg, DbSummary, DecodeError,
     EncodeError, Envelope, Flags, ForwardResult, ForwardWrite, Handshake, JoinAnswer, JoinReq,
     JoinResult, LogEntry, Member, Message, MessageKind, Page, RemoveResult, RequesterLimits,
-    Update, Vote1,
-    FRAME_OVERHEAD, PROTOCOL_VERSION,
+    Update, Vote1, FRAME_OVERHEAD, PROTOCOL_VERSION,
 };
 
 const MAX: u32 = u32::MAX;
@@ -428,9 +427,9 @@ fn check_largest(l: &Limits, label: &str) {
                 | MessageKind::PageFail
         );
         if !payload {
-            // version 2 + envelope <= 26 + type 1 + fields <= 37
-            // (FORWARD_ANSWER)
-            assert!(n <= 66, "{label}: {kind:?} is {n} bytes");
+            // version 2 + envelope <= 26 + type 1 + fields <= 55
+            // (LOG_REQ: two LSNs and the seven u32 of RequesterLimits)
+            assert!(n <= 84, "{label}: {kind:?} is {n} bytes");
         }
     }
 }

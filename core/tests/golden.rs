@@ -1012,7 +1012,9 @@ fn segment_header_and_meta_bytes_are_as_documented() {
     let f = std::fs::read(golden_dir().join("frames/log_req.bin")).unwrap();
     assert_eq!(
         f,
-        unhex("06 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20 80 40 80 20 90 20 80 3c 40 80 04 10")
+        unhex(
+            "06 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20 80 40 80 20 90 20 80 3c 40 80 04 10"
+        )
     );
     let r = std::fs::read(golden_dir().join("records/commit_empty.bin")).unwrap();
     assert_eq!(

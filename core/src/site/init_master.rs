@@ -260,7 +260,11 @@ impl<S: Storage> Site<S> {
         } else {
             None
         };
-        let Some(Cut { page: size, answer: budget }) = cut else {
+        let Some(Cut {
+            page: size,
+            answer: budget,
+        }) = cut
+        else {
             self.send(env.from, Flags::NONE, &Message::PageFail { db, page });
             return Ok(());
         };

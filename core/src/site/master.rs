@@ -65,8 +65,9 @@ impl Fit {
     /// site's own.
     pub fn new(own: &Limits, r: &RequesterLimits) -> Fit {
         let size = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
-        let smaller =
-            r.max_key < own.max_key || r.max_value < own.max_value || r.max_txn_ops < own.max_txn_ops;
+        let smaller = r.max_key < own.max_key
+            || r.max_value < own.max_value
+            || r.max_txn_ops < own.max_txn_ops;
         let body = smaller.then(|| Limits {
             max_key: own.max_key.min(r.max_key),
             max_value: own.max_value.min(r.max_value),
