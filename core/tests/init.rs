@@ -37,6 +37,8 @@ struct Sent {
     data: usize,
     /// UPDATE: the snapshot's LSN.
     lsn: Option<Lsn>,
+    /// The frame whose handling sent it.
+    cause: traced::Cause,
 }
 
 type Net = Traced<Sent>;
@@ -48,7 +50,7 @@ fn group(cfgs: Vec<Config>) -> Net {
 }
 
 /// The record of one frame: its type and the page numbers it names.
-fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], _: traced::Cause) -> Sent {
+fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], cause: traced::Cause) -> Sent {
     let (_, msg) = decode_frame(frame, limits).expect("every frame sent decodes");
     let lsn = match &msg {
         Message::Update(u) => Some(u.snapshot_lsn),
@@ -69,6 +71,7 @@ fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], _: traced::Ca
         page,
         data,
         lsn,
+        cause,
     }
 }
 
@@ -715,6 +718,22 @@ fn s6_a_device_client_of_a_server_master_is_initialised_in_its_page_size() {
         .iter()
         .filter(|s| s.to == 1)
         .all(|s| s.len <= device.max_frame as usize));
+    // Each answer within the answer size the device's UPDATE_REQ announced
+    // (8 KiB, a quarter of its incoming queue: one 7680-byte page), not
+    // the master's own 1 MiB (protocol version 6, R13).
+    let take = shoal_core::wire::max_answer_take(&device);
+    assert_eq!(take, 8192);
+    let mut answers = std::collections::BTreeMap::<u64, usize>::new();
+    for s in net.sent[mark..]
+        .iter()
+        .filter(|s| s.to == 1 && s.kind == MessageKind::Page)
+    {
+        if let Some((1, MessageKind::PageReq, id)) = s.cause {
+            *answers.entry(id).or_default() += s.data;
+        }
+    }
+    assert_eq!(answers.len(), n, "one page per answer: {answers:?}");
+    assert!(answers.values().all(|&b| b <= take), "{answers:?}");
     // It replicates as usual afterwards.
     net.commit("after", b"2");
     assert_eq!(net.s(1).store().get("db", b"after"), Some(&b"2"[..]));
