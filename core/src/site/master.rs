@@ -450,8 +450,9 @@ impl<S: Storage> Site<S> {
     }
 
     /// Answer a LOG_REQ / ALL_REQ: records from `from` up to `to` (zero =
-    /// the end), at most `max_answer_bytes`, then LOG_MORE (R13), in
-    /// frames the requester takes (`fit`).
+    /// the end), at most the smaller of `max_answer_bytes` and the
+    /// requester's answer size, then LOG_MORE (R13), in frames and records
+    /// the requester takes (`fit`).
     pub(super) fn serve_log(
         &mut self,
         env: &Envelope,

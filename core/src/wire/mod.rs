@@ -41,11 +41,12 @@ pub const MAX_HANDSHAKE_MAC: usize = 64;
 /// [`max_page_bytes`] at or above it.
 pub const MIN_PAGE_BYTES: u32 = 64;
 
-/// The smallest BULK_LOG payload (and largest record) a LOG_REQ or ALL_REQ
-/// may announce (R11, S3): an entry's two LSNs and its length (at most 25
-/// bytes of varints) and a record's 16-byte header fit in it. A request
-/// announcing less is refused ([`DecodeError::BelowMinimum`]), so no peer
-/// can make a site cut its answer into bulks of a few bytes each.
+/// The smallest answer, BULK_LOG payload and largest record a request's
+/// [`RequesterLimits`] may announce (R11, R13, S3): an entry's two LSNs and
+/// its length (at most 25 bytes of varints) and a record's 16-byte header
+/// fit in it. A request announcing less is refused
+/// ([`DecodeError::BelowMinimum`]), so no peer can make a site cut its
+/// answer into bulks of a few bytes each.
 /// [`Limits::validate`] keeps every site's own [`max_bulk_bytes`] at or
 /// above it ([`max_record_bytes`] always is).
 pub const MIN_BULK_BYTES: u32 = 64;
