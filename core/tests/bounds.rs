@@ -598,7 +598,8 @@ fn one_more(l: &Limits, label: &str) {
     // smallest an answerer serves (R11, R13, S6) is refused, by name, both
     // ways; the smallest itself passes.
     let min = RequesterLimits::MIN;
-    let fields: [(&str, fn(&mut RequesterLimits) -> &mut u32); 7] = [
+    type Field = fn(&mut RequesterLimits) -> &mut u32;
+    let fields: [(&str, Field); 7] = [
         ("answer size", |r| &mut r.answer_bytes),
         ("bulk size", |r| &mut r.bulk_bytes),
         ("record size", |r| &mut r.record_bytes),
