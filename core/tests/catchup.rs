@@ -626,9 +626,11 @@ fn r2_r11_a_record_above_the_requesters_max_record_is_counted_not_resent() {
     assert!(net.caught_up(1));
 }
 
-/// R11: a LOG_REQ announcing a bulk or record size below `MIN_BULK_BYTES`
-/// (0, 1, 63: absurd, or a division by zero) is refused with a typed
-/// reason when it is decoded, and nothing is sent in answer. One
+/// R11, R13: a LOG_REQ announcing a bulk or record size below
+/// `MIN_BULK_BYTES` (0, 1, 63: absurd, or a division by zero), an answer
+/// size below it, or a zero key, value or operation count limit, is
+/// refused with a typed reason naming the field when it is decoded, and
+/// nothing is sent in answer. One
 /// announcing more than any frame holds is served in the answerer's own
 /// size; one at the minimum (64 bytes, smaller than every record here)
 /// is served every record alone as a LOG, without a panic.
@@ -679,6 +681,38 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
         assert!(
             !net.sent[mark..].iter().any(|s| s.from == 0 && s.to == 1),
             "nothing served for {bulk} {record}"
+        );
+    }
+    // The other limits a request announces (protocol version 6): an
+    // answer size below 64 bytes, or a key, value or operation count
+    // limit of zero, is refused the same way, naming the field.
+    type Field = fn(&mut shoal_core::wire::RequesterLimits) -> &mut u32;
+    let fields: [(&str, Field, u32); 5] = [
+        ("answer size", |r| &mut r.answer_bytes, min - 1),
+        ("page size", |r| &mut r.page_bytes, 0),
+        ("key size", |r| &mut r.max_key, 0),
+        ("value size", |r| &mut r.max_value, 0),
+        ("operation count", |r| &mut r.max_txn_ops, 0),
+    ];
+    for (what, field, bad) in fields {
+        let mut msg = req(ok, ok);
+        if let Message::LogReq { limits, .. } = &mut msg {
+            *field(limits) = bad;
+        }
+        let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        f = postcard::to_extend(&env, f).unwrap();
+        f = postcard::to_extend(&msg, f).unwrap();
+        let mark = net.sent.len();
+        let now = net.now;
+        assert_eq!(
+            net.site(0).handle_frame(now, &f),
+            Err(Drop::Malformed(DecodeError::BelowMinimum(what))),
+            "{what}"
+        );
+        net.run(&mut |_| true);
+        assert!(
+            !net.sent[mark..].iter().any(|s| s.from == 0 && s.to == 1),
+            "nothing served for {what} {bad}"
         );
     }
     let own = shoal_core::wire::max_bulk_bytes(&net.cfgs[0].limits);
