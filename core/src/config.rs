@@ -320,6 +320,13 @@ impl Limits {
                 "max_answer_bytes must be at least 64 (the smallest snapshot page, S6)",
             ));
         }
+        // The answer size this site asks for in its requests must be one an
+        // answerer accepts (R13).
+        if (crate::wire::max_answer_take(self) as u64) < crate::wire::MIN_BULK_BYTES as u64 {
+            return Err(ConfigError::Inconsistent(
+                "max_answer_bytes and a quarter of max_inqueue_bytes must each be at least 64 (the smallest answer a site asks for, R13)",
+            ));
+        }
         // The bulk size this site asks for in its log requests must be one
         // a master accepts (R11).
         if (crate::wire::max_bulk_bytes(self) as u64) < crate::wire::MIN_BULK_BYTES as u64 {
@@ -688,6 +695,12 @@ mod tests {
         c.limits.max_bulk_bytes = crate::wire::MIN_BULK_BYTES - 1;
         assert!(matches!(c.validate(), Err(ConfigError::Inconsistent(_))));
         c.limits.max_bulk_bytes = crate::wire::MIN_BULK_BYTES;
+        assert_eq!(c.validate(), Ok(()));
+        // R13: and for answers an answerer accepts.
+        let mut c = Config::default();
+        c.limits.max_inqueue_bytes = 4 * crate::wire::MIN_BULK_BYTES - 1;
+        assert!(matches!(c.validate(), Err(ConfigError::Inconsistent(_))));
+        c.limits.max_inqueue_bytes = 4 * crate::wire::MIN_BULK_BYTES;
         assert_eq!(c.validate(), Ok(()));
     }
 

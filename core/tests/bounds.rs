@@ -12,12 +12,21 @@ use shoal_core::log::{Membership, Op, RecordError};
 use shoal_core::wire::{
     self, decode_frame, encode_frame, BulkLog, ChannelError, ChannelMsg, DbSummary, DecodeError,
     EncodeError, Envelope, Flags, ForwardResult, ForwardWrite, Handshake, JoinAnswer, JoinReq,
-    JoinResult, LogEntry, Member, Message, MessageKind, Page, RemoveResult, Update, Vote1,
-    FRAME_OVERHEAD, PROTOCOL_VERSION,
+    JoinResult, LogEntry, Member, Message, MessageKind, Page, RemoveResult, RequesterLimits,
+    Update, Vote1, FRAME_OVERHEAD, PROTOCOL_VERSION,
 };
 
 const MAX: u32 = u32::MAX;
 const LSN_MAX: Lsn = Lsn::new(MAX, MAX);
+const TAKES_MAX: RequesterLimits = RequesterLimits {
+    answer_bytes: MAX,
+    bulk_bytes: MAX,
+    record_bytes: MAX,
+    page_bytes: MAX,
+    max_key: MAX,
+    max_value: MAX,
+    max_txn_ops: MAX,
+};
 
 /// The envelope with every field at its longest encoding.
 fn big_env() -> Envelope {
@@ -213,16 +222,14 @@ fn largest<'a>(kind: MessageKind, b: &'a Buffers, l: &Limits) -> Message<'a> {
         K::AliveReq => Message::AliveReq,
         K::AllReq => Message::AllReq {
             from: LSN_MAX,
-            bulk_bytes: MAX,
-            record_bytes: MAX,
+            limits: TAKES_MAX,
         },
         K::Log => Message::Log(entry),
         K::LogMore => Message::LogMore { next: LSN_MAX },
         K::LogReq => Message::LogReq {
             from: LSN_MAX,
             to: LSN_MAX,
-            bulk_bytes: MAX,
-            record_bytes: MAX,
+            limits: TAKES_MAX,
         },
         K::BulkLog => Message::BulkLog(BulkLog {
             count: b.bulk.0,
@@ -260,7 +267,7 @@ fn largest<'a>(kind: MessageKind, b: &'a Buffers, l: &Limits) -> Message<'a> {
         K::Verify => Message::Verify(entry),
         K::VerifyFail => Message::VerifyFail { lsn: LSN_MAX },
         K::Rerequest => Message::Rerequest { lsn: LSN_MAX },
-        K::UpdateReq => Message::UpdateReq { page_bytes: MAX },
+        K::UpdateReq => Message::UpdateReq { limits: TAKES_MAX },
         K::Update => {
             let mut databases = heapless::Vec::new();
             for _ in 0..l.max_databases {
@@ -420,9 +427,9 @@ fn check_largest(l: &Limits, label: &str) {
                 | MessageKind::PageFail
         );
         if !payload {
-            // version 2 + envelope <= 26 + type 1 + fields <= 37
-            // (FORWARD_ANSWER)
-            assert!(n <= 66, "{label}: {kind:?} is {n} bytes");
+            // version 2 + envelope <= 26 + type 1 + fields <= 55
+            // (LOG_REQ: two LSNs and the seven u32 of RequesterLimits)
+            assert!(n <= 84, "{label}: {kind:?} is {n} bytes");
         }
     }
 }
@@ -587,65 +594,69 @@ fn one_more(l: &Limits, label: &str) {
     });
     refused(l, &format!("{label}: page +1"), Some(&msg), &msg);
 
-    // UPDATE_REQ: a page size one below the smallest a master serves
-    // (S6); the smallest itself passes.
-    let msg = Message::UpdateReq {
-        page_bytes: wire::MIN_PAGE_BYTES - 1,
-    };
-    refused(
-        l,
-        &format!("{label}: update_req page size -1"),
-        Some(&msg),
-        &msg,
-    );
-    let msg = Message::UpdateReq {
-        page_bytes: wire::MIN_PAGE_BYTES,
-    };
-    let mut out = Vec::new();
-    encode_frame(&big_env(), &msg, &mut out, l).unwrap();
-    assert_eq!(decode_frame(&out, l).unwrap().1, msg, "{label}: update_req");
-
-    // LOG_REQ, ALL_REQ: a bulk or record size one below the smallest an
-    // answerer cuts to (R11); the smallest itself passes.
-    let min = wire::MIN_BULK_BYTES;
-    for (what, bulk_bytes, record_bytes) in [("bulk", min - 1, min), ("record", min, min - 1)] {
-        for msg in [
+    // LOG_REQ, ALL_REQ, UPDATE_REQ: each announced limit one below the
+    // smallest an answerer serves (R11, R13, S6) is refused, by name, both
+    // ways; the smallest itself passes.
+    let min = RequesterLimits::MIN;
+    type Field = fn(&mut RequesterLimits) -> &mut u32;
+    let fields: [(&str, Field); 7] = [
+        ("answer size", |r| &mut r.answer_bytes),
+        ("bulk size", |r| &mut r.bulk_bytes),
+        ("record size", |r| &mut r.record_bytes),
+        ("page size", |r| &mut r.page_bytes),
+        ("key size", |r| &mut r.max_key),
+        ("value size", |r| &mut r.max_value),
+        ("operation count", |r| &mut r.max_txn_ops),
+    ];
+    let requests = |limits: RequesterLimits| {
+        [
             Message::LogReq {
                 from: LSN_MAX,
                 to: LSN_MAX,
-                bulk_bytes,
-                record_bytes,
+                limits,
             },
             Message::AllReq {
                 from: LSN_MAX,
-                bulk_bytes,
-                record_bytes,
+                limits,
             },
-        ] {
-            refused(
-                l,
-                &format!("{label}: {:?} {what} size -1", msg.kind()),
-                Some(&msg),
-                &msg,
-            );
+            Message::UpdateReq { limits },
+        ]
+    };
+    for (what, field) in fields {
+        let mut m = min;
+        let lowest = *field(&mut m);
+        for bad in [0, lowest - 1] {
+            let mut r = min;
+            *field(&mut r) = bad;
+            // The other fields at their largest: only this one is wrong.
+            let mut r2 = TAKES_MAX;
+            *field(&mut r2) = bad;
+            for limits in [r, r2] {
+                for msg in requests(limits) {
+                    let label = format!("{label}: {:?} {what} {bad}", msg.kind());
+                    refused(l, &label, Some(&msg), &msg);
+                    let bytes = raw_frame(&big_env(), &msg);
+                    assert_eq!(
+                        decode_frame(&bytes, l),
+                        Err(DecodeError::BelowMinimum(what)),
+                        "{label}"
+                    );
+                }
+            }
         }
     }
-    for msg in [
-        Message::LogReq {
-            from: LSN_MAX,
-            to: LSN_MAX,
-            bulk_bytes: min,
-            record_bytes: min,
-        },
-        Message::AllReq {
-            from: LSN_MAX,
-            bulk_bytes: min,
-            record_bytes: min,
-        },
-    ] {
+    for msg in requests(min) {
         let mut out = Vec::new();
         encode_frame(&big_env(), &msg, &mut out, l).unwrap();
         assert_eq!(decode_frame(&out, l).unwrap().1, msg, "{label}: smallest");
+    }
+    // Every valid site announces limits an answerer takes.
+    let own = RequesterLimits::of(l);
+    assert_eq!(own.below_minimum(), None, "{label}: own");
+    for msg in requests(own) {
+        let mut out = Vec::new();
+        encode_frame(&big_env(), &msg, &mut out, l).unwrap();
+        assert_eq!(decode_frame(&out, l).unwrap().1, msg, "{label}: own");
     }
 
     // HANDSHAKE: group, address, nonce one byte longer.

@@ -529,10 +529,24 @@ fn r2_r11_a_device_client_behind_a_default_master_catches_up_in_bulks_it_takes()
     assert_eq!(net.s(2).stats().dropped_malformed, 0, "nothing refused");
     let bulks = check_device_frames(&net, mark, 2);
     // 600 records of ~150 bytes, in bulks of at most 4 KiB, all from the
-    // master, most of them full.
+    // master, most of them full (an answer's last bulk may be short).
     assert!(bulks.len() >= 20, "{} bulks", bulks.len());
     assert!(bulks.iter().all(|b| b.0 == 0));
-    assert!(bulks.iter().filter(|b| b.1 > 3 * 1024).count() >= bulks.len() - 2);
+    assert!(bulks.iter().filter(|b| b.1 > 3 * 1024).count() >= bulks.len() / 2);
+    // Each answer within the answer size the device announced (R13: a
+    // quarter of its incoming queue), not the master's own 1 MiB.
+    let take = shoal_core::wire::max_answer_take(&Limits::device());
+    let mut answers = std::collections::BTreeMap::<u64, usize>::new();
+    for s in net.sent[mark..].iter().filter(|s| s.from == 0 && s.to == 2) {
+        if let Some((2, MessageKind::LogReq, id)) = s.cause {
+            *answers.entry(id).or_default() += s.records.iter().map(|r| r.1).sum::<usize>();
+        }
+    }
+    assert!(answers.len() >= 10, "{} answers", answers.len());
+    assert!(
+        answers.values().all(|&n| n <= take),
+        "answers above {take}: {answers:?}"
+    );
     // It replicates as usual afterwards.
     net.commit("after", b"2");
     net.run(&mut |_| true);
@@ -573,7 +587,7 @@ fn s3_r11_a_peer_client_serves_a_device_client_in_bulks_it_takes() {
 /// R2, R11: a record the requester's limits cannot take at all (above its
 /// `max_record`; here a 5000-byte value from a master whose limits allow
 /// it, for a device whose records stop at 4 KiB) is never sent to it: the
-/// master's answer stops before it and `oversized_records` counts each
+/// master's answer stops before it and `unfit_records` counts each
 /// request that meets it, instead of sending a frame the device refuses
 /// at every re-request. The device takes everything before it; a group's
 /// records must fit every member's limits (FORMAT.md, Log answers).
@@ -601,7 +615,7 @@ fn r2_r11_a_record_above_the_requesters_max_record_is_counted_not_resent() {
     assert_eq!(net.s(2).stats().dropped_malformed, 0, "nothing refused");
     // Counted at every request that met it (the device asks again with
     // its back-off), never sent.
-    let counted = net.s(0).stats().oversized_records;
+    let counted = net.s(0).stats().unfit_records;
     assert!(counted >= 2, "{counted}");
     let asked = net.sent[mark..]
         .iter()
@@ -612,9 +626,11 @@ fn r2_r11_a_record_above_the_requesters_max_record_is_counted_not_resent() {
     assert!(net.caught_up(1));
 }
 
-/// R11: a LOG_REQ announcing a bulk or record size below `MIN_BULK_BYTES`
-/// (0, 1, 63: absurd, or a division by zero) is refused with a typed
-/// reason when it is decoded, and nothing is sent in answer. One
+/// R11, R13: a LOG_REQ announcing a bulk or record size below
+/// `MIN_BULK_BYTES` (0, 1, 63: absurd, or a division by zero), an answer
+/// size below it, or a zero key, value or operation count limit, is
+/// refused with a typed reason naming the field when it is decoded, and
+/// nothing is sent in answer. One
 /// announcing more than any frame holds is served in the answerer's own
 /// size; one at the minimum (64 bytes, smaller than every record here)
 /// is served every record alone as a LOG, without a panic.
@@ -632,8 +648,11 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
     let req = |bulk_bytes, record_bytes| Message::LogReq {
         from: Lsn::ZERO,
         to: Lsn::ZERO,
-        bulk_bytes,
-        record_bytes,
+        limits: shoal_core::wire::RequesterLimits {
+            bulk_bytes,
+            record_bytes,
+            ..shoal_core::wire::RequesterLimits::of(&Limits::default())
+        },
     };
     // Built by hand, as a hostile peer could: the encoder refuses them.
     let (ok, min) = (1 << 20, MIN_BULK_BYTES);
@@ -664,6 +683,38 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
             "nothing served for {bulk} {record}"
         );
     }
+    // The other limits a request announces (protocol version 6): an
+    // answer size below 64 bytes, or a key, value or operation count
+    // limit of zero, is refused the same way, naming the field.
+    type Field = fn(&mut shoal_core::wire::RequesterLimits) -> &mut u32;
+    let fields: [(&str, Field, u32); 5] = [
+        ("answer size", |r| &mut r.answer_bytes, min - 1),
+        ("page size", |r| &mut r.page_bytes, 0),
+        ("key size", |r| &mut r.max_key, 0),
+        ("value size", |r| &mut r.max_value, 0),
+        ("operation count", |r| &mut r.max_txn_ops, 0),
+    ];
+    for (what, field, bad) in fields {
+        let mut msg = req(ok, ok);
+        if let Message::LogReq { limits, .. } = &mut msg {
+            *field(limits) = bad;
+        }
+        let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        f = postcard::to_extend(&env, f).unwrap();
+        f = postcard::to_extend(&msg, f).unwrap();
+        let mark = net.sent.len();
+        let now = net.now;
+        assert_eq!(
+            net.site(0).handle_frame(now, &f),
+            Err(Drop::Malformed(DecodeError::BelowMinimum(what))),
+            "{what}"
+        );
+        net.run(&mut |_| true);
+        assert!(
+            !net.sent[mark..].iter().any(|s| s.from == 0 && s.to == 1),
+            "nothing served for {what} {bad}"
+        );
+    }
     let own = shoal_core::wire::max_bulk_bytes(&net.cfgs[0].limits);
     for (bulk, lone) in [(u32::MAX, false), (min, true)] {
         let mut f = Vec::new();
@@ -689,5 +740,98 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
             assert_eq!(logs, 0, "bulks of the master's own size");
         }
     }
-    assert_eq!(net.s(0).stats().oversized_records, 0);
+    assert_eq!(net.s(0).stats().unfit_records, 0);
+}
+
+/// R2, R11: a record whose size the device takes but whose BODY breaks its
+/// limits (a key above its `max_key`, a value above its `max_value`, a
+/// commit of more operations than its `max_txn_ops`: each within its 4 KiB
+/// `max_record`) is never sent to it: its LOG_REQ announces those limits
+/// too (protocol version 6), and the master's answer stops before the
+/// record and counts it in `unfit_records`, as it does a record above the
+/// device's `max_record`. Before, the master sent it, the device refused
+/// it at decode (`dropped_malformed`) and asked again, forever.
+#[test]
+fn r2_r11_a_record_whose_body_breaks_the_requesters_limits_is_counted_not_sent() {
+    let device = Limits::device();
+    let big_key = "k".repeat(device.max_key as usize + 1);
+    let big_value = vec![1u8; device.max_value as usize + 1];
+    let ops_over = device.max_txn_ops as usize + 1;
+    for what in ["key", "value", "operation count"] {
+        let mut net = servers_and_a_device();
+        let storage = net.sites[2].take().unwrap().into_storage();
+        net.down.push(2);
+        let mut unfit = Lsn::ZERO;
+        for k in 0..20 {
+            let key = format!("k{k:02}");
+            if k != 10 {
+                net.commit(&key, &[2u8; 100]);
+            } else {
+                let keys: Vec<String> = (0..ops_over).map(|n| format!("{key}-{n}")).collect();
+                let ops: Vec<Op<'_>> = match what {
+                    "key" => vec![Op::Put {
+                        db: "db",
+                        key: big_key.as_bytes(),
+                        value: b"v",
+                    }],
+                    "value" => vec![Op::Put {
+                        db: "db",
+                        key: key.as_bytes(),
+                        value: &big_value,
+                    }],
+                    _ => keys
+                        .iter()
+                        .map(|k| Op::Put {
+                            db: "db",
+                            key: k.as_bytes(),
+                            value: b"v",
+                        })
+                        .collect(),
+                };
+                let now = net.now;
+                net.site(0)
+                    .commit(now, &ops, Durability::NoSync)
+                    .expect("the master's limits take it");
+                unfit = net.s(0).last_lsn();
+            }
+            net.run(&mut |_| true);
+        }
+        let mark = net.restart(2, storage, &[]);
+        net.run(&mut |_| true);
+        net.advance(Duration::from_secs(3), &mut |_| true);
+        assert!(!net.caught_up(2), "{what}");
+        // Everything before the record, nothing from it on.
+        assert_eq!(
+            net.s(2).store().get("db", b"k09"),
+            Some(&[2u8; 100][..]),
+            "{what}"
+        );
+        assert_eq!(net.s(2).store().get("db", b"k11"), None, "{what}");
+        check_device_frames(&net, mark, 2);
+        let sent_to_device: Vec<Lsn> = net.sent[mark..]
+            .iter()
+            .filter(|s| s.to == 2)
+            .flat_map(|s| s.records.iter().map(|r| r.0))
+            .collect();
+        assert!(
+            !unfit.is_zero() && sent_to_device.iter().all(|l| *l < unfit),
+            "{what}: the record and what follows it never sent"
+        );
+        assert_eq!(
+            net.s(2).stats().dropped_malformed,
+            0,
+            "{what}: nothing refused"
+        );
+        // Counted at every request that met it (the device asks again
+        // with its back-off).
+        let counted = net.s(0).stats().unfit_records;
+        assert!(counted >= 2, "{what}: {counted}");
+        let asked = net.sent[mark..]
+            .iter()
+            .filter(|s| s.from == 2 && s.kind == MessageKind::LogReq)
+            .count() as u64;
+        assert!(counted <= asked, "{what}: {counted} of {asked} requests");
+        // The other client, with the master's limits, has it.
+        assert!(net.caught_up(1), "{what}");
+    }
 }

@@ -24,7 +24,7 @@ use shoal_core::log::{Checkpoint, MemberAction, Membership, NewGeneration, Op, R
 use shoal_core::wire::{
     self, BulkLog, ChannelError, ChannelMsg, DbSummary, Envelope, Flags, ForwardResult,
     ForwardWrite, Handshake, JoinAnswer, JoinReq, JoinResult, LogEntry, Member, Message,
-    MessageKind, Page, RemoveResult, Update, Vote1,
+    MessageKind, Page, RemoveResult, RequesterLimits, Update, Vote1,
 };
 use std::collections::BTreeSet;
 use std::fs;
@@ -40,6 +40,34 @@ fn blessing() -> bool {
 
 /// The LSN every record vector lives at.
 const RECORD_LSN: Lsn = Lsn::new(1, 20);
+
+/// What a `Limits::device()` site announces in its requests.
+const DEVICE_TAKES: RequesterLimits = RequesterLimits {
+    answer_bytes: 8_192,
+    bulk_bytes: 4_096,
+    record_bytes: 4_112,
+    page_bytes: 7_680,
+    max_key: 64,
+    max_value: 512,
+    max_txn_ops: 16,
+};
+
+/// What a `Limits::default()` site announces in its requests.
+const DEFAULT_TAKES: RequesterLimits = RequesterLimits {
+    answer_bytes: 1_048_576,
+    bulk_bytes: 1_048_576,
+    record_bytes: 1_048_592,
+    page_bytes: 1_048_576,
+    max_key: 1_024,
+    max_value: 65_536,
+    max_txn_ops: 1_024,
+};
+
+#[test]
+fn the_requester_limits_in_the_vectors_are_what_sites_announce() {
+    assert_eq!(RequesterLimits::of(&Limits::device()), DEVICE_TAKES);
+    assert_eq!(RequesterLimits::of(&Limits::default()), DEFAULT_TAKES);
+}
 
 fn limits() -> Limits {
     Limits::default()
@@ -305,8 +333,7 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
         client(Flags::ANYWHERE),
         Message::AllReq {
             from: Lsn::new(2, 20),
-            bulk_bytes: 4_096,
-            record_bytes: 4_112,
+            limits: DEVICE_TAKES,
         },
     );
     add(
@@ -331,8 +358,7 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
         Message::LogReq {
             from: Lsn::new(3, 1_100),
             to: Lsn::new(3, 4_096),
-            bulk_bytes: 4_096,
-            record_bytes: 4_112,
+            limits: DEVICE_TAKES,
         },
     );
     add(
@@ -341,8 +367,7 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
         Message::LogReq {
             from: Lsn::new(3, 1_100),
             to: Lsn::ZERO,
-            bulk_bytes: 1_048_576,
-            record_bytes: 1_048_592,
+            limits: DEFAULT_TAKES,
         },
     );
     add(
@@ -437,8 +462,11 @@ fn frame_vectors() -> Vec<(String, Vec<u8>)> {
     add(
         "update_req",
         env(2, 8, 9, Lsn::new(1, 20), Flags::NONE),
-        // A device's page size (S6): max_page_bytes of Limits::device().
-        Message::UpdateReq { page_bytes: 7_680 },
+        // A device's limits (S6: its page size is max_page_bytes of
+        // Limits::device()).
+        Message::UpdateReq {
+            limits: DEVICE_TAKES,
+        },
     );
     let mut databases = heapless::Vec::new();
     for (name, pages) in [("users", 12u32), ("orders", 300), ("sessions", 0)] {
@@ -984,7 +1012,9 @@ fn segment_header_and_meta_bytes_are_as_documented() {
     let f = std::fs::read(golden_dir().join("frames/log_req.bin")).unwrap();
     assert_eq!(
         f,
-        unhex("05 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20 80 20 90 20")
+        unhex(
+            "06 00 02 07 09 03 b0 09 01 05 03 cc 08 03 80 20 80 40 80 20 90 20 80 3c 40 80 04 10"
+        )
     );
     let r = std::fs::read(golden_dir().join("records/commit_empty.bin")).unwrap();
     assert_eq!(

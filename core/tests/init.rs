@@ -18,7 +18,7 @@ use shoal_core::mem::MemStorage;
 use shoal_core::site::{Drop, Event, Role, Site, SNAPSHOT_DB};
 use shoal_core::wire::{
     decode_frame, encode_frame, DbSummary, DecodeError, Envelope, Flags, Message, MessageKind,
-    Page, Update,
+    Page, RequesterLimits, Update,
 };
 use shoal_core::{Instant, Lsn};
 use std::time::Duration;
@@ -37,6 +37,8 @@ struct Sent {
     data: usize,
     /// UPDATE: the snapshot's LSN.
     lsn: Option<Lsn>,
+    /// The frame whose handling sent it.
+    cause: traced::Cause,
 }
 
 type Net = Traced<Sent>;
@@ -48,7 +50,7 @@ fn group(cfgs: Vec<Config>) -> Net {
 }
 
 /// The record of one frame: its type and the page numbers it names.
-fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], _: traced::Cause) -> Sent {
+fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], cause: traced::Cause) -> Sent {
     let (_, msg) = decode_frame(frame, limits).expect("every frame sent decodes");
     let lsn = match &msg {
         Message::Update(u) => Some(u.snapshot_lsn),
@@ -69,6 +71,7 @@ fn describe(limits: &Limits, from: usize, to: usize, frame: &[u8], _: traced::Ca
         page,
         data,
         lsn,
+        cause,
     }
 }
 
@@ -466,7 +469,15 @@ fn s6_bad_initialisation_messages_are_dropped_with_a_reason() {
     let f = net.forge(0, &page(SNAPSHOT_DB, 0, b"x"));
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::Unexpected));
     // Only a master serves initialisations.
-    let f = net.forge(2, &Message::UpdateReq { page_bytes: 4096 });
+    let f = net.forge(
+        2,
+        &Message::UpdateReq {
+            limits: RequesterLimits {
+                page_bytes: 4096,
+                ..RequesterLimits::of(&Limits::default())
+            },
+        },
+    );
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
     let f = net.forge(2, &Message::PageReq { db: "", page: 0 });
     assert_eq!(net.site(1).handle_frame(now, &f), Err(Drop::WrongRole));
@@ -707,6 +718,22 @@ fn s6_a_device_client_of_a_server_master_is_initialised_in_its_page_size() {
         .iter()
         .filter(|s| s.to == 1)
         .all(|s| s.len <= device.max_frame as usize));
+    // Each answer within the answer size the device's UPDATE_REQ announced
+    // (8 KiB, a quarter of its incoming queue: one 7680-byte page), not
+    // the master's own 1 MiB (protocol version 6, R13).
+    let take = shoal_core::wire::max_answer_take(&device);
+    assert_eq!(take, 8192);
+    let mut answers = std::collections::BTreeMap::<u64, usize>::new();
+    for s in net.sent[mark..]
+        .iter()
+        .filter(|s| s.to == 1 && s.kind == MessageKind::Page)
+    {
+        if let Some((1, MessageKind::PageReq, id)) = s.cause {
+            *answers.entry(id).or_default() += s.data;
+        }
+    }
+    assert_eq!(answers.len(), n, "one page per answer: {answers:?}");
+    assert!(answers.values().all(|&b| b <= take), "{answers:?}");
     // It replicates as usual afterwards.
     net.commit("after", b"2");
     assert_eq!(net.s(1).store().get("db", b"after"), Some(&b"2"[..]));
@@ -804,7 +831,12 @@ fn s6_absurd_page_sizes_are_refused_or_clamped_without_panic() {
     let env = common::envelope_of(s1);
     // Built by hand, as a hostile peer could: the encoder refuses them.
     for page_bytes in [0, 1, MIN_PAGE_BYTES - 1] {
-        let msg = Message::UpdateReq { page_bytes };
+        let msg = Message::UpdateReq {
+            limits: RequesterLimits {
+                page_bytes,
+                ..RequesterLimits::of(&Limits::default())
+            },
+        };
         let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
         f = postcard::to_extend(&env, f).unwrap();
         f = postcard::to_extend(&msg, f).unwrap();
@@ -830,7 +862,15 @@ fn s6_absurd_page_sizes_are_refused_or_clamped_without_panic() {
     let f = net.forge(
         1,
         &Message::UpdateReq {
-            page_bytes: u32::MAX,
+            limits: RequesterLimits {
+                answer_bytes: u32::MAX,
+                bulk_bytes: u32::MAX,
+                record_bytes: u32::MAX,
+                page_bytes: u32::MAX,
+                max_key: u32::MAX,
+                max_value: u32::MAX,
+                max_txn_ops: u32::MAX,
+            },
         },
     );
     assert_eq!(net.site(0).handle_frame(now, &f), Ok(()));

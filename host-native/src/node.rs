@@ -780,7 +780,7 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 ("log_requests", stats.log_requests),
                 ("requests_served", stats.requests_served),
                 ("requests_refused", stats.requests_refused),
-                ("oversized_records", stats.oversized_records),
+                ("unfit_records", stats.unfit_records),
                 ("peer_served", stats.peer_served),
                 ("forwards_sent", stats.forwards_sent),
                 ("forwards_served", stats.forwards_served),

@@ -2005,11 +2005,12 @@ mod tests {
         assert!(bch.inbound.try_recv().is_err());
 
         // Another protocol version: the first frame's version field. A
-        // version-3 site (before B4's proofs) and a version-4 one (before
-        // UPDATE_REQ said its page size, S6) are refused the same way.
+        // version-4 site (before UPDATE_REQ said its page size, S6) and a
+        // version-5 one (before log requests said every limit, R11, R13)
+        // are refused the same way.
         let (logs, _g) = Logs::capture();
         let limits = Limits::default();
-        for other in [3, 4, PROTOCOL_VERSION + 1] {
+        for other in [4, 5, PROTOCOL_VERSION + 1] {
             let mut hs = handshake_for("beta", 9, &limits);
             hs[0..2].copy_from_slice(&other.to_le_bytes());
             let before = b.stats().refused;

@@ -96,7 +96,7 @@ fn errors_carry_the_core_message() {
 #[wasm_bindgen_test]
 fn encoders_round_trip_through_the_decoders() {
     // The version FORMAT.md documents (and the golden frames carry).
-    assert_eq!(shoal_wasm::protocol_version(), 5);
+    assert_eq!(shoal_wasm::protocol_version(), 6);
     let hb = shoal_wasm::heartbeat_frame(2, 5).unwrap();
     assert!(shoal_wasm::describe_frame(&hb)
         .unwrap()

@@ -24,4 +24,4 @@ pub mod trace;
 pub use disk::{CrashMode, SimDisk};
 pub use net::{LinkConfig, SimNet};
 pub use rng::Rng;
-pub use sim::{ms, Sim, SimConfig, Start};
+pub use sim::{ms, InqueueStats, Sim, SimConfig, Start};

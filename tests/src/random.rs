@@ -75,6 +75,13 @@ pub struct RunSummary {
     /// That site's log requests since it last opened (its catch-ups and
     /// gap fills, each answered in bulks cut to its size).
     pub small_bulk_requests: u64,
+    /// One site has a device's small incoming queue and body limits at
+    /// the edge of the workload's records (R13, R11).
+    pub small_queue: bool,
+    /// Frames that waited in that site's queue.
+    pub small_queue_queued: u64,
+    /// Frames dropped from that site's queue (re-requested: R13).
+    pub small_queue_dropped: u64,
     /// Channel requests made (W2).
     pub channel_requests: u64,
     /// Of them, answered with a response part (W2).
@@ -387,6 +394,27 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         sim.set_site_config(i, c);
         sum.small_bulk = true;
     }
+    // A third of the seeds give one site a device's incoming queue (R13:
+    // 16 KiB where the others have 256 KiB, taken at 0.25 to 4 bytes per
+    // microsecond, frames past it dropped) and body limits at the edge of
+    // what the workload writes (keys of 8 bytes, values of 160, 3
+    // operations, where the others take 64, 256 and 8): its requests say
+    // so (protocol version 6), so whoever answers it, master or peer (S3),
+    // stops each answer at 4 KiB and checks each record's body against its
+    // limits. A stream of its own keeps the other choices as they were.
+    let mut sq = Rng::fork(seed, 18);
+    let small_queue = sq.chance(330_000).then(|| sq.below(sites as u64) as usize);
+    if let Some(i) = small_queue {
+        let mut c = sim.site_config(i);
+        c.limits.max_inqueue_bytes = 16 * 1024;
+        c.limits.max_key = 8;
+        c.limits.max_value = 160;
+        c.limits.max_txn_ops = 3;
+        sim.set_site_config(i, c);
+        let ns_per_byte = *sq.pick(&[250u64, 1000, 4000]).expect("nonempty");
+        sim.set_inqueue(i, ns_per_byte);
+        sum.small_queue = true;
+    }
     // Half the seeds: every site asks one or two other sites for the log
     // before the master (S3), which also serve while they are clients.
     let mut pr = Rng::fork(seed, 12);
@@ -664,13 +692,19 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
     sum.small_bulk_requests = small_bulk
         .filter(|&i| sim.is_up(i))
         .map_or(0, |i| sim.site(i).stats().log_requests);
-    // Every site takes every record of the group (one max_record for
-    // all): no answer may stop short of a record its requester cannot
-    // take (R11).
+    if let Some(i) = small_queue {
+        let q = sim.inqueue_stats(i);
+        sum.small_queue_queued = q.queued;
+        sum.small_queue_dropped = q.dropped;
+    }
+    // Every site takes every record of the group (one max_record for all,
+    // and the workload's keys, values and operation counts within every
+    // site's limits): no answer may stop short of a record its requester
+    // cannot take (R11).
     for i in sim.up() {
-        let n = sim.site(i).stats().oversized_records;
+        let n = sim.site(i).stats().unfit_records;
         if n > 0 {
-            sim.fail(&format!("s{i} met {n} records too large for a requester"));
+            sim.fail(&format!("s{i} met {n} records a requester cannot take"));
         }
     }
     (sim, sum)

@@ -119,6 +119,46 @@ enum Ev {
         inc: u32,
         lsn: Lsn,
     },
+    /// A site with an incoming queue is free to take its next frame.
+    Take {
+        site: usize,
+        inc: u32,
+    },
+}
+
+/// What a site's incoming queue did (see [`Sim::set_inqueue`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct InqueueStats {
+    /// Frames that waited in the queue.
+    pub queued: u64,
+    /// Frames dropped because the queue was full (R13), as
+    /// `NodeStats::frames_dropped` counts them in a host.
+    pub dropped: u64,
+    /// The most bytes the queue held (each frame charged its length plus
+    /// `FRAME_CHARGE`, as `Node` charges it).
+    pub peak_bytes: usize,
+}
+
+/// A site's incoming queue, modelled on the one `Node::deliver` keeps: a
+/// frame that arrives while the site is busy with an earlier one waits,
+/// bounded by the site's `max_inqueue_bytes`; one that does not fit is
+/// dropped and the site told (`handle_inqueue_full`, once per overflow
+/// episode). The site takes `ns_per_byte` nanoseconds per byte of each
+/// frame (at least a microsecond per frame): a slow device.
+#[derive(Clone, Debug)]
+struct Inqueue {
+    ns_per_byte: u64,
+    busy_until: Instant,
+    frames: std::collections::VecDeque<(usize, Vec<u8>, MsgSum)>,
+    bytes: usize,
+    overflow: bool,
+    stats: InqueueStats,
+}
+
+impl Inqueue {
+    fn cost(&self, len: usize) -> u64 {
+        (len as u64 * self.ns_per_byte).div_ceil(1000).max(1)
+    }
 }
 
 /// One site's seat in the simulator.
@@ -145,6 +185,8 @@ pub(crate) struct Slot {
     /// The dispatch takes requests but does not answer them.
     pub(crate) channel_silent: bool,
     reported: BTreeMap<SiteId, bool>,
+    /// The incoming queue, when the site has one ([`Sim::set_inqueue`]).
+    inq: Option<Inqueue>,
     flush_busy: bool,
     flush_want: Lsn,
     members_len: usize,
@@ -220,6 +262,7 @@ impl Sim {
                     channel_reply: None,
                     channel_silent: false,
                     reported: BTreeMap::new(),
+                    inq: None,
                     flush_busy: false,
                     flush_want: Lsn::ZERO,
                     members_len: 0,
@@ -266,6 +309,106 @@ impl Sim {
             site.set_peers(&peer_refs(&addrs));
         }
         self.slots[i].peers = addrs;
+    }
+
+    /// Give site `i` an incoming queue, as a host has (`Node`): it takes
+    /// `ns_per_byte` nanoseconds per byte of each frame, frames that arrive
+    /// meanwhile wait, and those that would take the queue past the site's
+    /// `max_inqueue_bytes` are dropped (counted in [`Sim::inqueue_stats`])
+    /// and the site is told (INQUEUE_FULL, R13). Without one (the default)
+    /// a site takes every frame the moment it arrives.
+    pub fn set_inqueue(&mut self, i: usize, ns_per_byte: u64) {
+        self.slots[i].inq = Some(Inqueue {
+            ns_per_byte,
+            busy_until: self.now,
+            frames: Default::default(),
+            bytes: 0,
+            overflow: false,
+            stats: InqueueStats::default(),
+        });
+    }
+
+    /// What site `i`'s incoming queue did (across restarts); zeros when it
+    /// has none.
+    pub fn inqueue_stats(&self, i: usize) -> InqueueStats {
+        self.slots[i]
+            .inq
+            .as_ref()
+            .map(|q| q.stats)
+            .unwrap_or_default()
+    }
+
+    /// A frame for `to` arrived: true if the site takes it now; false if
+    /// it waits in the site's incoming queue or is dropped there.
+    fn enqueue(&mut self, from: usize, to: usize, frame: &[u8], msg: MsgSum) -> bool {
+        let now = self.now;
+        let cap = self.slots[to].cfg.limits.max_inqueue_bytes as usize;
+        let inc = self.slots[to].inc;
+        let Some(q) = self.slots[to].inq.as_mut() else {
+            return true;
+        };
+        if q.frames.is_empty() && q.busy_until <= now {
+            q.busy_until = Instant(now.0 + q.cost(frame.len()));
+            return true;
+        }
+        let charge = frame.len() + shoal_core::node::FRAME_CHARGE;
+        if q.bytes + charge > cap {
+            q.stats.dropped += 1;
+            if !q.overflow {
+                q.overflow = true;
+                self.step(
+                    to,
+                    Input::App("host: incoming queue full".into()),
+                    |s, now| {
+                        s.handle_inqueue_full(now);
+                        ((), None)
+                    },
+                );
+            }
+            return false;
+        }
+        if q.frames.is_empty() {
+            self.queue.push(q.busy_until, Ev::Take { site: to, inc });
+        }
+        q.bytes += charge;
+        q.stats.queued += 1;
+        q.stats.peak_bytes = q.stats.peak_bytes.max(q.bytes);
+        q.frames.push_back((from, frame.to_vec(), msg));
+        false
+    }
+
+    /// Site `i` takes the next frame of its incoming queue.
+    fn take_queued(&mut self, i: usize, inc: u32) {
+        if self.slots[i].inc != inc || !self.is_up(i) {
+            return;
+        }
+        let now = self.now;
+        let Some(q) = self.slots[i].inq.as_mut() else {
+            return;
+        };
+        let Some((from, frame, msg)) = q.frames.pop_front() else {
+            return;
+        };
+        q.bytes -= frame.len() + shoal_core::node::FRAME_CHARGE;
+        q.busy_until = Instant(now.0 + q.cost(frame.len()));
+        if q.frames.is_empty() {
+            q.overflow = false;
+        } else {
+            self.queue.push(q.busy_until, Ev::Take { site: i, inc });
+        }
+        self.step(i, Input::Frame { from, msg }, |s, now| {
+            ((), s.handle_frame(now, &frame).err())
+        });
+    }
+
+    /// A crash or restart empties site `i`'s incoming queue.
+    fn clear_inqueue(&mut self, i: usize) {
+        if let Some(q) = self.slots[i].inq.as_mut() {
+            q.frames.clear();
+            q.bytes = 0;
+            q.overflow = false;
+            q.busy_until = self.now;
+        }
     }
 
     /// Site `i`'s configuration (what it opens with).
@@ -757,10 +900,14 @@ impl Sim {
                 {
                     return;
                 }
+                if !self.enqueue(from, to, &frame, msg) {
+                    return;
+                }
                 self.step(to, Input::Frame { from, msg }, |s, now| {
                     ((), s.handle_frame(now, &frame).err())
                 });
             }
+            Ev::Take { site, inc } => self.take_queued(site, inc),
             Ev::FlushDone { site, inc, lsn } => {
                 if self.slots[site].inc != inc || !self.is_up(site) {
                     return;
@@ -1085,6 +1232,8 @@ impl Sim {
         let slot = &mut self.slots[i];
         slot.disk = Some(disk);
         slot.inc += 1;
+        self.clear_inqueue(i);
+        let slot = &mut self.slots[i];
         slot.flush_busy = false;
         slot.flush_want = Lsn::ZERO;
         slot.reported.clear();
@@ -1219,6 +1368,7 @@ impl Sim {
         slot.flush_busy = false;
         slot.flush_want = Lsn::ZERO;
         slot.inc += 1;
+        self.clear_inqueue(i);
         self.conn_dirty = true;
         self.act(
             i,

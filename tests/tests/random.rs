@@ -65,7 +65,7 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
     failed.sort_by_key(|f| f.0);
     let total = |f: fn(&RunSummary) -> u64| ok.iter().map(f).sum::<u64>();
     println!(
-        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), initialisations {} (in {} of {} archiving runs; {} of a site with small pages, in {} of {} runs with one), log requests of a site with small bulks {} (in {} of {} runs with one), fuzzy snapshots {}, channel requests {} ({} answered), promises broken in {} runs",
+        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), initialisations {} (in {} of {} archiving runs; {} of a site with small pages, in {} of {} runs with one), log requests of a site with small bulks {} (in {} of {} runs with one), frames queued by a site with a device's queue {} ({} dropped, in {} of {} runs with one), fuzzy snapshots {}, channel requests {} ({} answered), promises broken in {} runs",
         seeds.len(),
         started.elapsed(),
         ok.len(),
@@ -91,6 +91,10 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
         total(|s| s.small_bulk_requests),
         ok.iter().filter(|s| s.small_bulk_requests > 0).count(),
         ok.iter().filter(|s| s.small_bulk).count(),
+        total(|s| s.small_queue_queued),
+        total(|s| s.small_queue_dropped),
+        ok.iter().filter(|s| s.small_queue_dropped > 0).count(),
+        ok.iter().filter(|s| s.small_queue).count(),
         total(|s| s.fuzzy_snapshots),
         total(|s| s.channel_requests),
         total(|s| s.channel_answered),
@@ -139,6 +143,8 @@ fn random_seeds() {
         assert!(sum(|s| s.small_page_inits) > 0);
         // A site with smaller bulks than the others send caught up (R11).
         assert!(sum(|s| s.small_bulk_requests) > 0);
+        // A site with a device's incoming queue took frames through it.
+        assert!(sum(|s| s.small_queue_queued) > 0);
         // Checkpoint snapshots were built in steps while records applied
         // (R8), then reopened, rolled back and crashed like the rest.
         assert!(sum(|s| s.fuzzy_snapshots) > 0);

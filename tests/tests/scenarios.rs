@@ -843,6 +843,59 @@ fn r13_log_more_when_a_catch_up_exceeds_the_answer_cap() {
     assert!(requests > more, "one request per piece");
 }
 
+/// R13, R11, S3: a device client (`Limits::device()`: a 32 KiB incoming
+/// queue, and a host that takes its frames at 4 bytes per microsecond)
+/// that fell far behind a master with default limits catches up with no
+/// frame dropped from its incoming queue. Its log requests say how much
+/// answer it takes (8 KiB: a quarter of its queue), and the master stops
+/// each answer there, LOG_MORE ahead, where it used to send up to its own
+/// 1 MiB at once: the device's host dropped most of it (INQUEUE_FULL) and
+/// the device asked again, progressing slowly.
+#[test]
+fn r13_a_device_behind_a_default_master_catches_up_without_inqueue_overflow() {
+    let name = "r13_a_device_behind_a_default_master_catches_up_without_inqueue_overflow";
+    let mut sim = sim(name, 3, Config::default());
+    let mut device = sim.site_config(2);
+    device.limits = shoal_core::config::Limits::device();
+    sim.set_site_config(2, device);
+    sim.set_inqueue(2, 250);
+    sim.start_group();
+    sim.run_for(ms(50));
+    sim.crash(2, CrashMode::Clean);
+    // About 130 KiB of log: four device queues' worth.
+    for k in 0..600 {
+        sim.write_with(0, &format!("k{k:04}"), &"x".repeat(200), Durability::NoSync);
+    }
+    let from = sim.steps() as usize;
+    sim.restart(2, Start::Client);
+    // A few writes while it catches up: live traffic shares its queue.
+    for k in 0..10 {
+        sim.write_with(0, &format!("live{k}"), "y", Durability::NoSync);
+        sim.run_for(ms(5));
+    }
+    sim.run_until_true(ms(30_000), "the device caught up", |s| s.converged());
+    let q = sim.inqueue_stats(2);
+    assert_eq!(
+        q.dropped, 0,
+        "frames dropped from the device's queue: {q:?}"
+    );
+    assert!(q.queued > 0, "the device's queue was used: {q:?}");
+    assert!(
+        !has_event(&sim, 2, |e| matches!(e, Event::InqueueFull)),
+        "no INQUEUE_FULL"
+    );
+    let more = sim
+        .trace()
+        .steps()
+        .skip(from)
+        .filter(|st| st.site == 0)
+        .flat_map(|st| st.outputs.iter())
+        .filter(|o| matches!(o, trace::Out::Send { to: Some(2), msg, .. } if msg.kind == Some(MessageKind::LogMore)))
+        .count();
+    // About 130 KiB in answers of at most 8 KiB.
+    assert!(more >= 12, "{more} LOG_MORE");
+}
+
 // ----- the checker itself ------------------------------------------------------------
 
 /// The checker catches a lost permanent commit: an operator who promotes a

@@ -290,17 +290,15 @@ impl<S: Storage> Site<S> {
         self.send(dest, flags, &msg);
     }
 
-    /// LOG_REQ for `from..to`, announcing the largest bulk and record this
-    /// site's limits take, so an answerer with larger limits (a server
-    /// master, or a peer, serving a device) cuts its answer to fit them.
+    /// LOG_REQ for `from..to`, announcing what this site's limits take
+    /// (answer, bulk and record sizes, key, value and operation count), so
+    /// an answerer with larger limits (a server master, or a peer, serving
+    /// a device) cuts its answer to fit them.
     fn log_req(&self, from: Lsn, to: Lsn) -> Message<'static> {
-        let limits = &self.cfg.limits;
-        let size = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Message::LogReq {
             from,
             to,
-            bulk_bytes: size(crate::wire::max_bulk_bytes(limits)),
-            record_bytes: size(crate::wire::max_record_bytes(limits)),
+            limits: crate::wire::RequesterLimits::of(&self.cfg.limits),
         }
     }
 

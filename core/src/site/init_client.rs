@@ -3,8 +3,10 @@
 //!
 //! 1. **Asked.** UPDATE_REQ to the master, re-sent with the re-request
 //!    back-off (R13) until UPDATE comes. It says the largest page this
-//!    site takes (its own `max_page_bytes`), so a master with larger
-//!    frames cuts the snapshot to fit this site's.
+//!    site takes (its own `max_page_bytes`) and how much answer (its
+//!    `max_answer_take`), so a master with larger frames cuts the
+//!    snapshot to fit this site's, and its answers to fit its incoming
+//!    queue.
 //! 2. **Pages.** The UPDATE fixes F, S and the page count; pages are asked
 //!    for with PAGE_REQ and taken in order into memory, at most
 //!    `max_init_bytes`. A page after a gap is dropped and the gap asked for
@@ -140,10 +142,11 @@ impl<S: Storage> Site<S> {
         u32::try_from(crate::wire::max_page_bytes(&self.cfg.limits)).unwrap_or(u32::MAX)
     }
 
-    /// UPDATE_REQ, announcing the pages this site takes.
+    /// UPDATE_REQ, announcing what this site takes: its page size (the
+    /// same as `init_page_bytes`) and answer size.
     fn update_req(&self) -> Message<'static> {
         Message::UpdateReq {
-            page_bytes: self.init_page_bytes(),
+            limits: crate::wire::RequesterLimits::of(&self.cfg.limits),
         }
     }
 

@@ -19,7 +19,9 @@
 //! snapshot at once in pages of different sizes, each told its own page
 //! count n. A request for pages below [`crate::wire::MIN_PAGE_BYTES`]
 //! never gets here: it does not decode. PAGE_REQ is answered with pages up
-//! to `max_answer_bytes`, PAGE_MORE ahead of them when more remain.
+//! to the smaller of `max_answer_bytes` and the answer size the client's
+//! UPDATE_REQ announced (protocol version 6: what its incoming queue
+//! takes), PAGE_MORE ahead of them when more remain.
 //!
 //! Memory: one encoded snapshot at most, kept while clients fetch it and
 //! dropped after [`Site::init_idle`] without a request, or when this site
@@ -33,7 +35,7 @@
 //! [`snapshot`]: crate::snapshot
 
 use super::*;
-use crate::wire::{DbSummary, Page, Update};
+use crate::wire::{DbSummary, Page, RequesterLimits, Update};
 use core::time::Duration;
 
 /// The name under which the store snapshot travels in UPDATE and PAGE
@@ -51,8 +53,8 @@ pub(super) struct Serving {
     /// The encoded snapshot.
     bytes: Vec<u8>,
     /// Sites that asked for this snapshot (at most `max_sites`), each with
-    /// the bytes per page it is served (at least 1).
-    clients: Vec<(SiteId, usize)>,
+    /// what it is served.
+    clients: Vec<(SiteId, Cut)>,
     /// Of those, the ones still owed their UPDATE (sent once S is durable).
     owed: Vec<SiteId>,
     /// Last request for it.
@@ -73,13 +75,23 @@ impl Serving {
         self.bytes.get(start..end).unwrap_or_default()
     }
 
-    /// The page size `site` is served, if it asked for this snapshot.
-    fn page_of(&self, site: SiteId) -> Option<usize> {
+    /// How `site` is served, if it asked for this snapshot.
+    fn cut_of(&self, site: SiteId) -> Option<Cut> {
         self.clients
             .iter()
             .find(|(id, _)| *id == site)
-            .map(|(_, size)| *size)
+            .map(|(_, cut)| *cut)
     }
+}
+
+/// How one client is served the snapshot: the smaller of what its
+/// UPDATE_REQ announced and this master's own limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Cut {
+    /// Bytes per page (at least 1).
+    page: usize,
+    /// Most bytes of pages in one answer (at least one page is sent).
+    answer: usize,
 }
 
 impl<S: Storage> Site<S> {
@@ -116,18 +128,27 @@ impl<S: Storage> Site<S> {
         self.serving.as_mut()
     }
 
-    /// The page size a client that takes pages of up to `announced` bytes
-    /// is served: the smaller of that and this master's own, never 0.
-    fn page_for(&self, announced: u32) -> usize {
-        crate::wire::max_page_bytes(&self.cfg.limits)
-            .min(usize::try_from(announced).unwrap_or(usize::MAX))
-            .max(1)
+    /// How a client that announced `r` is served: pages and answers of
+    /// the smaller of its sizes and this master's own, never 0.
+    fn cut_for(&self, r: &RequesterLimits) -> Cut {
+        let size = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let own = &self.cfg.limits;
+        Cut {
+            page: crate::wire::max_page_bytes(own)
+                .min(size(r.page_bytes))
+                .max(1),
+            answer: (own.max_answer_bytes as usize).min(size(r.answer_bytes)),
+        }
     }
 
-    /// UPDATE_REQ: a client needs the whole database, in pages of at most
-    /// `page_bytes`. Only the master serves it (S3's client-to-client
-    /// service is for logs).
-    pub(super) fn on_update_req(&mut self, env: &Envelope, page_bytes: u32) -> Result<(), Drop> {
+    /// UPDATE_REQ: a client needs the whole database, in pages and answers
+    /// its announced limits `r` take. Only the master serves it (S3's
+    /// client-to-client service is for logs).
+    pub(super) fn on_update_req(
+        &mut self,
+        env: &Envelope,
+        r: &RequesterLimits,
+    ) -> Result<(), Drop> {
         if self.role != Role::Master {
             return Err(Drop::WrongRole);
         }
@@ -136,7 +157,7 @@ impl<S: Storage> Site<S> {
         }
         let now = self.now;
         let max_sites = self.cfg.limits.max_sites as usize;
-        let size = self.page_for(page_bytes);
+        let cut = self.cut_for(r);
         let fresh = self.usable_serving().is_none();
         if fresh && !self.take_serving() {
             return Ok(());
@@ -148,13 +169,13 @@ impl<S: Storage> Site<S> {
         // A client asking again (its UPDATE was lost, or it restarted with
         // other limits) is served in the size it asks for now.
         if let Some(c) = s.clients.iter_mut().find(|(id, _)| *id == env.from) {
-            c.1 = size;
+            c.1 = cut;
         } else {
             if s.clients.len() >= max_sites && !s.clients.is_empty() {
                 let (gone, _) = s.clients.remove(0);
                 s.owed.retain(|id| *id != gone);
             }
-            s.clients.push((env.from, size));
+            s.clients.push((env.from, cut));
         }
         if !s.owed.contains(&env.from) {
             s.owed.push(env.from);
@@ -182,7 +203,7 @@ impl<S: Storage> Site<S> {
         let (first, lsn) = (s.first, s.lsn);
         let sends: Vec<(SiteId, u32)> = owed
             .into_iter()
-            .filter_map(|id| s.page_of(id).map(|size| (id, s.pages(size))))
+            .filter_map(|id| s.cut_of(id).map(|cut| (id, s.pages(cut.page))))
             .collect();
         for (to, pages) in sends {
             let mut databases = heapless::Vec::new();
@@ -221,8 +242,9 @@ impl<S: Storage> Site<S> {
     }
 
     /// PAGE_REQ: pages of the served snapshot from `page` on, in the
-    /// requester's page size, at most `max_answer_bytes` of them (at least
-    /// one), PAGE_MORE first when more remain. PAGE_FAIL when the
+    /// requester's page size, at most the smaller of `max_answer_bytes`
+    /// and its announced answer size of them (at least one), PAGE_MORE
+    /// first when more remain. PAGE_FAIL when the
     /// requester's snapshot is gone.
     pub(super) fn on_page_req(&mut self, env: &Envelope, db: &str, page: u32) -> Result<(), Drop> {
         if self.role != Role::Master {
@@ -232,14 +254,17 @@ impl<S: Storage> Site<S> {
             return Err(Drop::Stale);
         }
         let now = self.now;
-        let budget = self.cfg.limits.max_answer_bytes as usize;
-        let size = if db == SNAPSHOT_DB {
+        let cut = if db == SNAPSHOT_DB {
             self.usable_serving()
-                .and_then(|s| s.page_of(env.from).filter(|&size| page < s.pages(size)))
+                .and_then(|s| s.cut_of(env.from).filter(|c| page < s.pages(c.page)))
         } else {
             None
         };
-        let Some(size) = size else {
+        let Some(Cut {
+            page: size,
+            answer: budget,
+        }) = cut
+        else {
             self.send(env.from, Flags::NONE, &Message::PageFail { db, page });
             return Ok(());
         };

@@ -4,9 +4,11 @@
 
 use super::acks::{self, GroupShape};
 use super::*;
-use crate::config::Durability;
+use crate::config::{Durability, Limits};
 use crate::log::{Checkpoint, MemberAction, Op, RecordError};
-use crate::wire::{JoinAnswer, JoinReq, JoinResult, LogEntry, Member as WireMember};
+use crate::wire::{
+    JoinAnswer, JoinReq, JoinResult, LogEntry, Member as WireMember, RequesterLimits,
+};
 
 /// Does `policy` count the master itself as one of the commit's holders?
 fn counts_master(policy: crate::config::AckPolicy, shape: &GroupShape) -> bool {
@@ -39,23 +41,44 @@ fn entry_size(e: &IndexEntry, prev: Lsn) -> usize {
 }
 
 /// What a log requester takes, as its LOG_REQ / ALL_REQ announced
-/// (protocol version 5): the answer is cut to fit its limits, which may be
-/// far smaller than the answerer's (a device under a server master).
+/// (protocol version 6, [`RequesterLimits`]), bounded by this site's own
+/// limits: the answer is cut to fit the requester, whose limits may be far
+/// smaller than the answerer's (a device under a server master).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Fit {
+    /// The most bytes of entries in one answer (at least one record).
+    pub answer: usize,
     /// The most bytes of entries in one BULK_LOG.
     pub bulk: usize,
     /// The largest record, header included.
     pub record: usize,
+    /// The limits a record's body must keep to (this site's own with the
+    /// requester's `max_key`, `max_value` and `max_txn_ops` where those
+    /// are smaller), or `None` when every record of this log keeps to the
+    /// requester's anyway (its limits are not below this site's).
+    pub body: Option<Limits>,
 }
 
 impl Fit {
-    /// From the announced sizes (at least `MIN_BULK_BYTES` each: smaller
-    /// ones do not decode).
-    pub fn new(bulk_bytes: u32, record_bytes: u32) -> Fit {
+    /// From the requester's announced limits (each at least
+    /// [`RequesterLimits::MIN`]: smaller ones do not decode) and this
+    /// site's own.
+    pub fn new(own: &Limits, r: &RequesterLimits) -> Fit {
+        let size = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let smaller = r.max_key < own.max_key
+            || r.max_value < own.max_value
+            || r.max_txn_ops < own.max_txn_ops;
+        let body = smaller.then(|| Limits {
+            max_key: own.max_key.min(r.max_key),
+            max_value: own.max_value.min(r.max_value),
+            max_txn_ops: own.max_txn_ops.min(r.max_txn_ops),
+            ..*own
+        });
         Fit {
-            bulk: bulk_bytes as usize,
-            record: record_bytes as usize,
+            answer: (own.max_answer_bytes as usize).min(size(r.answer_bytes)),
+            bulk: crate::wire::max_bulk_bytes(own).min(size(r.bulk_bytes)),
+            record: size(r.record_bytes),
+            body,
         }
     }
 }
@@ -427,8 +450,9 @@ impl<S: Storage> Site<S> {
     }
 
     /// Answer a LOG_REQ / ALL_REQ: records from `from` up to `to` (zero =
-    /// the end), at most `max_answer_bytes`, then LOG_MORE (R13), in
-    /// frames the requester takes (`fit`).
+    /// the end), at most the smaller of `max_answer_bytes` and the
+    /// requester's answer size, then LOG_MORE (R13), in frames and records
+    /// the requester takes (`fit`).
     pub(super) fn serve_log(
         &mut self,
         env: &Envelope,
@@ -476,10 +500,11 @@ impl<S: Storage> Site<S> {
         mark: Flags,
         fit: Fit,
     ) {
-        // The records this answer carries: at most `max_answer_bytes` as
-        // encoded entries (so a bulk as large as the answer cap holds the
-        // whole answer), at least one record, stopping before `to`.
-        let cap = self.cfg.limits.max_answer_bytes as usize;
+        // The records this answer carries: at most the smaller of
+        // `max_answer_bytes` and the requester's answer size as encoded
+        // entries (so a bulk as large as the answer cap holds the whole
+        // answer), at least one record, stopping before `to`.
+        let cap = fit.answer;
         let mut end = start;
         let mut bytes = 0usize;
         while let Some(e) = self.index.get(end) {
@@ -511,13 +536,15 @@ impl<S: Storage> Site<S> {
 
     /// Encode the records at index positions `start..end` for the wire:
     /// BULK_LOG frames of up to min(this site's `wire::max_bulk_bytes`, the
-    /// requester's announced `fit.bulk`) bytes of entries (R11), and a lone
-    /// LOG for a record too big for one: a record the requester takes at
-    /// all (up to `fit.record`) fits its `max_frame` as a LOG, since its
-    /// `Limits::validate` makes room for one. A record above `fit.record`
-    /// cannot reach the requester in any frame: the answer stops before
-    /// it and `Stats::oversized_records` counts it, rather than send, on
-    /// every re-request, a frame the requester must refuse. The records
+    /// requester's announced `bulk_bytes`) bytes of entries (`fit.bulk`,
+    /// R11), and a lone LOG for a record too big for one: a record the
+    /// requester takes at all (up to `fit.record`) fits its `max_frame` as
+    /// a LOG, since its `Limits::validate` makes room for one. A record
+    /// above `fit.record`, or whose body breaks the requester's `max_key`,
+    /// `max_value` or `max_txn_ops` (`fit.body`), cannot be taken by the
+    /// requester in any frame: the answer stops before it and
+    /// `Stats::unfit_records` counts it, rather than send, on every
+    /// re-request, a frame the requester must refuse. The records
     /// are read from storage a contiguous run at a time, and each is
     /// checked (length, checksum) before it is sent; the answer stops at
     /// the first that fails. Returns each frame with the index position of
@@ -530,7 +557,7 @@ impl<S: Storage> Site<S> {
         fit: Fit,
     ) -> Vec<(Vec<u8>, usize)> {
         let limits = self.cfg.limits;
-        let bulk_cap = crate::wire::max_bulk_bytes(&limits).min(fit.bulk);
+        let bulk_cap = fit.bulk;
         let mut frames: Vec<(Vec<u8>, usize)> = Vec::new();
         let mut read = core::mem::take(&mut self.read_buf);
         let mut bulk = core::mem::take(&mut self.bulk_buf);
@@ -560,15 +587,29 @@ impl<S: Storage> Site<S> {
                     // Above the requester's max_record: nothing can carry
                     // it there (a group's records must fit every member's
                     // limits). Say so, once per request.
-                    self.stats.oversized_records += 1;
+                    self.stats.unfit_records += 1;
                     break 'runs;
                 }
                 let Some(record) = read.get(off..off + len).filter(|_| off + len <= n) else {
                     break 'runs;
                 };
-                match crate::log::RecordView::parse(record, e.lsn, &limits) {
-                    Ok(v) if v.bytes.len() == len => {}
+                let view = match crate::log::RecordView::parse(record, e.lsn, &limits) {
+                    Ok(v) if v.bytes.len() == len => v,
                     _ => break 'runs,
+                };
+                if let Some(body) = &fit.body {
+                    // The requester's key, value or operation count limit
+                    // is below this site's: a record that breaks it would
+                    // be refused there (BadRecord) at every re-request.
+                    // Not sent, and counted like an oversized record.
+                    match view.decode(body) {
+                        Ok(_) => {}
+                        Err(RecordError::LimitExceeded(_)) => {
+                            self.stats.unfit_records += 1;
+                            break 'runs;
+                        }
+                        Err(_) => break 'runs,
+                    }
                 }
                 let prev = i.checked_sub(1).map_or(Lsn::ZERO, |p| self.index[p].lsn);
                 let entry = LogEntry {

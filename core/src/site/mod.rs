@@ -180,11 +180,13 @@ pub struct Stats {
     pub requests_refused: u64,
     /// Log requests answered short of a record the requester cannot take:
     /// one larger than the `record_bytes` its LOG_REQ announced (its
-    /// `max_record`). No frame can carry such a record there, so the answer
-    /// stops before it instead of sending, at every re-request, a frame the
-    /// requester must refuse. Nonzero means a member's limits are smaller
-    /// than the group's records: it cannot catch up past them (R2, R11).
-    pub oversized_records: u64,
+    /// `max_record`), or whose key, value or operation count is above the
+    /// `max_key`, `max_value` or `max_txn_ops` it announced. The requester
+    /// would refuse such a record in any frame, so the answer stops before
+    /// it instead of sending, at every re-request, a frame that can never
+    /// be taken. Nonzero means a member's limits are smaller than the
+    /// group's records: it cannot catch up past them (R2, R11).
+    pub unfit_records: u64,
     /// Sends dropped because the output queue was full.
     pub sends_dropped: u64,
     /// Commits answered.
@@ -1783,22 +1785,19 @@ impl<S: Storage> Site<S> {
             Message::Log(e) => self.on_log(env, e),
             Message::BulkLog(b) => self.on_bulk_log(env, b),
             Message::LogMore { next } => self.on_log_more(env, *next),
-            Message::LogReq {
-                from,
-                to,
-                bulk_bytes,
-                record_bytes,
-            } => self.serve_log(env, *from, *to, Fit::new(*bulk_bytes, *record_bytes)),
-            Message::AllReq {
-                from,
-                bulk_bytes,
-                record_bytes,
-            } => self.serve_log(env, *from, Lsn::ZERO, Fit::new(*bulk_bytes, *record_bytes)),
+            Message::LogReq { from, to, limits } => {
+                let fit = Fit::new(&self.cfg.limits, limits);
+                self.serve_log(env, *from, *to, fit)
+            }
+            Message::AllReq { from, limits } => {
+                let fit = Fit::new(&self.cfg.limits, limits);
+                self.serve_log(env, *from, Lsn::ZERO, fit)
+            }
             Message::Rerequest { lsn } => self.on_rerequest(env, *lsn),
             Message::VerifyReq { lsn } => self.serve_verify(env, *lsn),
             Message::Verify(e) => self.on_verify(env, Some(e)),
             Message::VerifyFail { lsn } => self.on_verify_fail(env, *lsn),
-            Message::UpdateReq { page_bytes } => self.on_update_req(env, *page_bytes),
+            Message::UpdateReq { limits } => self.on_update_req(env, limits),
             Message::Update(u) => self.on_update(env, u),
             Message::PageReq { db, page } => self.on_page_req(env, db, *page),
             Message::Page(p) => self.on_page(env, p),

@@ -80,6 +80,89 @@ impl<'a> Iterator for BulkIter<'a> {
     }
 }
 
+/// What the sender of a log or snapshot request (LOG_REQ, ALL_REQ,
+/// UPDATE_REQ) takes: the limits of its own that an answer must respect,
+/// which may be far smaller than the answerer's (a device under a server
+/// master, S3, S6, R2, R11). Built by [`RequesterLimits::of`]; a request
+/// announcing a value below [`RequesterLimits::MIN`] does not decode
+/// ([`DecodeError::BelowMinimum`](crate::wire::DecodeError::BelowMinimum)).
+/// Values above the answerer's own limits are served at its own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RequesterLimits {
+    /// The most bytes of records (or snapshot pages) one answer may carry
+    /// before LOG_MORE / PAGE_MORE, at least one record or page:
+    /// [`max_answer_take`](crate::wire::max_answer_take), its own
+    /// `max_answer_bytes` but at most a quarter of its `max_inqueue_bytes`,
+    /// so an answer and the next part asked for ahead of it fit its host's
+    /// incoming queue with room to spare.
+    pub answer_bytes: u32,
+    /// The largest BULK_LOG payload (bytes of entries):
+    /// [`max_bulk_bytes`](crate::wire::max_bulk_bytes).
+    pub bulk_bytes: u32,
+    /// The largest log record, header included:
+    /// [`max_record_bytes`](crate::wire::max_record_bytes). A record above
+    /// it is not sent: the requester would refuse it in any frame.
+    pub record_bytes: u32,
+    /// The largest snapshot page:
+    /// [`max_page_bytes`](crate::wire::max_page_bytes).
+    pub page_bytes: u32,
+    /// Its `Limits::max_key`: a record with a longer key is not sent.
+    pub max_key: u32,
+    /// Its `Limits::max_value`: a record with a longer value is not sent.
+    pub max_value: u32,
+    /// Its `Limits::max_txn_ops`: a commit of more operations is not sent.
+    pub max_txn_ops: u32,
+}
+
+impl RequesterLimits {
+    /// The smallest value each field may announce, in field order: 64
+    /// bytes for the sizes ([`MIN_BULK_BYTES`](crate::wire::MIN_BULK_BYTES),
+    /// [`MIN_PAGE_BYTES`](crate::wire::MIN_PAGE_BYTES)), 1 for the body
+    /// limits (`Limits::validate` refuses zero). No valid site announces
+    /// less, and no peer can make a site cut its answers into pieces of a
+    /// few bytes.
+    pub const MIN: RequesterLimits = RequesterLimits {
+        answer_bytes: crate::wire::MIN_BULK_BYTES,
+        bulk_bytes: crate::wire::MIN_BULK_BYTES,
+        record_bytes: crate::wire::MIN_BULK_BYTES,
+        page_bytes: crate::wire::MIN_PAGE_BYTES,
+        max_key: 1,
+        max_value: 1,
+        max_txn_ops: 1,
+    };
+
+    /// What a site with these limits takes.
+    pub fn of(limits: &crate::config::Limits) -> RequesterLimits {
+        let size = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        RequesterLimits {
+            answer_bytes: size(crate::wire::max_answer_take(limits)),
+            bulk_bytes: size(crate::wire::max_bulk_bytes(limits)),
+            record_bytes: size(crate::wire::max_record_bytes(limits)),
+            page_bytes: size(crate::wire::max_page_bytes(limits)),
+            max_key: limits.max_key,
+            max_value: limits.max_value,
+            max_txn_ops: limits.max_txn_ops,
+        }
+    }
+
+    /// The first field below [`RequesterLimits::MIN`], by name.
+    pub fn below_minimum(&self) -> Option<&'static str> {
+        let m = Self::MIN;
+        [
+            (self.answer_bytes, m.answer_bytes, "answer size"),
+            (self.bulk_bytes, m.bulk_bytes, "bulk size"),
+            (self.record_bytes, m.record_bytes, "record size"),
+            (self.page_bytes, m.page_bytes, "page size"),
+            (self.max_key, m.max_key, "key size"),
+            (self.max_value, m.max_value, "value size"),
+            (self.max_txn_ops, m.max_txn_ops, "operation count"),
+        ]
+        .into_iter()
+        .find(|(v, min, _)| v < min)
+        .map(|(_, _, what)| what)
+    }
+}
+
 /// First-phase vote (E1): what a site knows, so every site can rank it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Vote1 {
@@ -275,16 +358,12 @@ pub enum Message<'a> {
     Alive,
     /// 1: Are you there? (asks for ALIVE).
     AliveReq,
-    /// 2: Send me every record from `from` on, in frames my limits take.
+    /// 2: Send me every record from `from` on, within my limits.
     AllReq {
         /// First LSN wanted.
         from: Lsn,
-        /// The largest BULK_LOG payload the requester takes (see
-        /// [`LogReq`](Message::LogReq)).
-        bulk_bytes: u32,
-        /// The largest log record the requester takes (see
-        /// [`LogReq`](Message::LogReq)).
-        record_bytes: u32,
+        /// What the requester takes (see [`RequesterLimits`]).
+        limits: RequesterLimits,
     },
     /// 3: One log record.
     #[serde(borrow)]
@@ -301,16 +380,10 @@ pub enum Message<'a> {
         from: Lsn,
         /// End of the range, exclusive.
         to: Lsn,
-        /// The largest BULK_LOG payload (bytes of entries) the requester
-        /// takes: its own [`max_bulk_bytes`](crate::wire::max_bulk_bytes),
-        /// at least [`MIN_BULK_BYTES`](crate::wire::MIN_BULK_BYTES). The
-        /// answer's bulks are no larger (protocol version 5), so a client
-        /// with smaller frames than its master's (a device) can catch up.
-        bulk_bytes: u32,
-        /// The largest log record, header included, the requester takes:
-        /// its own [`max_record_bytes`](crate::wire::max_record_bytes). A
-        /// record above it is not sent: the requester would refuse it.
-        record_bytes: u32,
+        /// What the requester takes: the answer is cut to fit it
+        /// (protocol version 6), so a client with smaller limits than its
+        /// master's (a device) can catch up. See [`RequesterLimits`].
+        limits: RequesterLimits,
     },
     /// 6: Several log records (R11).
     BulkLog(BulkLog<'a>),
@@ -360,14 +433,14 @@ pub enum Message<'a> {
         /// The first LSN that was asked for.
         lsn: Lsn,
     },
-    /// 21: Start internal initialisation for me (S6), in pages of at most
-    /// `page_bytes`.
+    /// 21: Start internal initialisation for me (S6), in pages and
+    /// answers my limits take.
     UpdateReq {
-        /// The largest snapshot page the requester takes: its own
-        /// [`max_page_bytes`](crate::wire::max_page_bytes), at least
-        /// [`MIN_PAGE_BYTES`](crate::wire::MIN_PAGE_BYTES). The master
-        /// serves it pages of no more than that (protocol version 5).
-        page_bytes: u32,
+        /// What the requester takes: the master serves it pages of at most
+        /// `limits.page_bytes` and answers of at most
+        /// `limits.answer_bytes` (protocol version 6). See
+        /// [`RequesterLimits`].
+        limits: RequesterLimits,
     },
     /// 22: The snapshot you will receive.
     Update(Update<'a>),

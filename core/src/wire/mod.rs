@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. A frame of another version is
 /// refused with [`DecodeError::BadVersion`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Longest nonce a HANDSHAKE may carry (B4).
 pub const MAX_HANDSHAKE_NONCE: usize = 64;
@@ -41,11 +41,12 @@ pub const MAX_HANDSHAKE_MAC: usize = 64;
 /// [`max_page_bytes`] at or above it.
 pub const MIN_PAGE_BYTES: u32 = 64;
 
-/// The smallest BULK_LOG payload (and largest record) a LOG_REQ or ALL_REQ
-/// may announce (R11, S3): an entry's two LSNs and its length (at most 25
-/// bytes of varints) and a record's 16-byte header fit in it. A request
-/// announcing less is refused ([`DecodeError::BelowMinimum`]), so no peer
-/// can make a site cut its answer into bulks of a few bytes each.
+/// The smallest answer, BULK_LOG payload and largest record a request's
+/// [`RequesterLimits`] may announce (R11, R13, S3): an entry's two LSNs and
+/// its length (at most 25 bytes of varints) and a record's 16-byte header
+/// fit in it. A request announcing less is refused
+/// ([`DecodeError::BelowMinimum`]), so no peer can make a site cut its
+/// answer into bulks of a few bytes each.
 /// [`Limits::validate`] keeps every site's own [`max_bulk_bytes`] at or
 /// above it ([`max_record_bytes`] always is).
 pub const MIN_BULK_BYTES: u32 = 64;
@@ -362,6 +363,20 @@ pub fn max_bulk_bytes(limits: &Limits) -> usize {
     (limits.max_bulk_bytes as usize).min((limits.max_frame as usize).saturating_sub(FRAME_OVERHEAD))
 }
 
+/// The most bytes of records (or snapshot pages) a site with these limits
+/// takes in answer to one of its requests (R13): its own
+/// `Limits::max_answer_bytes`, but at most a quarter of its
+/// `Limits::max_inqueue_bytes`. A requester asks for the next part as soon
+/// as LOG_MORE (or PAGE_MORE) arrives, ahead of the answer's records, so
+/// two answers may be in its host's incoming queue at once, besides the
+/// live traffic and each frame's overhead: a quarter leaves room for all
+/// of it. A site announces it in its requests ([`RequesterLimits`]), and
+/// the answerer stops each answer at the smaller of it and its own
+/// `max_answer_bytes` (at least one record or page).
+pub fn max_answer_take(limits: &Limits) -> usize {
+    (limits.max_answer_bytes as usize).min(limits.max_inqueue_bytes as usize / 4)
+}
+
 /// The largest log record, header included, a LOG, VERIFY or BULK_LOG
 /// entry may carry to a site with these limits (`Limits::max_record` of
 /// body). `Limits::validate` makes sure a LOG of it fits `max_frame`.
@@ -405,25 +420,12 @@ pub fn validate(env: &Envelope, msg: &Message<'_>, limits: &Limits) -> Result<()
                 db(d.name)?;
             }
         }
-        Message::LogReq {
-            bulk_bytes,
-            record_bytes,
-            ..
-        }
-        | Message::AllReq {
-            bulk_bytes,
-            record_bytes,
-            ..
-        } => {
-            if *bulk_bytes < MIN_BULK_BYTES {
-                return Err(DecodeError::BelowMinimum("bulk size"));
+        Message::LogReq { limits: r, .. }
+        | Message::AllReq { limits: r, .. }
+        | Message::UpdateReq { limits: r } => {
+            if let Some(what) = r.below_minimum() {
+                return Err(DecodeError::BelowMinimum(what));
             }
-            if *record_bytes < MIN_BULK_BYTES {
-                return Err(DecodeError::BelowMinimum("record size"));
-            }
-        }
-        Message::UpdateReq { page_bytes } if *page_bytes < MIN_PAGE_BYTES => {
-            return Err(DecodeError::BelowMinimum("page size"));
         }
         Message::PageReq { db: d, .. }
         | Message::PageMore { db: d, .. }
