@@ -277,6 +277,19 @@ pub fn encode(lsn: Lsn, generation: Generation, store: &Store, members: &Members
     b.finish(lsn, generation)
 }
 
+/// Encode a decoded snapshot again, with its start and end records as
+/// they were (a partial view keeps only its databases of a master's, R12).
+pub fn encode_spanning(snap: &Snapshot) -> Vec<u8> {
+    let mut b = SnapshotBuilder::with_capacity(
+        snap.lsn,
+        snap.generation,
+        &snap.members,
+        capacity_for(&snap.store),
+    );
+    while !b.step(&snap.store, usize::MAX) {}
+    b.finish(snap.end, snap.end_generation)
+}
+
 /// Decode and check a snapshot.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     if bytes.len() < 5 {

@@ -198,7 +198,7 @@ impl World {
         let nodes: Vec<Rc<TestNode>> = (0..n)
             .map(|i| {
                 let site = Site::open(
-                    cfg,
+                    cfg.clone(),
                     &format!("s{i}"),
                     MemStorage::new(16 << 20),
                     clock.now(),

@@ -353,7 +353,7 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
     if sites >= 3 && Rng::fork(seed, 11).chance(200_000) {
         let unelectable = Config {
             priority: 0,
-            ..sim.cfg.site
+            ..sim.cfg.site.clone()
         };
         sim.set_site_config(sites - 1, unelectable);
     }

@@ -31,6 +31,7 @@ mod master;
 pub mod members;
 pub mod output;
 mod peer;
+mod view;
 
 pub use output::*;
 
@@ -145,6 +146,32 @@ pub enum ReadError {
     LeaseExpired,
     /// The handle may have seen rolled-back data; reopen it (R14).
     HandleDead,
+    /// This site is a view restricted to some databases and this is not
+    /// one of them (R12): it holds none of its data, so it cannot answer.
+    NotReplicated,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Lockout => write!(
+                f,
+                "the site is synchronising with its master (NOWAIT set): retry later"
+            ),
+            ReadError::LeaseExpired => write!(
+                f,
+                "this master's lease has expired (no majority of grants): refused rather than serve stale data"
+            ),
+            ReadError::HandleDead => write!(
+                f,
+                "the handle may have seen rolled-back data: reopen it"
+            ),
+            ReadError::NotReplicated => write!(
+                f,
+                "this site is a view that does not replicate this database: read it on a site that does (the master, a client, or a view of it)"
+            ),
+        }
+    }
 }
 
 /// Counters a status view shows (B5).
@@ -650,6 +677,7 @@ impl<S: Storage> Site<S> {
         let base_lsn = match base {
             Some(b) => {
                 self.store = b.store;
+                self.restrict_store();
                 self.members = b.members;
                 b.lsn
             }
@@ -686,7 +714,11 @@ impl<S: Storage> Site<S> {
             };
             if entry.lsn > base_lsn {
                 match view.decode(&self.cfg.limits)? {
-                    Record::Commit(c) => self.store.apply(&c)?,
+                    // A partial view applies its databases only (R12).
+                    Record::Commit(c) => {
+                        let cfg = &self.cfg;
+                        self.store.apply_where(&c, |db| cfg.replicates(db))?
+                    }
                     Record::Membership(m) => {
                         self.members.apply(&m);
                     }
@@ -792,6 +824,7 @@ impl<S: Storage> Site<S> {
     /// Read a key (S5: refused with LOCKOUT while synchronising under
     /// NOWAIT; the async driver waits instead when NOWAIT is off).
     pub fn get(&self, db: &str, key: &[u8]) -> Result<Option<&[u8]>, ReadError> {
+        self.check_replicated(db)?;
         if self.cfg.nowait && self.is_synchronizing() {
             return Err(ReadError::Lockout);
         }
@@ -1022,7 +1055,7 @@ impl<S: Storage> Site<S> {
         self.index.push(entry);
         match body {
             RecordBody::Commit { ops, .. } => {
-                for op in ops.iter() {
+                for op in ops.iter().filter(|op| self.cfg.replicates(op.db())) {
                     self.store.apply_op(op);
                 }
             }
@@ -1057,7 +1090,7 @@ impl<S: Storage> Site<S> {
         match decoded {
             // Already in the installed snapshot (S6).
             _ if lsn <= self.base_lsn => {}
-            Record::Commit(c) => self.store.apply(&c)?,
+            Record::Commit(c) => self.apply_commit(&c)?,
             Record::Membership(m) => self.apply_membership(&m),
             Record::Checkpoint(_) if self.replicated_snapshot_due() => self.take_snapshot(),
             Record::Checkpoint(_) | Record::NewGeneration(_) => {}
@@ -1498,6 +1531,10 @@ impl<S: Storage> Site<S> {
     /// Become master (R1). A new generation starts: max(gen+1, egen).
     pub fn rep_start_master(&mut self, now: Instant) -> Result<(), CommitError> {
         self.now = now;
+        if self.cfg.view {
+            // R12: a view never becomes master, not even when told to.
+            return Err(CommitError::View);
+        }
         if self.meta.site.0 == 0 || self.meta.init_in_progress {
             // No id yet, or a store ahead of the log (S6).
             return Err(CommitError::Unavailable);

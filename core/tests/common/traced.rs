@@ -55,7 +55,7 @@ impl<R> Traced<R> {
             .enumerate()
             .map(|(i, c)| {
                 Some(
-                    Site::open(*c, &format!("s{i}"), MemStorage::new(1 << 30), Instant(0))
+                    Site::open(c.clone(), &format!("s{i}"), MemStorage::new(1 << 30), Instant(0))
                         .expect("open"),
                 )
             })
