@@ -89,7 +89,15 @@ fn build(prefill: usize, checkpoint_every: usize) -> (MemStorage, MemStorage) {
     }
     let mut sites: Vec<Option<Site<MemStorage>>> = (0..3)
         .map(|i| {
-            Some(Site::open(cfg.clone(), &format!("s{i}"), MemStorage::new(1 << 30), Instant(0)).unwrap())
+            Some(
+                Site::open(
+                    cfg.clone(),
+                    &format!("s{i}"),
+                    MemStorage::new(1 << 30),
+                    Instant(0),
+                )
+                .unwrap(),
+            )
         })
         .collect();
     let now = Instant(1);

@@ -835,10 +835,7 @@ mod tests {
         ));
         let mut many = view.clone();
         many.limits.max_databases = 1;
-        assert!(matches!(
-            many.validate(),
-            Err(ConfigError::AboveCap { .. })
-        ));
+        assert!(matches!(many.validate(), Err(ConfigError::AboveCap { .. })));
         // A full view (no list) replicates everything.
         let full = Config {
             view_databases: Vec::new(),

@@ -118,7 +118,8 @@ impl Net {
     /// index of the first frame sent after the restart.
     fn restart(&mut self, c: usize, storage: MemStorage, peers: &[&str]) -> usize {
         let now = self.now;
-        let mut s = Site::open(self.cfgs[c].clone(), &format!("s{c}"), storage, now).expect("reopen");
+        let mut s =
+            Site::open(self.cfgs[c].clone(), &format!("s{c}"), storage, now).expect("reopen");
         s.set_peers(peers);
         s.rep_start_client(now);
         self.sites[c] = Some(s);

@@ -114,7 +114,8 @@ impl Net {
     /// master. Returns the index of the first frame sent after.
     fn restart(&mut self, c: usize, storage: MemStorage) -> usize {
         let now = self.now;
-        let mut s = Site::open(self.cfgs[c].clone(), &format!("s{c}"), storage, now).expect("reopen");
+        let mut s =
+            Site::open(self.cfgs[c].clone(), &format!("s{c}"), storage, now).expect("reopen");
         s.rep_start_client(now);
         self.sites[c] = Some(s);
         self.down.retain(|&d| d != c);

@@ -23,8 +23,13 @@ impl Net {
     fn new(n: usize, cfg: Config) -> Net {
         let sites = (0..n)
             .map(|i| {
-                Site::open(cfg.clone(), &format!("s{i}"), MemStorage::new(64 << 20), Instant(0))
-                    .expect("open")
+                Site::open(
+                    cfg.clone(),
+                    &format!("s{i}"),
+                    MemStorage::new(64 << 20),
+                    Instant(0),
+                )
+                .expect("open")
             })
             .collect();
         Net {

@@ -156,10 +156,15 @@ impl Checker {
         if self.views.contains(&i)
             && matches!(
                 kind,
-                MessageKind::Ack | MessageKind::Vote1 | MessageKind::Vote2 | MessageKind::LeaseGrant
+                MessageKind::Ack
+                    | MessageKind::Vote1
+                    | MessageKind::Vote2
+                    | MessageKind::LeaseGrant
             )
         {
-            return Err(format!("view s{i} sent {kind:?} (R12: a view never acks or votes)"));
+            return Err(format!(
+                "view s{i} sent {kind:?} (R12: a view never acks or votes)"
+            ));
         }
         if kind == MessageKind::Ack {
             let a = self.acks_sent.entry(i).or_insert(Lsn::ZERO);

@@ -1101,7 +1101,8 @@ fn r4_a_reordered_crash_leaves_no_hole_at_a_segment_switch() {
     let mut cfg = operator_mode(Config::default());
     cfg.limits = small_segments();
     let mut site =
-        shoal_core::site::Site::open(cfg.clone(), "s0", SimDisk::new(), shoal_core::Instant(0)).unwrap();
+        shoal_core::site::Site::open(cfg.clone(), "s0", SimDisk::new(), shoal_core::Instant(0))
+            .unwrap();
     site.create_group(shoal_core::Instant(0)).unwrap();
     use shoal_core::traits::Storage;
     site.storage_mut().sync().unwrap();
@@ -1124,7 +1125,8 @@ fn r4_a_reordered_crash_leaves_no_hole_at_a_segment_switch() {
     for seed in 0..200 {
         let mut d = disk.clone();
         d.crash(CrashMode::Reordered, &mut Rng::new(seed));
-        let re = shoal_core::site::Site::open(cfg.clone(), "s0", d, shoal_core::Instant(2)).unwrap();
+        let re =
+            shoal_core::site::Site::open(cfg.clone(), "s0", d, shoal_core::Instant(2)).unwrap();
         let after = re.log_index();
         assert_eq!(
             after,
@@ -1218,7 +1220,13 @@ fn all_needs_the_masters_copy(label: &str, durability: Durability, crash: CrashM
     c.fsync_max = ms(20);
     replay_hint_on_panic();
     let mut sim = Sim::new(c);
-    sim.set_site_config(2, Config { priority: 0, ..cfg.clone() });
+    sim.set_site_config(
+        2,
+        Config {
+            priority: 0,
+            ..cfg.clone()
+        },
+    );
     sim.start_group();
     let o = sim.write_with(0, "c", "1", durability);
     assert!(o.permanent);

@@ -261,7 +261,11 @@ fn seed003_004_two_site_strict_on_and_off() {
 fn seed004_full_election_after_a_whole_group_restart() {
     let mut cfg = fast();
     cfg.timeouts.full_election = Duration::from_secs(600);
-    let mut sim = new_sim("seed004_full_election_after_a_whole_group_restart", 3, cfg.clone());
+    let mut sim = new_sim(
+        "seed004_full_election_after_a_whole_group_restart",
+        3,
+        cfg.clone(),
+    );
     sim.start_group();
     for k in 0..5 {
         sim.write(0, &format!("k{k}"), "v");

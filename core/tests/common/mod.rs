@@ -48,8 +48,13 @@ impl Net {
             .enumerate()
             .map(|(i, c)| {
                 Some(
-                    Site::open(c.clone(), &format!("s{i}"), MemStorage::new(64 << 20), Instant(0))
-                        .expect("open"),
+                    Site::open(
+                        c.clone(),
+                        &format!("s{i}"),
+                        MemStorage::new(64 << 20),
+                        Instant(0),
+                    )
+                    .expect("open"),
                 )
             })
             .collect();
