@@ -827,6 +827,8 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 } else {
                     String::new()
                 },
+                view: s.is_view(),
+                view_databases: s.view_databases().to_vec(),
                 sites: s
                     .members()
                     .iter()
