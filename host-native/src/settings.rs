@@ -338,11 +338,13 @@ impl NodeArgs {
                     .into(),
             );
         }
-        let mut c = Config::default();
         // R12: a view never stands, so its priority is 0 unless the
-        // operator says otherwise (which `validate` refuses below, naming
-        // the flag); a creator is its group's first master, so no view.
-        c.view = a.view || f.view;
+        // operator says otherwise (refused, naming the flag); a
+        // creator is its group's first master, so no view.
+        let mut c = Config {
+            view: a.view || f.view,
+            ..Config::default()
+        };
         let priority = a.priority.or(f.priority);
         c.priority = match priority {
             Some(p) => p,
