@@ -20,6 +20,11 @@ fn fast_args() -> Vec<String> {
         .collect()
 }
 
+/// Keys on the master (node A).
+async fn m_keys(c: &mut Cluster) -> u64 {
+    c.status(0).await.expect("master status").keys
+}
+
 fn put(db: &str, key: &str, value: &str) -> Request {
     Request::Put {
         db: db.into(),
@@ -39,6 +44,14 @@ fn get(db: &str, key: &str) -> Request {
 /// Frames of message type `name` the node sent.
 fn sent(st: &Status, name: &str) -> u64 {
     st.sent_by_type
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |x| x.1)
+}
+
+/// A counter of the node's replication core.
+fn counter(st: &Status, name: &str) -> u64 {
+    st.counters
         .iter()
         .find(|(n, _)| n == name)
         .map_or(0, |x| x.1)
@@ -93,6 +106,7 @@ async fn a_view_of_one_database_replicates_it_refuses_the_other_and_is_never_ele
     assert!(st.view, "the view says it is one");
     assert_eq!(st.view_databases, vec!["orders"]);
     assert_eq!(st.keys, 20, "the view holds the orders only");
+    assert_eq!(m_keys(&mut c).await, 40);
     // The master lists it as a view, never electable.
     let m = c.status(0).await.unwrap();
     let listed = m.sites.iter().find(|s| s.id == st.id).expect("listed");
@@ -106,6 +120,31 @@ async fn a_view_of_one_database_replicates_it_refuses_the_other_and_is_never_ele
     assert!(!r.ok, "a read of a database the view lacks: {r:?}");
     let e = r.error.unwrap_or_default();
     assert!(e.contains("does not replicate"), "{e}");
+
+    // B, which names the view as its --peer, falls behind and catches up
+    // from it (S3): the view serves the log of both databases.
+    c.kill(1);
+    for i in 20..40 {
+        for db in ["orders", "users"] {
+            let r = c
+                .call(0, &put(db, &format!("{db}-{i}"), &format!("v{i}")))
+                .await
+                .unwrap();
+            assert!(r.ok, "put {db}-{i}: {:?}", r.error);
+        }
+    }
+    view_caught_up(&mut c, view, 0).await;
+    c.start(1, Start::Restart).unwrap();
+    let sts = procs::converge(&mut c, &[0, 1, 2], WAIT).await.unwrap();
+    assert_eq!(sts[1].keys, 80, "B has both databases");
+    let st = c.status(view).await.unwrap();
+    assert!(
+        counter(&st, "peer_served") > 0,
+        "B caught up from its peer, the view: {:?}",
+        st.counters
+    );
+    let r = c.call(1, &get("users", "users-39")).await.unwrap();
+    assert_eq!(r.value.as_deref(), Some("v39"));
 
     // SIGKILL the master: B and C elect one of themselves.
     c.kill(0);
