@@ -121,9 +121,14 @@ async fn a_view_of_one_database_replicates_it_refuses_the_other_and_is_never_ele
     let e = r.error.unwrap_or_default();
     assert!(e.contains("does not replicate"), "{e}");
 
-    // B, which names the view as its --peer, falls behind and catches up
-    // from it (S3): the view serves the log of both databases.
-    c.kill(1);
+    // B, which names the view as its --peer, is cut off from the master,
+    // falls behind, and once back fills the gap from the view (S3),
+    // which stayed connected to it: the view serves the log of both
+    // databases.
+    procs::wait_connected(&mut c, &[1, view], WAIT)
+        .await
+        .unwrap();
+    c.link(0, 1, true).await.unwrap();
     for i in 20..40 {
         for db in ["orders", "users"] {
             let r = c
@@ -134,9 +139,11 @@ async fn a_view_of_one_database_replicates_it_refuses_the_other_and_is_never_ele
         }
     }
     view_caught_up(&mut c, view, 0).await;
-    c.start(1, Start::Restart).unwrap();
+    c.link(0, 1, false).await.unwrap();
+    let r = c.call(0, &put("users", "after-heal", "1")).await.unwrap();
+    assert!(r.ok, "{:?}", r.error);
     let sts = procs::converge(&mut c, &[0, 1, 2], WAIT).await.unwrap();
-    assert_eq!(sts[1].keys, 80, "B has both databases");
+    assert_eq!(sts[1].keys, 81, "B has both databases");
     let st = c.status(view).await.unwrap();
     assert!(
         counter(&st, "peer_served") > 0,

@@ -10,7 +10,7 @@
 
 use shoal_core::config::{AckPolicy, Config, Durability};
 use shoal_core::log::Op;
-use shoal_core::site::{CommitError, Event, ReadError, Role};
+use shoal_core::site::{CommitError, Event, OpenError, ReadError, Role, Site};
 use shoal_core::traits::Storage;
 use shoal_core::wire::MessageKind;
 use shoal_tests::*;
@@ -358,6 +358,88 @@ fn r12_a_view_that_cannot_serve_a_peer_says_rerequest() {
     );
     sim.converge(ms(10_000));
     assert_eq!(sim.site(2).store().digest(), sim.site(0).store().digest());
+}
+
+/// A view of "a" whose log the checkpoints archived, stopped and opened
+/// with more databases: its snapshot (version 3) says it covers "a" only
+/// and the log before it is gone, so it refuses to open rather than serve
+/// a store missing the past of "b". With its own list it opens as it was.
+#[test]
+fn r12_a_widened_view_does_not_start_from_a_narrower_snapshot() {
+    let mut cfg = operator_mode(Config {
+        log_retention_segments: Some(0),
+        ..Config::default()
+    });
+    cfg.timeouts.checkpoint_delay = ms(50);
+    cfg.limits = small_segments();
+    let name = "r12_a_widened_view_does_not_start_from_a_narrower_snapshot";
+    let mut sim = sim(name, 3, cfg.clone());
+    let view = view_of(&cfg, &["a"]);
+    sim.set_site_config(2, view.clone());
+    sim.start_group();
+    for k in 0..40 {
+        let db = if k % 2 == 0 { "a" } else { "b" };
+        put(&mut sim, 0, db, &format!("{db}{k}"), &"x".repeat(100));
+        sim.run_for(ms(10));
+    }
+    sim.run_for(ms(200));
+    assert!(sim.site(2).log_index()[0].lsn.file > 1, "the view archived");
+    let digest = sim.site(2).store().digest();
+    sim.crash(2, CrashMode::Process);
+    let disk = sim.disk_mut(2).expect("down").clone();
+    let bytes = disk
+        .clone()
+        .read_snapshot()
+        .expect("readable")
+        .expect("one");
+    let snap = shoal_core::snapshot::decode(&bytes).expect("decodes");
+    assert_eq!(snap.covers, Some(vec!["a".to_string()]));
+    for wider in [view_of(&cfg, &["a", "b"]), view_of(&cfg, &[]), cfg.clone()] {
+        let r = Site::open(wider.clone(), "s2", disk.clone(), sim.now());
+        assert!(
+            matches!(r, Err(OpenError::ViewSnapshotTooNarrow)),
+            "{:?}: {:?}",
+            wider.view_databases,
+            r.err()
+        );
+    }
+    let same = Site::open(view, "s2", disk, sim.now()).expect("opens");
+    assert_eq!(same.store().digest(), digest);
+    sim.restart(2, Start::Client);
+    sim.converge(ms(10_000));
+}
+
+/// The same widening with the whole log still there: the view replays it
+/// all instead of starting from its snapshot, and has "b" from the start.
+#[test]
+fn r12_a_widened_view_with_its_whole_log_replays_it() {
+    let mut cfg = operator_mode(Config {
+        log_retention_segments: None,
+        ..Config::default()
+    });
+    cfg.timeouts.checkpoint_delay = ms(50);
+    cfg.limits = small_segments();
+    let name = "r12_a_widened_view_with_its_whole_log_replays_it";
+    let mut sim = sim(name, 3, cfg.clone());
+    sim.set_site_config(2, view_of(&cfg, &["a"]));
+    sim.start_group();
+    for k in 0..20 {
+        let db = if k % 2 == 0 { "a" } else { "b" };
+        put(&mut sim, 0, db, &format!("{db}{k}"), "v");
+        sim.run_for(ms(20));
+    }
+    sim.run_for(ms(200));
+    assert!(
+        sim.site(2).stats().snapshots_built > 0,
+        "the view took a snapshot"
+    );
+    assert_eq!(sim.site(2).store().get("b", b"b1"), None);
+    sim.crash(2, CrashMode::Process);
+    sim.set_site_config(2, view_of(&cfg, &["a", "b"]));
+    sim.restart(2, Start::Client);
+    assert_eq!(sim.site(2).store().get("b", b"b1"), Some(&b"v"[..]));
+    sim.converge(ms(10_000));
+    assert_eq!(sim.site(2).store().digest(), sim.restricted_digest(0, 2));
 }
 
 /// A configuration error is typed: a database list without view, a view

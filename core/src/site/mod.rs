@@ -120,6 +120,11 @@ pub enum OpenError<E> {
     /// The log no longer starts at its beginning and no valid snapshot
     /// covers the part removed: the store cannot be rebuilt.
     NoBase,
+    /// The stored snapshot was written by a view of fewer databases than
+    /// this site now applies (R12: its `view_databases` was widened, or it
+    /// is no longer a partial view), and the log before it is archived:
+    /// the added databases' past is nowhere on this disk.
+    ViewSnapshotTooNarrow,
 }
 
 impl<E: fmt::Display> fmt::Display for OpenError<E> {
@@ -132,6 +137,10 @@ impl<E: fmt::Display> fmt::Display for OpenError<E> {
             OpenError::NoBase => write!(
                 f,
                 "the log was archived and no valid store snapshot remains: re-initialise this site from the group"
+            ),
+            OpenError::ViewSnapshotTooNarrow => write!(
+                f,
+                "this site was a view of fewer databases, and its snapshot and archived log hold nothing of the others: restore the old view databases, or start it on a fresh home to initialise it from the group"
             ),
         }
     }
@@ -595,6 +604,7 @@ impl<S: Storage> Site<S> {
             Some(bytes) => Some(crate::snapshot::decode(&bytes).map_err(OpenError::Snapshot)?),
             None => None,
         };
+        let (base, too_narrow) = site.usable_base(base);
         if site.meta.init_in_progress {
             // An initialisation was under way (S6): keep what is
             // consistent, clean up the rest.
@@ -605,7 +615,11 @@ impl<S: Storage> Site<S> {
                 .map_err(OpenError::Log)?;
         }
         if !site.index.is_empty() && !site.has_full_history() && site.snapshot_lsn.is_zero() {
-            return Err(OpenError::NoBase);
+            return Err(if too_narrow {
+                OpenError::ViewSnapshotTooNarrow
+            } else {
+                OpenError::NoBase
+            });
         }
         // A crash just after a new segment was started can leave it with no
         // record: the log ends in the previous segment, and continues right
@@ -1147,11 +1161,12 @@ impl<S: Storage> Site<S> {
         }
         // Room for the whole store, plus what it may grow by meanwhile.
         let room = crate::snapshot::capacity_for(&self.store);
-        self.building = Some(crate::snapshot::SnapshotBuilder::with_capacity(
+        self.building = Some(crate::snapshot::SnapshotBuilder::covering(
             entry.lsn,
             entry.generation,
             &self.members,
             room.saturating_add(room / 8),
+            self.snapshot_covers(),
         ));
         self.build_at = Some(self.now);
     }
@@ -1398,11 +1413,13 @@ impl<S: Storage> Site<S> {
             self.snapshot_staged = None;
         }
         let base = if !newest.is_zero() && newest < at {
-            self.storage
+            let stored = self
+                .storage
                 .read_snapshot()
                 .ok()
                 .flatten()
-                .and_then(|b| crate::snapshot::decode(&b).ok())
+                .and_then(|b| crate::snapshot::decode(&b).ok());
+            self.usable_base(stored).0
         } else {
             None
         };
@@ -1431,7 +1448,13 @@ impl<S: Storage> Site<S> {
             // The stored snapshot reflected rolled-back records: replace it
             // with one of the state just rebuilt.
             let e = self.index[self.index.len() - 1];
-            let bytes = crate::snapshot::encode(e.lsn, e.generation, &self.store, &self.members);
+            let bytes = crate::snapshot::encode_covering(
+                e.lsn,
+                e.generation,
+                &self.store,
+                &self.members,
+                self.snapshot_covers(),
+            );
             if self.storage.write_snapshot(&bytes).is_ok() {
                 self.snapshot_lsn = e.lsn;
                 self.snapshot_end = e.lsn;

@@ -23,6 +23,12 @@
 //! of another database is refused with [`ReadError::NotReplicated`]
 //! rather than answered empty.
 //!
+//! Its snapshots (checkpoints, and the master's it was initialised from,
+//! re-encoded) are written as snapshot version 3, which names the
+//! databases they cover: a site whose list was widened since (or that is
+//! no longer a partial view) does not start from one, since it lacks the
+//! added databases' past (see `usable_base`).
+//!
 //! A partial view can never initialise another site: its store is not
 //! the master's. It never does: UPDATE_REQ is sent to the master only and
 //! served by a master only (a view never is one), and `take_serving`
@@ -63,8 +69,34 @@ impl<S: Storage> Site<S> {
         drop(bytes);
         let cfg = &self.cfg;
         snap.store.retain_databases(|db| cfg.replicates(db));
+        snap.covers = Some(cfg.view_databases.clone());
         let bytes = crate::snapshot::encode_spanning(&snap);
         (snap, bytes)
+    }
+
+    /// The databases this site's snapshots cover when not all: a partial
+    /// view's (written as snapshot version 3).
+    pub(super) fn snapshot_covers(&self) -> Option<&[String]> {
+        self.cfg
+            .is_partial_view()
+            .then_some(self.cfg.view_databases.as_slice())
+    }
+
+    /// A stored snapshot this site may start from: one that holds every
+    /// database it applies. A partial view's snapshot lacks the others, so
+    /// a site that now applies more (its list widened, or it is no longer
+    /// a partial view) must not take it: it replays its whole log instead,
+    /// or, with the log's start archived, cannot open
+    /// ([`OpenError::ViewSnapshotTooNarrow`]). Returns the snapshot if
+    /// usable, and whether one was refused.
+    pub(super) fn usable_base(
+        &self,
+        base: Option<crate::snapshot::Snapshot>,
+    ) -> (Option<crate::snapshot::Snapshot>, bool) {
+        match base {
+            Some(b) if !b.covers_all(&self.cfg.view_databases) => (None, true),
+            b => (b, false),
+        }
     }
 
     /// May a read of `db` be answered here?
