@@ -89,7 +89,15 @@ fn build(prefill: usize, checkpoint_every: usize) -> (MemStorage, MemStorage) {
     }
     let mut sites: Vec<Option<Site<MemStorage>>> = (0..3)
         .map(|i| {
-            Some(Site::open(cfg, &format!("s{i}"), MemStorage::new(1 << 30), Instant(0)).unwrap())
+            Some(
+                Site::open(
+                    cfg.clone(),
+                    &format!("s{i}"),
+                    MemStorage::new(1 << 30),
+                    Instant(0),
+                )
+                .unwrap(),
+            )
         })
         .collect();
     let now = Instant(1);
@@ -146,9 +154,9 @@ fn catch_up(c: &mut Criterion) {
                 || {
                     let cfg = config();
                     let now = Instant(1 << 40);
-                    let mut m = Site::open(cfg, "s0", master.clone(), now).unwrap();
+                    let mut m = Site::open(cfg.clone(), "s0", master.clone(), now).unwrap();
                     m.rep_start_master(now).unwrap();
-                    let c = Site::open(cfg, "s1", client.clone(), now).unwrap();
+                    let c = Site::open(cfg.clone(), "s1", client.clone(), now).unwrap();
                     let mut sites = vec![Some(m), Some(c)];
                     run(&mut sites, now, |_| false);
                     sites

@@ -30,7 +30,13 @@ impl Group {
         cfg.timeouts.checkpoint_delay = std::time::Duration::from_secs(3600);
         let sites = (0..3)
             .map(|i| {
-                Site::open(cfg, &format!("s{i}"), MemStorage::new(1 << 30), Instant(0)).unwrap()
+                Site::open(
+                    cfg.clone(),
+                    &format!("s{i}"),
+                    MemStorage::new(1 << 30),
+                    Instant(0),
+                )
+                .unwrap()
             })
             .collect();
         let mut g = Group {

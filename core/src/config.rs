@@ -4,6 +4,8 @@
 //! [`Config::validate`] rejects combinations that cannot work with a typed
 //! [`ConfigError`] whose message says what to change.
 
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
@@ -340,7 +342,7 @@ impl Limits {
 
 /// Every replication setting of one site (FEATURES.md R1-R14, E1-E7, P3,
 /// S2-S7, W1, W2). Defaults follow the reference system.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// Election priority; 0 means the site can never become master (E2).
     pub priority: u32,
@@ -383,6 +385,15 @@ pub struct Config {
     /// This site is a view: it replicates but never votes, acks or becomes
     /// master (R12, off).
     pub view: bool,
+    /// The databases a view applies to its store (R12, a partial view as
+    /// in the reference system); empty means every database. Only valid
+    /// with `view`. The view's log stays the master's whole log (so it can
+    /// serve peers and verify against any new master); only what it
+    /// applies, snapshots and answers reads from is restricted, and a read
+    /// of another database is refused ([`crate::site::ReadError::NotReplicated`]).
+    /// At most `max_databases` names, each a valid database name, no
+    /// repeats.
+    pub view_databases: Vec<String>,
     /// Log segments kept before the one holding the latest checkpoint;
     /// older ones are removed (R8). `None` keeps the whole log. A client
     /// that falls further behind than the master's retention has no log
@@ -420,6 +431,7 @@ impl Default for Config {
             forward_writes: false,
             step_down_without_majority: true,
             view: false,
+            view_databases: Vec::new(),
             log_retention_segments: Some(2),
             snapshot_step_bytes: crate::snapshot::STEP_BYTES as u32,
             seed: 0,
@@ -507,7 +519,53 @@ impl Config {
         if self.view && self.priority != 0 {
             return Err(ConfigError::ViewWithPriority(self.priority));
         }
+        self.validate_view_databases()
+    }
+
+    /// R12: a database list only on a view, within `max_databases`, each
+    /// name one an operation may use, none twice.
+    fn validate_view_databases(&self) -> Result<(), ConfigError> {
+        let dbs = &self.view_databases;
+        if dbs.is_empty() {
+            return Ok(());
+        }
+        if !self.view {
+            return Err(ConfigError::ViewDatabasesWithoutView);
+        }
+        if dbs.len() > self.limits.max_databases as usize {
+            return Err(ConfigError::AboveCap {
+                what: "view_databases (count)",
+                value: dbs.len() as u64,
+                cap: self.limits.max_databases as u64,
+            });
+        }
+        for (i, name) in dbs.iter().enumerate() {
+            let index = u16::try_from(i).unwrap_or(u16::MAX);
+            if name.is_empty() || name.len() > caps::MAX_DB_NAME {
+                return Err(ConfigError::BadViewDatabase {
+                    index,
+                    why: "a database name has 1 to 64 bytes",
+                });
+            }
+            if dbs[..i].contains(name) {
+                return Err(ConfigError::BadViewDatabase {
+                    index,
+                    why: "the name is listed twice",
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Does this site apply `db` to its store? Every database, except on a
+    /// view restricted to some (R12).
+    pub fn replicates(&self, db: &str) -> bool {
+        self.view_databases.is_empty() || self.view_databases.iter().any(|d| d == db)
+    }
+
+    /// A view restricted to some databases (R12).
+    pub fn is_partial_view(&self) -> bool {
+        self.view && !self.view_databases.is_empty()
     }
 
     /// The election priority this site actually uses (a view never stands).
@@ -574,6 +632,15 @@ pub enum ConfigError {
     Inconsistent(&'static str),
     /// A view site must have priority 0.
     ViewWithPriority(u32),
+    /// `view_databases` is set on a site that is not a view (R12).
+    ViewDatabasesWithoutView,
+    /// A name in `view_databases` cannot be used (R12).
+    BadViewDatabase {
+        /// Its position in the list (from 0).
+        index: u16,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -610,6 +677,15 @@ impl fmt::Display for ConfigError {
             ConfigError::ViewWithPriority(p) => write!(
                 f,
                 "a view site never becomes master, so its priority must be 0 (it is {p})"
+            ),
+            ConfigError::ViewDatabasesWithoutView => write!(
+                f,
+                "view databases are set but the site is not a view: only a view replicates a subset of databases (set view, or clear the list)"
+            ),
+            ConfigError::BadViewDatabase { index, why } => write!(
+                f,
+                "view database number {} cannot be used: {why}",
+                *index as u32 + 1
             ),
         }
     }
@@ -727,5 +803,57 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::ViewWithPriority(100)));
+    }
+
+    #[test]
+    fn r12_view_databases_are_checked() {
+        use alloc::string::ToString;
+        let view = Config {
+            view: true,
+            priority: 0,
+            view_databases: alloc::vec!["a".to_string(), "b".to_string()],
+            ..Config::default()
+        };
+        assert_eq!(view.validate(), Ok(()));
+        assert!(view.replicates("a") && !view.replicates("c"));
+        assert!(view.is_partial_view());
+        let not_view = Config {
+            view: false,
+            ..view.clone()
+        };
+        assert_eq!(
+            not_view.validate(),
+            Err(ConfigError::ViewDatabasesWithoutView)
+        );
+        let mut twice = view.clone();
+        twice.view_databases.push("a".to_string());
+        assert_eq!(
+            twice.validate(),
+            Err(ConfigError::BadViewDatabase {
+                index: 2,
+                why: "the name is listed twice"
+            })
+        );
+        let mut empty = view.clone();
+        empty.view_databases[0] = String::new();
+        assert!(matches!(
+            empty.validate(),
+            Err(ConfigError::BadViewDatabase { index: 0, .. })
+        ));
+        let mut long = view.clone();
+        long.view_databases[1] = "x".repeat(caps::MAX_DB_NAME + 1);
+        assert!(matches!(
+            long.validate(),
+            Err(ConfigError::BadViewDatabase { index: 1, .. })
+        ));
+        let mut many = view.clone();
+        many.limits.max_databases = 1;
+        assert!(matches!(many.validate(), Err(ConfigError::AboveCap { .. })));
+        // A full view (no list) replicates everything.
+        let full = Config {
+            view_databases: Vec::new(),
+            ..view
+        };
+        assert!(full.replicates("c") && !full.is_partial_view());
     }
 }

@@ -1198,7 +1198,12 @@ where
         loop {
             let seen = {
                 let core = self.lock_core().await;
-                if self.nowait || !core.site.is_synchronizing() {
+                // A view's read of a database it does not replicate fails
+                // at once (R12): no synchronisation makes it answerable.
+                if self.nowait
+                    || !core.site.is_synchronizing()
+                    || !core.site.config().replicates(db)
+                {
                     return core.site.get(db, key).map(|v| v.map(<[u8]>::to_vec));
                 }
                 self.with_shared(|s| s.progress)

@@ -21,6 +21,10 @@
 //! (a database name and some of its key/value pairs, in key order), a 0
 //! byte, and the tail (LSN and generation of the end record).
 //! Version 1 (one postcard body, always `end` = `lsn`) is still read.
+//! Version 3 is version 2 with, right after the head, the list of the
+//! databases the snapshot covers: written by a view restricted to some
+//! databases (R12) only, so a site opening it knows the store lacks every
+//! other database, and refuses a snapshot narrower than its own list.
 
 use crate::ids::{Generation, Lsn, SiteId};
 use crate::log::{MemberAction, Membership};
@@ -36,6 +40,10 @@ pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// The older, single-body format, still read.
 const SNAPSHOT_VERSION_1: u8 = 1;
+
+/// Version 2 with the databases covered after the head: a partial view's
+/// snapshot (R12).
+pub const SNAPSHOT_VERSION_COVERING: u8 = 3;
 
 /// The default bytes of entries a builder step encodes (one entry at
 /// least): what bounds a site's pause per step (`Config::snapshot_step_bytes`).
@@ -121,6 +129,20 @@ pub struct Snapshot {
     pub store: Store,
     /// The membership.
     pub members: Members,
+    /// The databases it covers, when a view restricted to some wrote it
+    /// (R12, version 3); None: every database.
+    pub covers: Option<Vec<String>>,
+}
+
+impl Snapshot {
+    /// Does it hold every database of `dbs` (every database at all for an
+    /// empty list)?
+    pub fn covers_all(&self, dbs: &[String]) -> bool {
+        match &self.covers {
+            None => true,
+            Some(c) => !dbs.is_empty() && dbs.iter().all(|d| c.contains(d)),
+        }
+    }
 }
 
 /// Builds a snapshot in bounded steps while the store changes (see the
@@ -153,6 +175,19 @@ impl SnapshotBuilder {
         members: &Members,
         bytes: usize,
     ) -> Self {
+        Self::covering(lsn, generation, members, bytes, None)
+    }
+
+    /// [`SnapshotBuilder::with_capacity`] for a store that holds the
+    /// databases `covers` only (a partial view's, R12: version 3); None is
+    /// a whole store (version 2).
+    pub fn covering(
+        lsn: Lsn,
+        generation: Generation,
+        members: &Members,
+        bytes: usize,
+        covers: Option<&[String]>,
+    ) -> Self {
         let head = Head {
             lsn,
             generation,
@@ -162,10 +197,17 @@ impl SnapshotBuilder {
                 .collect(),
         };
         let mut out = Vec::with_capacity(bytes.max(256));
-        out.push(SNAPSHOT_VERSION);
+        out.push(match covers {
+            Some(_) => SNAPSHOT_VERSION_COVERING,
+            None => SNAPSHOT_VERSION,
+        });
         out.extend_from_slice(&[0; 4]);
         // The Vec flavour fails only on allocation failure, which aborts.
         out = postcard::to_extend(&head, out).unwrap_or_default();
+        if let Some(dbs) = covers {
+            let names: Vec<&str> = dbs.iter().map(String::as_str).collect();
+            out = postcard::to_extend(&names, out).unwrap_or_default();
+        }
         SnapshotBuilder {
             lsn,
             generation,
@@ -272,9 +314,35 @@ pub fn capacity_for(store: &Store) -> usize {
 
 /// Encode the store and membership as of the record at `lsn`, in one step.
 pub fn encode(lsn: Lsn, generation: Generation, store: &Store, members: &Members) -> Vec<u8> {
-    let mut b = SnapshotBuilder::with_capacity(lsn, generation, members, capacity_for(store));
+    encode_covering(lsn, generation, store, members, None)
+}
+
+/// [`encode`] for a store that holds the databases `covers` only (a
+/// partial view's, R12); None is a whole store.
+pub fn encode_covering(
+    lsn: Lsn,
+    generation: Generation,
+    store: &Store,
+    members: &Members,
+    covers: Option<&[String]>,
+) -> Vec<u8> {
+    let mut b = SnapshotBuilder::covering(lsn, generation, members, capacity_for(store), covers);
     while !b.step(store, usize::MAX) {}
     b.finish(lsn, generation)
+}
+
+/// Encode a decoded snapshot again, with its start and end records as
+/// they were (a partial view keeps only its databases of a master's, R12).
+pub fn encode_spanning(snap: &Snapshot) -> Vec<u8> {
+    let mut b = SnapshotBuilder::covering(
+        snap.lsn,
+        snap.generation,
+        &snap.members,
+        capacity_for(&snap.store),
+        snap.covers.as_deref(),
+    );
+    while !b.step(&snap.store, usize::MAX) {}
+    b.finish(snap.end, snap.end_generation)
 }
 
 /// Decode and check a snapshot.
@@ -282,7 +350,13 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     if bytes.len() < 5 {
         return Err(SnapshotError::Malformed);
     }
-    if bytes[0] != SNAPSHOT_VERSION && bytes[0] != SNAPSHOT_VERSION_1 {
+    if ![
+        SNAPSHOT_VERSION,
+        SNAPSHOT_VERSION_1,
+        SNAPSHOT_VERSION_COVERING,
+    ]
+    .contains(&bytes[0])
+    {
         return Err(SnapshotError::BadVersion(bytes[0]));
     }
     let crc = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
@@ -299,6 +373,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
             });
         }
     };
+    let mut covers = None;
     let (lsn, generation, members, end, end_generation) = if bytes[0] == SNAPSHOT_VERSION_1 {
         let body: Body<'_> = match postcard::take_from_bytes(&bytes[5..]) {
             Ok((b, [])) => b,
@@ -317,6 +392,15 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     } else {
         let (head, mut rest): (Head<'_>, _) =
             postcard::take_from_bytes(&bytes[5..]).map_err(|_| SnapshotError::Malformed)?;
+        if bytes[0] == SNAPSHOT_VERSION_COVERING {
+            let (names, more): (Vec<&str>, _) =
+                postcard::take_from_bytes(rest).map_err(|_| SnapshotError::Malformed)?;
+            if names.is_empty() || names.len() > crate::config::caps::MAX_DATABASES {
+                return Err(SnapshotError::Malformed);
+            }
+            covers = Some(names.into_iter().map(String::from).collect());
+            rest = more;
+        }
         loop {
             match rest.split_first() {
                 Some((1, more)) => {
@@ -363,6 +447,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         end_generation,
         store,
         members: m,
+        covers,
     })
 }
 
@@ -370,6 +455,39 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
 mod tests {
     use super::*;
     use alloc::vec;
+
+    /// R12: a partial view's snapshot (version 3) names the databases it
+    /// covers; a whole store's stays version 2, byte for byte as before.
+    #[test]
+    fn r12_a_partial_views_snapshot_names_what_it_covers() -> Result<(), SnapshotError> {
+        let mut store = Store::new();
+        store.apply_op(&crate::log::Op::Put {
+            db: "a",
+            key: b"k",
+            value: b"v",
+        });
+        let members = Members::default();
+        let (lsn, g) = (Lsn::new(1, 40), Generation(2));
+        let covers = vec![String::from("a"), String::from("c")];
+        let bytes = encode_covering(lsn, g, &store, &members, Some(&covers));
+        assert_eq!(bytes[0], SNAPSHOT_VERSION_COVERING);
+        let snap = decode(&bytes)?;
+        assert_eq!(snap.covers.as_deref(), Some(&covers[..]));
+        assert_eq!(snap.store, store);
+        assert!(snap.covers_all(&[String::from("c")]));
+        assert!(!snap.covers_all(&[String::from("a"), String::from("b")]));
+        assert!(!snap.covers_all(&[]), "a whole store is more than it holds");
+        // Re-encoded as it came.
+        assert_eq!(encode_spanning(&snap), bytes);
+        let whole = encode(lsn, g, &store, &members);
+        assert_eq!(whole[0], SNAPSHOT_VERSION);
+        let snap = decode(&whole)?;
+        assert!(snap.covers.is_none() && snap.covers_all(&[]));
+        // A version 3 snapshot with no database listed is malformed.
+        let empty = encode_covering(lsn, g, &store, &members, Some(&[]));
+        assert_eq!(decode(&empty).err(), Some(SnapshotError::Malformed));
+        Ok(())
+    }
 
     #[test]
     fn snapshot_round_trips_and_detects_corruption() -> Result<(), SnapshotError> {

@@ -29,6 +29,37 @@ impl Store {
         Ok(())
     }
 
+    /// Apply the operations of one commit on the databases `keep` accepts,
+    /// in order, and skip the others: what a view restricted to some
+    /// databases applies (R12). The skipped operations are still checked.
+    pub fn apply_where(
+        &mut self,
+        commit: &Commit<'_>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(), RecordError> {
+        for op in commit.ops() {
+            let op = op?;
+            if keep(op.db()) {
+                self.apply_op(&op);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop every database `keep` refuses (a view restricted to some
+    /// databases keeps only those of a snapshot, R12).
+    pub fn retain_databases(&mut self, keep: impl Fn(&str) -> bool) {
+        let mut gone = 0usize;
+        self.dbs.retain(|name, db| {
+            let k = keep(name);
+            if !k {
+                gone += db.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            }
+            k
+        });
+        self.bytes -= gone;
+    }
+
     /// Apply one operation.
     pub fn apply_op(&mut self, op: &Op<'_>) {
         match *op {
@@ -113,9 +144,17 @@ impl Store {
     /// key and value in order): equal stores give equal digests, so the
     /// simulator can compare sites cheaply.
     pub fn digest(&self) -> u32 {
+        self.digest_where(|_| true)
+    }
+
+    /// The digest of the databases `keep` accepts only, computed as
+    /// [`Store::digest`] is: a view restricted to some databases (R12) has
+    /// the digest of the master's store restricted to them, so the two
+    /// compare with `master.digest_where(|db| view.replicates(db))`.
+    pub fn digest_where(&self, keep: impl Fn(&str) -> bool) -> u32 {
         let mut d = crate::crc::digest();
         for (name, db) in &self.dbs {
-            if db.is_empty() {
+            if db.is_empty() || !keep(name) {
                 continue;
             }
             d.update(&(name.len() as u32).to_le_bytes());

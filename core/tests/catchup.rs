@@ -118,7 +118,8 @@ impl Net {
     /// index of the first frame sent after the restart.
     fn restart(&mut self, c: usize, storage: MemStorage, peers: &[&str]) -> usize {
         let now = self.now;
-        let mut s = Site::open(self.cfgs[c], &format!("s{c}"), storage, now).expect("reopen");
+        let mut s =
+            Site::open(self.cfgs[c].clone(), &format!("s{c}"), storage, now).expect("reopen");
         s.set_peers(peers);
         s.rep_start_client(now);
         self.sites[c] = Some(s);
@@ -292,7 +293,7 @@ fn r11_a_record_too_big_for_a_bulk_goes_alone() {
         net.run(&mut |_| true);
     }
     let now = net.now;
-    let mut s = Site::open(net.cfgs[0], "s1", storage, now).unwrap();
+    let mut s = Site::open(net.cfgs[0].clone(), "s1", storage, now).unwrap();
     s.rep_start_client(now);
     net.sites[1] = Some(s);
     net.down.clear();
@@ -399,7 +400,7 @@ fn r8_a_catching_up_client_snapshots_once_caught_up_not_at_every_checkpoint() {
         "the master checkpointed: {checkpoints:?}"
     );
     let now = net.now;
-    let mut s = Site::open(net.cfgs[0], "s1", storage, now).unwrap();
+    let mut s = Site::open(net.cfgs[0].clone(), "s1", storage, now).unwrap();
     s.rep_start_client(now);
     net.sites[1] = Some(s);
     net.down.clear();

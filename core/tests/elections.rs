@@ -345,7 +345,8 @@ fn e1_a_site_that_voted_cannot_vote_twice_in_one_egen() {
     net.crash(voter);
     let disk = net.disks[voter].take().unwrap();
     let mut site =
-        shoal_core::site::Site::open(net.cfgs[voter], &format!("s{voter}"), disk, net.now).unwrap();
+        shoal_core::site::Site::open(net.cfgs[voter].clone(), &format!("s{voter}"), disk, net.now)
+            .unwrap();
     while site.poll_output().is_some() {}
     // A better candidate (higher LSN, top priority) asks for votes in the
     // same egen.

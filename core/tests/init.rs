@@ -117,7 +117,8 @@ impl Net {
     /// master. Returns the index of the first frame sent after.
     fn restart(&mut self, c: usize, storage: MemStorage) -> usize {
         let now = self.now;
-        let mut s = Site::open(self.cfgs[c], &format!("s{c}"), storage, now).expect("reopen");
+        let mut s =
+            Site::open(self.cfgs[c].clone(), &format!("s{c}"), storage, now).expect("reopen");
         s.rep_start_client(now);
         self.sites[c] = Some(s);
         self.down.retain(|&d| d != c);
@@ -206,7 +207,7 @@ fn assert_initialised(net: &mut Net, c: usize) {
     assert!(!events.contains(&Event::JoinFailure));
     // The disk holds the snapshot and the log from F: it reopens to the
     // same state.
-    let cfg = net.cfgs[c];
+    let cfg = net.cfgs[c].clone();
     let storage = net.site(c).storage_mut().clone();
     let re = Site::open(cfg, "again", storage, Instant(0)).expect("reopens");
     let s = net.s(c);
@@ -259,7 +260,7 @@ fn s6_pages_are_bounded_by_device_limits_and_come_in_several_answers() {
         max_bulk_bytes: 1024,
         ..Limits::device()
     };
-    let mut net = group(vec![c; 2]);
+    let mut net = group(vec![c.clone(); 2]);
     let storage = net.fall_far_behind(1, 6);
     let mark = net.restart(1, storage);
     net.advance(Duration::from_millis(500), &mut traced::all);
@@ -311,7 +312,7 @@ fn s6_pages_are_bounded_by_device_limits_and_come_in_several_answers() {
 fn s6_a_lost_page_is_re_requested() {
     let mut c = cfg();
     c.limits.max_answer_bytes = 1024;
-    let mut net = group(vec![c; 2]);
+    let mut net = group(vec![c.clone(); 2]);
     let storage = net.fall_far_behind(1, 4);
     let mark = net.restart(1, storage);
     let mut lost = false;
@@ -395,7 +396,7 @@ fn s7_autoinit_off_reports_join_failure_and_keeps_the_data() {
     assert_eq!(net.s(0).stats().inits_served, 0);
     // Its disk still opens to the same state.
     let storage = net.site(2).storage_mut().clone();
-    let re = Site::open(net.cfgs[2], "again", storage, Instant(0)).expect("reopens");
+    let re = Site::open(net.cfgs[2].clone(), "again", storage, Instant(0)).expect("reopens");
     assert_eq!(re.store().digest(), digest);
 }
 
@@ -417,7 +418,7 @@ fn s6_an_interrupted_initialisation_is_cleaned_up_on_reopen() {
     assert!(net.s(1).log_index().is_empty());
     let storage = net.sites[1].take().expect("up").into_storage();
     net.down.push(1);
-    let re = Site::open(net.cfgs[1], "s1", storage, net.now).expect("reopens");
+    let re = Site::open(net.cfgs[1].clone(), "s1", storage, net.now).expect("reopens");
     assert!(re.initializing(), "still to be initialised");
     assert!(re.log_index().is_empty(), "the partial log is removed");
     assert!(

@@ -175,21 +175,26 @@ struct World {
 
 impl World {
     fn new(n: usize, cfg: Config, node_limits: NodeLimits) -> World {
-        Self::build(n, cfg, node_limits, None)
+        Self::build(vec![cfg; n], node_limits, None)
+    }
+
+    /// One node per configuration.
+    fn with_configs(cfgs: Vec<Config>) -> World {
+        Self::build(cfgs, NodeLimits::default(), None)
     }
 
     /// Nodes that sync through `sync` (called with the node's index)
     /// instead of `Storage::sync`.
     fn with_syncer(n: usize, cfg: Config, sync: Arc<dyn Fn(usize) -> bool + Send + Sync>) -> World {
-        Self::build(n, cfg, NodeLimits::default(), Some(sync))
+        Self::build(vec![cfg; n], NodeLimits::default(), Some(sync))
     }
 
     fn build(
-        n: usize,
-        cfg: Config,
+        cfgs: Vec<Config>,
         node_limits: NodeLimits,
         sync: Option<Arc<dyn Fn(usize) -> bool + Send + Sync>>,
     ) -> World {
+        let n = cfgs.len();
         let clock = ManualClock::default();
         let net = Rc::new(Net {
             addresses: (0..n).map(|i| format!("s{i}")).collect(),
@@ -197,8 +202,9 @@ impl World {
         });
         let nodes: Vec<Rc<TestNode>> = (0..n)
             .map(|i| {
+                let cfg = &cfgs[i];
                 let site = Site::open(
-                    cfg,
+                    cfg.clone(),
                     &format!("s{i}"),
                     MemStorage::new(16 << 20),
                     clock.now(),
@@ -728,6 +734,35 @@ fn s5_reads_wait_while_a_client_synchronizes() {
     assert!(was_syncing, "the client is synchronising");
     assert_eq!(read, Ok(Some(b"v".to_vec())));
     assert!(waited >= 500_000, "{waited}");
+}
+
+/// R12: a read of a database a partial view does not replicate fails at
+/// once with NotReplicated, even while the view synchronises (a read of
+/// its own database would wait, S5): waiting could never make it answer.
+#[test]
+fn r12_a_view_refuses_a_read_of_another_database_without_waiting() {
+    let view = Config {
+        view: true,
+        priority: 0,
+        view_databases: vec!["db".into()],
+        ..Config::default()
+    };
+    let mut w = World::with_configs(vec![Config::default(), view]);
+    form_group(&mut w);
+    let nodes = w.nodes.clone();
+    let net = w.net.clone();
+    let clock = w.clock.clone();
+    let (other, was_syncing) = w.run(Duration::from_secs(20), async move {
+        let n = net.clone();
+        hold_client_in_sync(&nodes, move || n.drop_verify_to.set(Some(1))).await;
+        clock.sleep_until(Instant(clock.now().0 + 100_000)).await;
+        let was_syncing = nodes[1].with_site(|s| s.is_synchronizing()).await;
+        let other = nodes[1].get("other", b"k").await;
+        net.drop_verify_to.set(None);
+        (other, was_syncing)
+    });
+    assert!(was_syncing, "the view is synchronising");
+    assert_eq!(other, Err(ReadError::NotReplicated));
 }
 
 #[test]

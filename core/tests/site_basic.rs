@@ -23,8 +23,13 @@ impl Net {
     fn new(n: usize, cfg: Config) -> Net {
         let sites = (0..n)
             .map(|i| {
-                Site::open(cfg, &format!("s{i}"), MemStorage::new(64 << 20), Instant(0))
-                    .expect("open")
+                Site::open(
+                    cfg.clone(),
+                    &format!("s{i}"),
+                    MemStorage::new(64 << 20),
+                    Instant(0),
+                )
+                .expect("open")
             })
             .collect();
         Net {
@@ -243,7 +248,7 @@ fn small_log_config() -> Config {
 #[test]
 fn r8_checkpoints_snapshot_the_store_and_archive_old_segments() {
     let cfg = small_log_config();
-    let mut net = Net::group(3, cfg);
+    let mut net = Net::group(3, cfg.clone());
     let value = "v".repeat(200);
     for round in 0..6 {
         for k in 0..40 {
@@ -270,7 +275,7 @@ fn r8_checkpoints_snapshot_the_store_and_archive_old_segments() {
     for i in 0..3 {
         let s = net.sites.remove(i);
         let addr = s.address().to_string();
-        let reopened = Site::open(cfg, &addr, s.into_storage(), net.now).expect("reopen");
+        let reopened = Site::open(cfg.clone(), &addr, s.into_storage(), net.now).expect("reopen");
         assert_eq!(
             reopened.store().digest(),
             digest,

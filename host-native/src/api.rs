@@ -279,8 +279,17 @@ pub struct Status {
     pub nsites: u32,
     /// Keys in the store.
     pub keys: u64,
-    /// A digest of the whole store: equal on converged sites.
+    /// A digest of the whole store: equal on converged sites. On a view of
+    /// some databases (R12), of those databases only: equal to the
+    /// master's store restricted to them, not to the master's digest.
     pub digest: String,
+    /// This site is a view (R12): it never votes, acks or becomes master.
+    #[serde(default)]
+    pub view: bool,
+    /// The databases this view applies to its store; empty: all of them
+    /// (or not a view). Reads of any other database are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub view_databases: Vec<String>,
     /// Every known site.
     pub sites: Vec<SiteStatus>,
     /// Counters of the replication core.

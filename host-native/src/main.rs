@@ -479,8 +479,13 @@ async fn listen(a: ListenArgs) -> Result<ExitCode, String> {
 }
 
 fn print_status(st: &Status) {
+    let view = match (st.view, st.view_databases.as_slice()) {
+        (false, _) => String::new(),
+        (true, []) => ", view of every database".to_string(),
+        (true, dbs) => format!(", view of {}", dbs.join(", ")),
+    };
     shoal_native::out!(
-        "site {} at {} — {}{}{}",
+        "site {} at {} — {}{view}{}{}",
         st.id,
         st.address,
         st.role,
@@ -494,7 +499,7 @@ fn print_status(st: &Status) {
         }
     );
     shoal_native::out!(
-        "generation {}  egen {}  last LSN {}  flushed {}  nsites {}  keys {}  digest {}{}",
+        "generation {}  egen {}  last LSN {}  flushed {}  nsites {}  keys {}  digest {}{}{}",
         st.generation,
         st.egen,
         st.last_lsn,
@@ -502,6 +507,11 @@ fn print_status(st: &Status) {
         st.nsites,
         st.keys,
         st.digest,
+        if st.view_databases.is_empty() {
+            ""
+        } else {
+            " (of the view's databases)"
+        },
         if st.synchronizing {
             "  (synchronising)"
         } else {

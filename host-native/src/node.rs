@@ -171,7 +171,7 @@ pub async fn start(s: Settings) -> Result<Running, String> {
     // The driver fsyncs through this handle without the node's lock, so
     // commits and replication go on during the fsync.
     let syncer = storage.sync_handle();
-    let site = Site::open(s.config, &s.advertise, storage, clock.now())
+    let site = Site::open(s.config.clone(), &s.advertise, storage, clock.now())
         .map_err(|e| format!("cannot open the site in {}: {e}", s.home.display()))?;
     let member = site.id().0 != 0 && !site.members().is_empty();
     let members: Vec<(SiteId, String)> = site
@@ -477,6 +477,7 @@ fn read_error(e: ReadError) -> String {
             "this master's lease has expired: it cannot promise the value is current".into()
         }
         ReadError::HandleDead => "the handle saw rolled-back data: reopen it".into(),
+        ReadError::NotReplicated => e.to_string(),
     }
 }
 
@@ -826,6 +827,8 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 } else {
                     String::new()
                 },
+                view: s.is_view(),
+                view_databases: s.view_databases().to_vec(),
                 sites: s
                     .members()
                     .iter()

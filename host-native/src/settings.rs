@@ -123,6 +123,18 @@ pub struct NodeArgs {
     /// (W1); give every site of the group the same setting.
     #[arg(long)]
     pub forward_writes: bool,
+    /// Run this site as a view (R12): it replicates the log but never
+    /// votes, acks or becomes master, and counts in no ack policy or
+    /// nsites. Its priority is 0 unless --priority says otherwise, which
+    /// is refused. Other sites may name it with --peer. It joins a group
+    /// (--join); it cannot create one.
+    #[arg(long)]
+    pub view: bool,
+    /// A database this view applies to its store (repeat for several; the
+    /// default is every database). Its log is still the master's whole
+    /// log; reads of another database are refused. Only with --view.
+    #[arg(long = "view-db", value_name = "NAME")]
+    pub view_db: Vec<String>,
     /// Never initialise this site from the master's database (S7).
     #[arg(long)]
     pub no_autoinit: bool,
@@ -326,10 +338,41 @@ impl NodeArgs {
                     .into(),
             );
         }
-        let mut c = Config::default();
-        if let Some(p) = a.priority.or(f.priority) {
-            c.priority = p;
+        // R12: a view never stands, so its priority is 0 unless the
+        // operator says otherwise (refused, naming the flag); a
+        // creator is its group's first master, so no view.
+        let mut c = Config {
+            view: a.view || f.view,
+            ..Config::default()
+        };
+        let priority = a.priority.or(f.priority);
+        c.priority = match priority {
+            Some(p) => p,
+            None if c.view => 0,
+            None => c.priority,
+        };
+        if c.view && c.priority != 0 {
+            return Err(format!(
+                "--view with --priority {}: a view never becomes master, so its priority is 0 (leave --priority out)",
+                c.priority
+            ));
         }
+        if c.view && create {
+            return Err(
+                "--view and --create exclude each other: the site that creates a group is its first master, and a view never is one; create the group on another site and --join it"
+                    .into(),
+            );
+        }
+        let mut view_db = a.view_db;
+        if view_db.is_empty() {
+            view_db = f.view_db;
+        }
+        if !view_db.is_empty() && !c.view {
+            return Err(
+                "--view-db needs --view: only a view replicates a subset of databases".into(),
+            );
+        }
+        c.view_databases = view_db;
         if let Some(x) = a.ack.or(f.ack) {
             c.ack_policy = parse_ack(&x)?;
         }
@@ -427,8 +470,12 @@ impl NodeArgs {
             ));
         }
         c.seed = seed();
-        c.validate()
-            .map_err(|e| format!("invalid configuration: {e}"))?;
+        c.validate().map_err(|e| match e {
+            shoal_core::config::ConfigError::BadViewDatabase { .. } => {
+                format!("--view-db: {e}")
+            }
+            _ => format!("invalid configuration: {e}"),
+        })?;
         let mut warnings = Vec::new();
         let group_key = match a.group_key_file.or(f.group_key_file) {
             Some(p) => {
@@ -621,6 +668,73 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(s.peers, vec!["10.0.0.2:7000"]);
+    }
+
+    /// R12: --view (or `view = true`) makes a view of priority 0;
+    /// --view-db (or `view_db = [..]`) restricts it; contradictions are
+    /// refused with the flag named.
+    #[test]
+    fn a_view_comes_from_flags_or_the_file() {
+        let s = NodeArgs {
+            view: true,
+            view_db: vec!["orders".into(), "users".into()],
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(s.config.view);
+        assert_eq!(s.config.priority, 0, "a view's priority is 0 by default");
+        assert_eq!(s.config.view_databases, vec!["orders", "users"]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shoal.toml");
+        std::fs::write(&p, "view = true\nview_db = [\"orders\"]\n").unwrap();
+        let s = NodeArgs {
+            config: Some(p),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(s.config.view && s.config.priority == 0);
+        assert_eq!(s.config.view_databases, vec!["orders"]);
+        let e = NodeArgs {
+            view: true,
+            priority: Some(5),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("--priority 5"), "{e}");
+        let e = NodeArgs {
+            view_db: vec!["orders".into()],
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("--view-db needs --view"), "{e}");
+        let e = NodeArgs {
+            view: true,
+            create: true,
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("--create"), "{e}");
+        let e = NodeArgs {
+            view: true,
+            view_db: vec!["a".into(), "a".into()],
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("--view-db") && e.contains("twice"), "{e}");
+        // A view with an explicit priority 0 is fine.
+        assert!(NodeArgs {
+            view: true,
+            priority: Some(0),
+            ..args()
+        }
+        .resolve()
+        .is_ok());
     }
 
     #[test]

@@ -28,7 +28,15 @@
 //!     ([`CrashMode::Process`]) keep it.
 //! (d) **Convergence**: after faults stop every site reaches the same last
 //!     LSN, the same store digest and the same log, and what each site's
-//!     disk holds reopens to the same state ([`Sim::check_final`]).
+//!     disk holds reopens to the same state ([`Sim::check_final`]). A view
+//!     restricted to some databases (R12) holds the same log, and the
+//!     master's store restricted to its databases.
+//! (e) **Views** (R12): a view never sends an ACK, a VOTE1, a VOTE2 or a
+//!     lease grant, never becomes master, and counts toward no commit's
+//!     acks: a commit answered permanent with `acks` acknowledgements had
+//!     at least that many non-view sites other than the master send an
+//!     ACK that covers it. Views are outside nsites, so a crashed view is
+//!     not a failed site of (c).
 
 use crate::disk::CrashMode;
 use crate::rng::Rng;
@@ -36,6 +44,7 @@ use crate::sim::{fmt_time, Sim};
 use shoal_core::config::{AckPolicy, Config};
 use shoal_core::log::segment::SEGMENT_HEADER_LEN;
 use shoal_core::site::{CommitOutcome, IndexEntry, Role, Rollback, Site};
+use shoal_core::wire::MessageKind;
 use shoal_core::{Generation, Instant, Lsn, SiteId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,13 +83,26 @@ pub struct Checker {
     failed: BTreeSet<usize>,
     /// When a site last lost power (a crash other than a process crash).
     power_lost_at: Option<Instant>,
+    /// The group's size, configured nsites and nvotes (to count the
+    /// tolerated failures again when a site becomes a view).
+    sites: usize,
+    nsites: Option<u32>,
+    nvotes: Option<u32>,
+    /// Sites configured as views (R12).
+    views: BTreeSet<usize>,
+    /// The highest LSN each site sent an ACK for, in any generation.
+    acks_sent: BTreeMap<usize, Lsn>,
     stats: CheckStats,
 }
 
 impl Checker {
     pub(crate) fn new(sites: usize, cfg: &Config) -> Checker {
-        let nsites = cfg.nsites.unwrap_or(sites as u32);
-        let min = shoal_core::site::acks::min_votes(nsites, cfg.nvotes);
+        let mut c = Checker::empty(sites, cfg);
+        c.count_tolerated();
+        c
+    }
+
+    fn empty(sites: usize, cfg: &Config) -> Checker {
         Checker {
             records: BTreeMap::new(),
             permanent: BTreeMap::new(),
@@ -91,11 +113,73 @@ impl Checker {
             ),
             promises: true,
             broken: None,
-            tolerated: nsites.saturating_sub(min) as usize,
+            tolerated: 0,
             failed: BTreeSet::new(),
             power_lost_at: None,
+            sites,
+            nsites: cfg.nsites,
+            nvotes: cfg.nvotes,
+            views: BTreeSet::new(),
+            acks_sent: BTreeMap::new(),
             stats: CheckStats::default(),
         }
+    }
+
+    /// Failures tolerated: nsites (configured, or the non-view sites)
+    /// less the fewest votes that win.
+    fn count_tolerated(&mut self) {
+        let members = (self.sites - self.views.len()) as u32;
+        let nsites = self.nsites.unwrap_or(members);
+        let min = shoal_core::site::acks::min_votes(nsites, self.nvotes);
+        self.tolerated = nsites.saturating_sub(min) as usize;
+    }
+
+    /// Site `i` is a view (R12) or not, from its next open on.
+    pub(crate) fn set_view(&mut self, i: usize, view: bool) {
+        let changed = if view {
+            self.views.insert(i)
+        } else {
+            self.views.remove(&i)
+        };
+        if changed {
+            self.count_tolerated();
+        }
+    }
+
+    /// Is site `i` a view?
+    pub fn is_view(&self, i: usize) -> bool {
+        self.views.contains(&i)
+    }
+
+    /// (e) Site `i` sent a frame of this kind (an ACK of `lsn`).
+    pub(crate) fn on_send(&mut self, i: usize, kind: MessageKind, lsn: Lsn) -> Result<(), String> {
+        if self.views.contains(&i)
+            && matches!(
+                kind,
+                MessageKind::Ack
+                    | MessageKind::Vote1
+                    | MessageKind::Vote2
+                    | MessageKind::LeaseGrant
+            )
+        {
+            return Err(format!(
+                "view s{i} sent {kind:?} (R12: a view never acks or votes)"
+            ));
+        }
+        if kind == MessageKind::Ack {
+            let a = self.acks_sent.entry(i).or_insert(Lsn::ZERO);
+            *a = (*a).max(lsn);
+        }
+        Ok(())
+    }
+
+    /// (e) Non-view sites other than `master` that sent an ACK covering
+    /// `lsn`.
+    fn non_view_acks(&self, master: usize, lsn: Lsn) -> usize {
+        self.acks_sent
+            .iter()
+            .filter(|(j, a)| **j != master && !self.views.contains(j) && **a >= lsn)
+            .count()
     }
 
     /// Counters.
@@ -138,6 +222,11 @@ impl Checker {
     }
 
     pub(crate) fn on_crash(&mut self, i: usize, now: Instant, mode: CrashMode) {
+        if self.views.contains(&i) {
+            // A view holds no commit for the group (R12): outside nsites,
+            // its crash fails nothing the ack policies promise.
+            return;
+        }
         if mode != CrashMode::Process {
             // Commits made without sync were promised to survive process
             // crashes only: a power loss releases them, and those still in
@@ -195,6 +284,15 @@ impl Checker {
             .filter(|(_, g)| *g <= upto)
             .find(|(lsn, g)| !has_record(site.log_index(), *lsn, *g))
             .copied()
+    }
+}
+
+impl Sim {
+    /// The digest of master `m`'s store restricted to the databases site
+    /// `i` replicates (the whole store but for a partial view, R12).
+    pub fn restricted_digest(&self, m: usize, i: usize) -> u32 {
+        let cfg = self.site(i).config();
+        self.site(m).store().digest_where(|db| cfg.replicates(db))
     }
 }
 
@@ -341,6 +439,10 @@ impl Sim {
         slot.was_master = role == Role::Master;
         slot.last_generation = slot.last_generation.max(generation);
 
+        // (e) A view never becomes master (R12).
+        if role == Role::Master && self.check.views.contains(&i) {
+            self.fail(&format!("view s{i} became master"));
+        }
         // One master per generation.
         if role == Role::Master {
             match self.check.masters.get(&generation) {
@@ -448,6 +550,16 @@ impl Sim {
         durability: shoal_core::config::Durability,
         made: Instant,
     ) {
+        // (e) No commit is permanent on the strength of a view's ack.
+        if o.permanent && !o.forwarded {
+            let backed = self.check.non_view_acks(i, o.token.lsn);
+            if (o.acks as usize) > backed {
+                self.fail(&format!(
+                    "s{i} answered {:?} permanent with {} acks, but only {backed} non-view sites acknowledged it",
+                    o.token.lsn, o.acks
+                ));
+            }
+        }
         if self.check.track && o.permanent && self.check.promises {
             self.check.stats.permanent += 1;
             let volatile = durability != shoal_core::config::Durability::Sync;
@@ -471,6 +583,19 @@ impl Sim {
         };
         let master_index = self.site(m).log_index().to_vec();
         for i in self.up() {
+            // (d), (e) A view holds the master's store restricted to its
+            // databases (all of them for a full view).
+            let expected = self.restricted_digest(m, i);
+            if self.site(i).store().digest() != expected {
+                self.fail(&format!(
+                    "converged s{i}'s store differs from the master's{}",
+                    if self.check.is_view(i) {
+                        " restricted to the view's databases"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             if self.check.promises {
                 if let Some((lsn, g)) = self.check.holds_all(self.site(i)) {
                     self.fail(&format!(
@@ -486,11 +611,11 @@ impl Sim {
             let live_index = idx.to_vec();
             let live_digest = self.site(i).store().digest();
             let flushed = self.site(i).flushed_lsn();
-            let cfg = *self.site(i).config();
+            let cfg = self.site(i).config().clone();
             let addr = self.site(i).address().to_string();
             let disk = self.site_mut(i).storage_mut().clone();
             // The disk as it is: reopens to the same log and store.
-            let re = Site::open(cfg, &addr, disk.clone(), self.now)
+            let re = Site::open(cfg.clone(), &addr, disk.clone(), self.now)
                 .unwrap_or_else(|e| self.fail(&format!("s{i}'s disk does not reopen: {e}")));
             if re.log_index() != live_index.as_slice() || re.store().digest() != live_digest {
                 self.fail(&format!("s{i}'s disk reopens to a different state"));

@@ -643,7 +643,7 @@ mod tests {
         cfg.limits.max_bulk_bytes = 4096;
         cfg.timeouts.checkpoint_delay = Duration::from_millis(50);
         cfg.log_retention_segments = Some(0);
-        let mut site = Site::open(cfg, "s0", SimDisk::new(), Instant(0)).unwrap();
+        let mut site = Site::open(cfg.clone(), "s0", SimDisk::new(), Instant(0)).unwrap();
         site.create_group(Instant(0)).unwrap();
         let mut now = 0u64;
         let mut k = 0u32;
@@ -688,7 +688,7 @@ mod tests {
             let archived = site.stats().segments_archived;
             let mut copy = site.storage_mut().clone();
             copy.crash(CrashMode::Clean, &mut Rng::new(u64::from(k)));
-            let reopened = Site::open(cfg, "s0", copy, Instant(now))
+            let reopened = Site::open(cfg.clone(), "s0", copy, Instant(now))
                 .unwrap_or_else(|e| panic!("reopen after {k} commits: {e}"));
             assert_eq!(reopened.store().digest(), digest, "after {k} commits");
             assert_eq!(site.stats().segments_archived, archived);

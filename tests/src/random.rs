@@ -82,6 +82,12 @@ pub struct RunSummary {
     pub small_queue_queued: u64,
     /// Frames dropped from that site's queue (re-requested: R13).
     pub small_queue_dropped: u64,
+    /// One site was a view (R12).
+    pub view: bool,
+    /// That view applied some databases only.
+    pub partial_view: bool,
+    /// Log requests that view served for other sites as a peer (S3).
+    pub view_served: u64,
     /// Channel requests made (W2).
     pub channel_requests: u64,
     /// Of them, answered with a response part (W2).
@@ -105,6 +111,10 @@ pub struct RandomOpts {
     /// (W2) and check each request ends once, by its timeout at the
     /// latest. Off replays a seed as it ran before channels existed.
     pub channels: bool,
+    /// A third of the seeds of three sites or more make one site a view
+    /// (R12), half of those a view of some databases only. Off replays a
+    /// seed as it ran before views were tried.
+    pub views: bool,
 }
 
 impl Default for RandomOpts {
@@ -115,6 +125,7 @@ impl Default for RandomOpts {
             elections: false,
             forwarding: true,
             channels: true,
+            views: true,
         }
     }
 }
@@ -360,9 +371,33 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
     if sites >= 3 && Rng::fork(seed, 11).chance(200_000) {
         let unelectable = Config {
             priority: 0,
-            ..sim.cfg.site
+            ..sim.cfg.site.clone()
         };
         sim.set_site_config(sites - 1, unelectable);
+    }
+    // A third of the seeds of three sites or more make one site other than
+    // the creator a view (R12), half of them a view of one or two of the
+    // databases the run writes: it must never ack, vote or become master,
+    // count toward no commit, serve its peers from its whole log, and end
+    // with the master's store restricted to its databases (`crate::check`,
+    // (d) and (e)). A stream of its own keeps the other choices as they
+    // were.
+    let mut vw = Rng::fork(seed, 22);
+    let view = (opts.views && sites >= 3 && vw.chance(330_000))
+        .then(|| 1 + vw.below(sites as u64 - 1) as usize);
+    if let Some(v) = view {
+        let mut c = sim.site_config(v);
+        c.view = true;
+        c.priority = 0;
+        if vw.chance(500_000) {
+            let dbs: &[&str] = vw
+                .pick(&[&["a"][..], &["b"][..], &["a", "barrier"][..]])
+                .expect("nonempty");
+            c.view_databases = dbs.iter().map(|d| d.to_string()).collect();
+            sum.partial_view = true;
+        }
+        sim.set_site_config(v, c);
+        sum.view = true;
     }
     // Half the archiving seeds give one site a device's smaller snapshot
     // pages (S6: 512 bytes, where the others take 1024 or 3584): its
@@ -676,6 +711,9 @@ pub fn run_seed(seed: u64, test: &str, name: &str, opts: RandomOpts) -> (Sim, Ru
         .map(|&i| sim.site(i).stats().forwards_served)
         .sum();
     sum.archiving = sim.cfg.site.log_retention_segments.is_some();
+    sum.view_served = view
+        .filter(|&v| sim.is_up(v))
+        .map_or(0, |v| sim.site(v).stats().peer_served);
     sum.fuzzy_snapshots = sim
         .up()
         .iter()

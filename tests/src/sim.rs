@@ -239,14 +239,14 @@ impl Sim {
     /// Open `cfg.sites` sites over empty disks (nothing started).
     pub fn new(cfg: SimConfig) -> Sim {
         let seed = cfg.seed;
-        let mut site_cfg = cfg.site;
+        let mut site_cfg = cfg.site.clone();
         site_cfg.seed = seed;
         let slots = (0..cfg.sites)
             .map(|i| {
                 let address = format!("s{i}");
-                let mut c = site_cfg;
+                let mut c = site_cfg.clone();
                 c.seed = seed.wrapping_add(i as u64);
-                let site = Site::open(c, &address, SimDisk::new(), Instant(0))
+                let site = Site::open(c.clone(), &address, SimDisk::new(), Instant(0))
                     .unwrap_or_else(|e| panic!("seed {seed}: site {i} does not open: {e}"));
                 Slot {
                     site: Some(site),
@@ -413,14 +413,15 @@ impl Sim {
 
     /// Site `i`'s configuration (what it opens with).
     pub fn site_config(&self, i: usize) -> Config {
-        self.slots[i].cfg
+        self.slots[i].cfg.clone()
     }
 
     /// Replace one site's configuration (before it is started or
     /// restarted: takes effect at its next open). The site is reopened now
     /// if it is up and idle with an empty log.
     pub fn set_site_config(&mut self, i: usize, cfg: Config) {
-        self.slots[i].cfg = cfg;
+        self.check.set_view(i, cfg.view);
+        self.slots[i].cfg = cfg.clone();
         let reopen = self.slots[i]
             .site
             .as_ref()
@@ -594,9 +595,14 @@ impl Sim {
         for (i, slot) in self.slots.iter().enumerate() {
             match &slot.site {
                 Some(site) => s.push_str(&format!(
-                    "  s{i} id {} {:?} master {:?} gen {} last {:?} flushed {:?} records {} members {} digest {:08x}{}\n",
+                    "  s{i} id {} {:?}{} master {:?} gen {} last {:?} flushed {:?} records {} members {} digest {:08x}{}\n",
                     site.id().0,
                     site.role(),
+                    match (site.is_view(), site.view_databases()) {
+                        (false, _) => String::new(),
+                        (true, []) => " (view)".to_string(),
+                        (true, dbs) => format!(" (view of {})", dbs.join(",")),
+                    },
                     site.master().map(|m| m.0),
                     site.generation().0,
                     site.last_lsn(),
@@ -679,6 +685,11 @@ impl Sim {
                 Output::Send { to, frame, .. } => {
                     let target = self.resolve(&to);
                     let msg = MsgSum::of(&frame, &self.slots[i].cfg.limits);
+                    if let Some(kind) = msg.kind {
+                        if let Err(e) = self.check.on_send(i, kind, msg.a) {
+                            self.fail(&e);
+                        }
+                    }
                     let mut copies = 0u8;
                     if let Some(t) = target {
                         let times = self.net.route(self.now, i, t);
@@ -1267,7 +1278,7 @@ impl Sim {
         let Some(disk) = self.slots[i].disk.take() else {
             self.fail(&format!("restart: s{i} is not down"));
         };
-        let cfg = self.slots[i].cfg;
+        let cfg = self.slots[i].cfg.clone();
         let addr = self.slots[i].address.clone();
         let mut site = Site::open(cfg, &addr, disk, self.now)
             .unwrap_or_else(|e| self.fail(&format!("s{i} does not reopen after a crash: {e}")));
@@ -1355,7 +1366,7 @@ impl Sim {
         meta.egen = egen;
         let _ = disk.sync();
         let _ = disk.write_meta(&meta.encode());
-        let cfg = self.slots[i].cfg;
+        let cfg = self.slots[i].cfg.clone();
         let addr = self.slots[i].address.clone();
         let mut site = Site::open(cfg, &addr, disk, self.now)
             .unwrap_or_else(|e| self.fail(&format!("s{i} does not reopen: {e}")));
@@ -1481,10 +1492,9 @@ impl Sim {
             return false;
         }
         let m = self.master().expect("quick check found a master");
-        let d = self.site(m).store().digest();
         self.up()
             .into_iter()
-            .all(|i| self.site(i).store().digest() == d)
+            .all(|i| self.site(i).store().digest() == self.restricted_digest(m, i))
     }
 
     /// Like [`Sim::converged`] without comparing stores.

@@ -65,7 +65,7 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
     failed.sort_by_key(|f| f.0);
     let total = |f: fn(&RunSummary) -> u64| ok.iter().map(f).sum::<u64>();
     println!(
-        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), initialisations {} (in {} of {} archiving runs; {} of a site with small pages, in {} of {} runs with one), log requests of a site with small bulks {} (in {} of {} runs with one), frames queued by a site with a device's queue {} ({} dropped, in {} of {} runs with one), fuzzy snapshots {}, channel requests {} ({} answered), promises broken in {} runs",
+        "{name}: {} seeds in {:.1?}: {} ok, {} failed; steps {}, commits {}, permanent {}, crashes {} ({} of masters), promotions {}, partitions {}, rollbacks {} ({} commits), log requests served by peers {}, writes forwarded {} (committed by a master still up at the end: {}), initialisations {} (in {} of {} archiving runs; {} of a site with small pages, in {} of {} runs with one), log requests of a site with small bulks {} (in {} of {} runs with one), frames queued by a site with a device's queue {} ({} dropped, in {} of {} runs with one), fuzzy snapshots {}, channel requests {} ({} answered), views in {} runs ({} partial; {} log requests served by views), promises broken in {} runs",
         seeds.len(),
         started.elapsed(),
         ok.len(),
@@ -98,6 +98,9 @@ fn run_many(name: &str, seeds: Vec<u64>, opts: RandomOpts) -> Vec<RunSummary> {
         total(|s| s.fuzzy_snapshots),
         total(|s| s.channel_requests),
         total(|s| s.channel_answered),
+        ok.iter().filter(|s| s.view).count(),
+        ok.iter().filter(|s| s.partial_view).count(),
+        total(|s| s.view_served),
         ok.iter().filter(|s| !s.promises_held).count(),
     );
     if !failed.is_empty() {
@@ -149,6 +152,11 @@ fn random_seeds() {
         // (R8), then reopened, rolled back and crashed like the rest.
         assert!(sum(|s| s.fuzzy_snapshots) > 0);
         assert!(sum(|s| s.channel_answered) > 0);
+        // Views ran (R12), some of some databases only, and served their
+        // peers (S3) under the same faults and invariants.
+        assert!(runs.iter().any(|s| s.view));
+        assert!(runs.iter().any(|s| s.partial_view));
+        assert!(sum(|s| s.view_served) > 0);
     }
 }
 
@@ -216,10 +224,12 @@ fn a_seed_replays_byte_for_byte() {
 /// durable (S6).
 #[test]
 fn seeds_that_once_failed() {
-    // As they ran when they failed: before write forwarding (W1).
+    // As they ran when they failed: before write forwarding (W1),
+    // channels (W2) and views (R12).
     let before = RandomOpts {
         forwarding: false,
         channels: false,
+        views: false,
         ..RandomOpts::default()
     };
     run_many("seeds_that_once_failed", vec![8403, 8581], before);

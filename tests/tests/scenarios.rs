@@ -994,7 +994,7 @@ fn rollback_below_the_archived_log(
     };
     cfg.timeouts.checkpoint_delay = ms(50);
     cfg.limits = small_segments();
-    let mut sim = sim(name, 3, cfg);
+    let mut sim = sim(name, 3, cfg.clone());
     sim.start_group();
     sim.write(0, "a", "1");
     sim.partition(&[0], &[1, 2]);
@@ -1009,7 +1009,7 @@ fn rollback_below_the_archived_log(
     sim.heal();
     let m = sim.promote_best();
     sim.write(m, "new", "1");
-    sim.set_site_config(0, s0_cfg(operator_mode(cfg)));
+    sim.set_site_config(0, s0_cfg(operator_mode(cfg.clone())));
     sim.restart(0, Start::Client);
     let (last, digest) = (sim.site(0).last_lsn(), sim.site(0).store().digest());
     (sim, last, digest)
@@ -1154,7 +1154,8 @@ fn r4_a_reordered_crash_leaves_no_hole_at_a_segment_switch() {
     let mut cfg = operator_mode(Config::default());
     cfg.limits = small_segments();
     let mut site =
-        shoal_core::site::Site::open(cfg, "s0", SimDisk::new(), shoal_core::Instant(0)).unwrap();
+        shoal_core::site::Site::open(cfg.clone(), "s0", SimDisk::new(), shoal_core::Instant(0))
+            .unwrap();
     site.create_group(shoal_core::Instant(0)).unwrap();
     use shoal_core::traits::Storage;
     site.storage_mut().sync().unwrap();
@@ -1177,7 +1178,8 @@ fn r4_a_reordered_crash_leaves_no_hole_at_a_segment_switch() {
     for seed in 0..200 {
         let mut d = disk.clone();
         d.crash(CrashMode::Reordered, &mut Rng::new(seed));
-        let re = shoal_core::site::Site::open(cfg, "s0", d, shoal_core::Instant(2)).unwrap();
+        let re =
+            shoal_core::site::Site::open(cfg.clone(), "s0", d, shoal_core::Instant(2)).unwrap();
         let after = re.log_index();
         assert_eq!(
             after,
@@ -1266,12 +1268,18 @@ fn all_needs_the_masters_copy(label: &str, durability: Durability, crash: CrashM
     cfg.timeouts.election = ms(300);
     let name = format!("r5_all_needs_the_masters_copy_durable_too_{label}");
     let mut c = SimConfig::new("scenarios", &name, 3);
-    c.site = cfg; // elections on
+    c.site = cfg.clone(); // elections on
     c.fsync_min = ms(20);
     c.fsync_max = ms(20);
     replay_hint_on_panic();
     let mut sim = Sim::new(c);
-    sim.set_site_config(2, Config { priority: 0, ..cfg });
+    sim.set_site_config(
+        2,
+        Config {
+            priority: 0,
+            ..cfg.clone()
+        },
+    );
     sim.start_group();
     let o = sim.write_with(0, "c", "1", durability);
     assert!(o.permanent);

@@ -261,7 +261,11 @@ fn seed003_004_two_site_strict_on_and_off() {
 fn seed004_full_election_after_a_whole_group_restart() {
     let mut cfg = fast();
     cfg.timeouts.full_election = Duration::from_secs(600);
-    let mut sim = new_sim("seed004_full_election_after_a_whole_group_restart", 3, cfg);
+    let mut sim = new_sim(
+        "seed004_full_election_after_a_whole_group_restart",
+        3,
+        cfg.clone(),
+    );
     sim.start_group();
     for k in 0..5 {
         sim.write(0, &format!("k{k}"), "v");
@@ -307,7 +311,7 @@ fn seed004_new_site_wins_only_when_caught_up() {
     let mut sim = new_sim("seed004_new_site_wins_only_when_caught_up", 4, fast());
     let mut high = fast();
     high.priority = 200;
-    sim.set_site_config(3, high);
+    sim.set_site_config(3, high.clone());
     sim.start_group();
     for k in 0..5 {
         sim.write(0, &format!("k{k}"), "v");
@@ -411,7 +415,7 @@ fn s4_load_balanced_resync_through_a_peer() {
     let mut delayed = fast();
     delayed.delay_client = true;
     for x in [c, d] {
-        sim.set_site_config(x, delayed);
+        sim.set_site_config(x, delayed.clone());
         sim.crash(x, CrashMode::Process);
         sim.restart(x, Start::Client);
     }

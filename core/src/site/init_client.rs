@@ -380,6 +380,8 @@ impl<S: Storage> Site<S> {
             // Pages that do not make the snapshot announced: start over.
             _ => return self.begin_init(),
         };
+        // A partial view keeps (and writes) its databases only (R12).
+        let (snap, bytes) = self.own_snapshot(snap, bytes);
         // a. From here on a crash must not reopen a half-replaced state.
         let was = self.meta.init_in_progress;
         self.meta.init_in_progress = true;
@@ -560,6 +562,7 @@ impl<S: Storage> Site<S> {
             Some(s) => {
                 self.held = Some((s.generation, s.lsn));
                 self.store = s.store;
+                self.restrict_store();
                 self.members = s.members;
             }
             None => {

@@ -224,6 +224,11 @@ impl<S: Storage> Site<S> {
     /// Encode the store and membership as of the last record, with F the
     /// first record of that record's segment. False if the log is empty.
     fn take_serving(&mut self) -> bool {
+        // A partial view's store is not the master's (R12): it must never
+        // initialise a site (it is never master, so this only guards).
+        if self.cfg.is_partial_view() {
+            return false;
+        }
         let Some(last) = self.index.last().copied() else {
             return false;
         };

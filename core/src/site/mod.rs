@@ -31,6 +31,7 @@ mod master;
 pub mod members;
 pub mod output;
 mod peer;
+mod view;
 
 pub use output::*;
 
@@ -119,6 +120,11 @@ pub enum OpenError<E> {
     /// The log no longer starts at its beginning and no valid snapshot
     /// covers the part removed: the store cannot be rebuilt.
     NoBase,
+    /// The stored snapshot was written by a view of fewer databases than
+    /// this site now applies (R12: its `view_databases` was widened, or it
+    /// is no longer a partial view), and the log before it is archived:
+    /// the added databases' past is nowhere on this disk.
+    ViewSnapshotTooNarrow,
 }
 
 impl<E: fmt::Display> fmt::Display for OpenError<E> {
@@ -131,6 +137,10 @@ impl<E: fmt::Display> fmt::Display for OpenError<E> {
             OpenError::NoBase => write!(
                 f,
                 "the log was archived and no valid store snapshot remains: re-initialise this site from the group"
+            ),
+            OpenError::ViewSnapshotTooNarrow => write!(
+                f,
+                "this site was a view of fewer databases, and its snapshot and archived log hold nothing of the others: restore the old view databases, or start it on a fresh home to initialise it from the group"
             ),
         }
     }
@@ -145,6 +155,32 @@ pub enum ReadError {
     LeaseExpired,
     /// The handle may have seen rolled-back data; reopen it (R14).
     HandleDead,
+    /// This site is a view restricted to some databases and this is not
+    /// one of them (R12): it holds none of its data, so it cannot answer.
+    NotReplicated,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Lockout => write!(
+                f,
+                "the site is synchronising with its master (NOWAIT set): retry later"
+            ),
+            ReadError::LeaseExpired => write!(
+                f,
+                "this master's lease has expired (no majority of grants): refused rather than serve stale data"
+            ),
+            ReadError::HandleDead => write!(
+                f,
+                "the handle may have seen rolled-back data: reopen it"
+            ),
+            ReadError::NotReplicated => write!(
+                f,
+                "this site is a view that does not replicate this database: read it on a site that does (the master, a client, or a view of it)"
+            ),
+        }
+    }
 }
 
 /// Counters a status view shows (B5).
@@ -570,6 +606,7 @@ impl<S: Storage> Site<S> {
             Some(bytes) => Some(crate::snapshot::decode(&bytes).map_err(OpenError::Snapshot)?),
             None => None,
         };
+        let (base, too_narrow) = site.usable_base(base);
         if site.meta.init_in_progress {
             // An initialisation was under way (S6): keep what is
             // consistent, clean up the rest.
@@ -580,7 +617,11 @@ impl<S: Storage> Site<S> {
                 .map_err(OpenError::Log)?;
         }
         if !site.index.is_empty() && !site.has_full_history() && site.snapshot_lsn.is_zero() {
-            return Err(OpenError::NoBase);
+            return Err(if too_narrow {
+                OpenError::ViewSnapshotTooNarrow
+            } else {
+                OpenError::NoBase
+            });
         }
         // A crash just after a new segment was started can leave it with no
         // record: the log ends in the previous segment, and continues right
@@ -652,6 +693,7 @@ impl<S: Storage> Site<S> {
         let base_lsn = match base {
             Some(b) => {
                 self.store = b.store;
+                self.restrict_store();
                 self.members = b.members;
                 b.lsn
             }
@@ -688,7 +730,11 @@ impl<S: Storage> Site<S> {
             };
             if entry.lsn > base_lsn {
                 match view.decode(&self.cfg.limits)? {
-                    Record::Commit(c) => self.store.apply(&c)?,
+                    // A partial view applies its databases only (R12).
+                    Record::Commit(c) => {
+                        let cfg = &self.cfg;
+                        self.store.apply_where(&c, |db| cfg.replicates(db))?
+                    }
                     Record::Membership(m) => {
                         self.members.apply(&m);
                     }
@@ -794,6 +840,7 @@ impl<S: Storage> Site<S> {
     /// Read a key (S5: refused with LOCKOUT while synchronising under
     /// NOWAIT; the async driver waits instead when NOWAIT is off).
     pub fn get(&self, db: &str, key: &[u8]) -> Result<Option<&[u8]>, ReadError> {
+        self.check_replicated(db)?;
         if self.cfg.nowait && self.is_synchronizing() {
             return Err(ReadError::Lockout);
         }
@@ -1024,7 +1071,7 @@ impl<S: Storage> Site<S> {
         self.index.push(entry);
         match body {
             RecordBody::Commit { ops, .. } => {
-                for op in ops.iter() {
+                for op in ops.iter().filter(|op| self.cfg.replicates(op.db())) {
                     self.store.apply_op(op);
                 }
             }
@@ -1059,7 +1106,7 @@ impl<S: Storage> Site<S> {
         match decoded {
             // Already in the installed snapshot (S6).
             _ if lsn <= self.base_lsn => {}
-            Record::Commit(c) => self.store.apply(&c)?,
+            Record::Commit(c) => self.apply_commit(&c)?,
             Record::Membership(m) => self.apply_membership(&m),
             Record::Checkpoint(_) if self.replicated_snapshot_due() => self.take_snapshot(),
             Record::Checkpoint(_) | Record::NewGeneration(_) => {}
@@ -1116,11 +1163,12 @@ impl<S: Storage> Site<S> {
         }
         // Room for the whole store, plus what it may grow by meanwhile.
         let room = crate::snapshot::capacity_for(&self.store);
-        self.building = Some(crate::snapshot::SnapshotBuilder::with_capacity(
+        self.building = Some(crate::snapshot::SnapshotBuilder::covering(
             entry.lsn,
             entry.generation,
             &self.members,
             room.saturating_add(room / 8),
+            self.snapshot_covers(),
         ));
         self.build_at = Some(self.now);
     }
@@ -1367,11 +1415,13 @@ impl<S: Storage> Site<S> {
             self.snapshot_staged = None;
         }
         let base = if !newest.is_zero() && newest < at {
-            self.storage
+            let stored = self
+                .storage
                 .read_snapshot()
                 .ok()
                 .flatten()
-                .and_then(|b| crate::snapshot::decode(&b).ok())
+                .and_then(|b| crate::snapshot::decode(&b).ok());
+            self.usable_base(stored).0
         } else {
             None
         };
@@ -1400,7 +1450,13 @@ impl<S: Storage> Site<S> {
             // The stored snapshot reflected rolled-back records: replace it
             // with one of the state just rebuilt.
             let e = self.index[self.index.len() - 1];
-            let bytes = crate::snapshot::encode(e.lsn, e.generation, &self.store, &self.members);
+            let bytes = crate::snapshot::encode_covering(
+                e.lsn,
+                e.generation,
+                &self.store,
+                &self.members,
+                self.snapshot_covers(),
+            );
             if self.storage.write_snapshot(&bytes).is_ok() {
                 self.snapshot_lsn = e.lsn;
                 self.snapshot_end = e.lsn;
@@ -1500,6 +1556,10 @@ impl<S: Storage> Site<S> {
     /// Become master (R1). A new generation starts: max(gen+1, egen).
     pub fn rep_start_master(&mut self, now: Instant) -> Result<(), CommitError> {
         self.now = now;
+        if self.cfg.view {
+            // R12: a view never becomes master, not even when told to.
+            return Err(CommitError::View);
+        }
         if self.meta.site.0 == 0 || self.meta.init_in_progress {
             // No id yet, or a store ahead of the log (S6).
             return Err(CommitError::Unavailable);

@@ -193,6 +193,8 @@ pub enum CommitError {
     /// No answer from the master within the write-forward timeout: the
     /// write may or may not have been committed (W1).
     ForwardTimeout,
+    /// This site is a view (R12): it never becomes master.
+    View,
 }
 
 impl fmt::Display for CommitError {
@@ -227,6 +229,10 @@ impl fmt::Display for CommitError {
             CommitError::ForwardTimeout => write!(
                 f,
                 "the master did not answer the forwarded write in time; it may or may not have been committed"
+            ),
+            CommitError::View => write!(
+                f,
+                "this site is a view: it replicates but never becomes master (start it as a client, or without view)"
             ),
         }
     }

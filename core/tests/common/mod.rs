@@ -48,8 +48,13 @@ impl Net {
             .enumerate()
             .map(|(i, c)| {
                 Some(
-                    Site::open(*c, &format!("s{i}"), MemStorage::new(64 << 20), Instant(0))
-                        .expect("open"),
+                    Site::open(
+                        c.clone(),
+                        &format!("s{i}"),
+                        MemStorage::new(64 << 20),
+                        Instant(0),
+                    )
+                    .expect("open"),
                 )
             })
             .collect();
@@ -265,7 +270,7 @@ impl Net {
     pub fn restart_with(&mut self, i: usize, f: impl FnOnce(&mut Site<MemStorage>)) {
         let disk = self.disks[i].take().expect("crashed");
         let now = self.now;
-        let mut s = Site::open(self.cfgs[i], &format!("s{i}"), disk, now).expect("reopen");
+        let mut s = Site::open(self.cfgs[i].clone(), &format!("s{i}"), disk, now).expect("reopen");
         f(&mut s);
         s.rep_start_client(now);
         self.sites[i] = Some(s);
