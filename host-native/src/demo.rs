@@ -40,18 +40,28 @@ impl Default for DemoArgs {
     }
 }
 
-/// Node settings for the demo: heartbeats so that a lost master is noticed
-/// in half a second and an isolated master steps down (P3), short
-/// election and connection timeouts so the story moves quickly.
+/// Node settings for the demo: heartbeats so that a master that goes
+/// silent is noticed in two seconds and an isolated master steps down
+/// (P3) in one, short election and connection timeouts so the story moves
+/// quickly. A killed master is noticed at once (its connections break).
+///
+/// The heartbeat monitor leaves room for a loaded machine: a site's
+/// driver answers nothing while it waits for an fsync of its log, and the
+/// demo often runs beside a whole test suite, where one fsync can take
+/// several hundred milliseconds. With a 500 ms monitor the master's P3
+/// window was 250 ms: clients held up by slow fsyncs at the same time
+/// look like a lost majority, so the master could step down in the middle
+/// of the last step's load and start an election in a healthy group (and
+/// a master held up for 500 ms could be taken for lost by its clients).
 pub const NODE_ARGS: &[&str] = &[
     "--group",
     "shoal-demo",
     "--ack",
     "quorum",
     "--heartbeat-send-ms",
-    "100",
+    "200",
     "--heartbeat-monitor-ms",
-    "500",
+    "2000",
     "--election-timeout-ms",
     "1000",
     "--election-retry-ms",
@@ -62,14 +72,17 @@ pub const NODE_ARGS: &[&str] = &[
 ];
 
 /// Settings of the demo's nodes beyond [`NODE_ARGS`]: 4 MB log segments,
-/// a checkpoint at most every 200 ms, and nothing kept before the latest
+/// a checkpoint at most every second, and nothing kept before the latest
 /// one, so the last step's writes archive the log a stopped client needs
-/// (the story before it stays within the first segment).
+/// (the story before it stays within the first segment). Each checkpoint
+/// writes and fsyncs a snapshot of the whole store on every site (several
+/// MB by the last step): once a second rather than five times keeps that
+/// disk traffic from slowing every log fsync of a loaded machine.
 pub const ARCHIVE_ARGS: &[&str] = &[
     "--segment-size",
     "4000000",
     "--checkpoint-delay-ms",
-    "200",
+    "1000",
     "--log-retention-segments",
     "0",
 ];
@@ -1220,10 +1233,16 @@ impl Demo {
                 .find(|(k, _)| k == name)
                 .map_or(0, |(_, v)| *v)
         };
-        let (archived_before, pages_before) = match self.cluster.status(master).await {
-            Ok(s) => (counter(&s, "segments_archived"), counter(&s, "pages_sent")),
-            Err(e) => return self.abort(e).await,
-        };
+        let (archived_before, pages_before, generation, step_downs) =
+            match self.cluster.status(master).await {
+                Ok(s) => (
+                    counter(&s, "segments_archived"),
+                    counter(&s, "pages_sent"),
+                    s.generation,
+                    counter(&s, "step_downs"),
+                ),
+                Err(e) => return self.abort(e).await,
+            };
         self.cluster.kill(c);
         self.out.say(format!("{cn} killed with SIGKILL"));
         let t = Instant::now();
@@ -1313,6 +1332,21 @@ impl Demo {
                 );
             }
             (Err(e), _) | (_, Err(e)) => ok &= self.out.check(false, e),
+        }
+        // Nothing in this step may cost the group its master: an election
+        // here means a healthy master was taken for lost.
+        match self.cluster.status(master).await {
+            Ok(s) => {
+                let stepped = counter(&s, "step_downs").saturating_sub(step_downs);
+                ok &= self.out.check(
+                    s.role == "master" && s.generation == generation && stepped == 0,
+                    format!(
+                        "{mn} stayed master through the step, without an election (generation {} -> {}, role {}, {stepped} step-down(s))",
+                        generation, s.generation, s.role
+                    ),
+                );
+            }
+            Err(e) => ok &= self.out.check(false, e),
         }
         self.end_step().await;
         ok

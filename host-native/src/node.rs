@@ -801,6 +801,7 @@ async fn status(node: &SiteNode, gate: &Gate, digest: bool) -> Status {
                 ("channel_received", stats.channel_received),
                 ("channel_failed", stats.channel_failed),
                 ("channel_refused", stats.channel_refused),
+                ("channel_held", stats.channel_held),
             ];
             Status {
                 id: s.id().0,

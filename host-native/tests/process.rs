@@ -1022,3 +1022,64 @@ fn a_closed_standard_output_is_no_reason_to_panic() {
     assert!(out.status.success(), "status {:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// W2 (seed 002): the first channel requests right after a site joins,
+/// each made once, without retries. The master holds back its traffic to
+/// B while C joins, so B has not applied the record adding C when C's
+/// first request reaches it (B used to drop it as from an unknown site,
+/// and the request timed out in a healthy group); the master lets B's
+/// traffic through a second later and the request is answered within its
+/// timeout. Then B's first request to C is answered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_channel_request_right_after_a_join_is_answered() {
+    use shoal_native::api::Request;
+    // A, B and D form the group (the master keeps a majority while it
+    // holds back B's traffic); C joins later.
+    let mut c = Cluster::new(BIN, 4, fast_args()).unwrap();
+    c.create(WAIT).await.unwrap();
+    c.join(1, 0, WAIT).await.unwrap();
+    c.join(3, 0, WAIT).await.unwrap();
+    let api = |c: &Cluster, i: usize| c.nodes[i].api.clone();
+    let _b_listener = procs::Listener::start(&api(&c, 1), "B").await.unwrap();
+    let b_id = c.nodes[1].site_id.expect("B's id").to_string();
+    let once = |addr: String, to: String, what: &'static str| async move {
+        let req = Request::ChannelRequest {
+            to,
+            parts: vec![what.to_string()],
+            timeout_ms: Some(5_000),
+        };
+        match shoal_native::api::call(&addr, &req, Duration::from_secs(10)).await {
+            Ok(r) if r.ok => Ok(r.response.unwrap_or_default()),
+            Ok(r) => Err(r.error.unwrap_or_default()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    // The master sends B nothing for now (B is not told).
+    c.link_one(0, 1, true).await.unwrap();
+    c.start(2, Start::Join(0)).unwrap();
+    // As soon as C has its id and its link to the master is up (its host
+    // reports connections): its link to B may still be forming.
+    let a_id = c.nodes[0].site_id.expect("A's id");
+    let st = c
+        .wait_status(2, WAIT, "C has an id and a link to A", |s| {
+            s.id != 0 && s.sites.iter().any(|x| x.id == a_id && x.connected)
+        })
+        .await
+        .unwrap();
+    let c_id = st.id.to_string();
+    let b_status = c.status(1).await.unwrap();
+    assert!(
+        b_status.sites.iter().all(|s| s.id != st.id),
+        "B does not know C yet: the race this test is about"
+    );
+    let heal = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.link_one(0, 1, false).await
+    };
+    let (first, healed) = tokio::join!(once(api(&c, 2), b_id, "from the new site"), heal);
+    healed.unwrap();
+    assert_eq!(first, Ok("B".to_string()), "C's first request to B");
+    let _c_listener = procs::Listener::start(&api(&c, 2), "C").await.unwrap();
+    let back = once(api(&c, 1), c_id, "to the new site").await;
+    assert_eq!(back, Ok("C".to_string()), "B's first request to C");
+}

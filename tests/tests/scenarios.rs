@@ -5,7 +5,10 @@
 
 use shoal_core::config::{AckPolicy, Config, Durability};
 use shoal_core::log::Op;
-use shoal_core::site::{Answer, CommitError, Event, Role, WaitError};
+use shoal_core::site::{
+    Answer, ChannelRequestError, ChannelSendError, ChannelTarget, CommitError, Event, Role,
+    WaitError,
+};
 use shoal_core::wire::{Flags, MessageKind};
 use shoal_core::SiteId;
 use shoal_tests::*;
@@ -1886,4 +1889,101 @@ fn s6_a_new_master_serves_an_initialisation_its_predecessor_began() {
             assert!(sim.site(m).stats().inits_served >= 1, "{point:?}");
         }
     }
+}
+
+// ----- W2: message channels right after a join (seed 002) ----------------------------
+
+/// s0 creates the group and s1 joins; every site answers channel requests
+/// with its name. Returns once both are settled.
+fn two_sites_answering(name: &str) -> Sim {
+    let mut sim = sim(name, 3, Config::default());
+    sim.act(0, "create_group", |s, now| s.create_group(now))
+        .unwrap();
+    sim.run_for(ms(20));
+    sim.act(1, "join s0", |s, now| s.join(now, "s0"));
+    sim.run_until_true(ms(5_000), "s1 joined and caught up", |s| {
+        s.site(1).id().0 != 0 && s.site(1).last_lsn() == s.site(0).last_lsn()
+    });
+    for i in 0..3 {
+        let name = format!("s{i}");
+        sim.set_channel_reply(i, Some(name.as_bytes()));
+    }
+    sim
+}
+
+/// Seed 002 / W2: a site that has just joined sends a channel request to
+/// a client that has not applied the membership record adding it yet (the
+/// master's record to that client is slow). The client used to drop the
+/// message as from an unknown site, and the request timed out although the
+/// group was healthy; it now holds the message until it learns the sender,
+/// and the request is answered within its timeout.
+#[test]
+fn w2_a_request_from_a_site_that_just_joined_is_answered() {
+    let mut sim = two_sites_answering("w2_a_request_from_a_site_that_just_joined_is_answered");
+    // The master's records to s1 take a second from now.
+    let until = sim.now() + ms(1_000);
+    sim.net().clog(0, 1, until);
+    sim.act(2, "join s0", |s, now| s.join(now, "s0"));
+    sim.run_until_true(ms(5_000), "s2 joined", |s| s.site(2).id().0 != 0);
+    let s1 = sim.id(1);
+    assert!(
+        sim.site(1).members().get(sim.id(2)).is_none(),
+        "s1 does not know s2 yet: the race this test is about"
+    );
+    let id = sim
+        .channel_request(
+            2,
+            ChannelTarget::Site(s1),
+            &[b"who are you?"],
+            Some(ms(5_000)),
+        )
+        .expect("sent");
+    let r = sim.wait_channel(2, id, ms(6_000));
+    assert_eq!(r, Ok(b"s1".to_vec()), "s2's first request to s1");
+    sim.converge(ms(10_000));
+}
+
+/// W2: a request to a member whose connection has not come up since this
+/// site learned of it waits for the connection within its timeout; one
+/// that never comes up ends with Unreachable (why), not a bare Timeout.
+#[test]
+fn w2_a_request_waits_for_a_new_members_connection_or_says_unreachable() {
+    let mut sim =
+        two_sites_answering("w2_a_request_waits_for_a_new_members_connection_or_says_unreachable");
+    // s2 joins while its link to s1 is cut both ways: s1 learns of s2
+    // through the log, but no connection between them comes up.
+    sim.cut(1, 2);
+    sim.cut(2, 1);
+    sim.act(2, "join s0", |s, now| s.join(now, "s0"));
+    let s2 = SiteId(3);
+    sim.run_until_true(ms(5_000), "s1 learned of s2", |s| {
+        s.site(1).members().get(s2).is_some()
+    });
+    let id = sim
+        .channel_request(1, ChannelTarget::Site(s2), &[b"there?"], Some(ms(500)))
+        .expect("sent");
+    let r = sim.wait_channel(1, id, ms(1_000));
+    assert_eq!(
+        r,
+        Err(ChannelRequestError::Send(ChannelSendError::Unreachable(s2))),
+        "no connection to s2 within the request's timeout"
+    );
+    // A second request waits for the connection, which comes up in time.
+    let id = sim
+        .channel_request(
+            1,
+            ChannelTarget::Site(s2),
+            &[b"there now?"],
+            Some(ms(2_000)),
+        )
+        .expect("sent");
+    sim.run_for(ms(300));
+    assert_eq!(sim.channel_answer(1, id), None, "still waiting");
+    sim.heal();
+    let r = sim.wait_channel(1, id, ms(2_000));
+    assert_eq!(
+        r,
+        Ok(b"s2".to_vec()),
+        "delivered once the connection came up"
+    );
 }

@@ -27,6 +27,28 @@
 //! and a request then ends with an error. The receiver keeps no state per
 //! request (the reply names the asker and its number), so a peer cannot make
 //! it grow.
+//!
+//! Right after a site joins (or any site starts), two things are still
+//! settling, and a frame sent into them used to vanish, leaving a request
+//! to end with nothing better than `Timeout` in a healthy group (seed 002):
+//!
+//! - Connections: on a host that reports connections
+//!   ([`Site::handle_connection`]; it has reported one since this site
+//!   opened), a frame (request, response, refusal or message) to a member
+//!   the host has reported no connection to since this site opened or
+//!   learned of it waits for that first report. It leaves when the
+//!   connection comes up; a request still waiting at its deadline, or when
+//!   the host reports the connection down or a failed try, ends with
+//!   `Send(Unreachable)`, which says why. Once the host has reported on a
+//!   site, frames to it go at once, as before.
+//! - Membership: a CHANNEL_MSG from a site this site's membership does not
+//!   know (it joined a moment ago and the master's record adding it has
+//!   not arrived) is held until that record is applied, then handled.
+//!
+//! Both wait at most the configured `channel_request` timeout, and together
+//! hold at most `max_channel_requests` frames (requests are bounded by it
+//! already); past that a frame goes (or is dropped) as before. Each is
+//! counted in [`Stats::channel_held`](super::Stats).
 
 use super::*;
 use crate::config::caps;
@@ -225,7 +247,7 @@ impl From<ChannelError> for ChannelRequestError {
 }
 
 /// A request this site waits on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Pending {
     /// The application's request id, also the wire request number.
     id: RequestId,
@@ -234,6 +256,29 @@ pub(super) struct Pending {
     /// The site it went to (this site for a local request).
     to: SiteId,
     deadline: Instant,
+    /// The request's frame while it waits for the site's first connection
+    /// (see [`Site::channel_waits_for`]); `None` once sent.
+    frame: Option<Vec<u8>>,
+}
+
+/// A response, refusal or plain message waiting for its site's first
+/// connection.
+#[derive(Clone, Debug)]
+pub(super) struct Parked {
+    to: SiteId,
+    frame: Vec<u8>,
+    until: Instant,
+}
+
+/// A channel message from a site this site's membership does not know
+/// yet (it joined a moment ago), held until the membership does.
+#[derive(Clone, Debug)]
+pub(super) struct Held {
+    from: SiteId,
+    request: u64,
+    to_master: bool,
+    parts: Vec<Vec<u8>>,
+    until: Instant,
 }
 
 impl<S: Storage> Site<S> {
@@ -350,7 +395,7 @@ impl<S: Storage> Site<S> {
             return Ok(to);
         }
         if let Some(frame) = self.channel_frame(to_master, 0, parts) {
-            self.send_frame(Dest::Site(to), frame);
+            self.channel_out(to, frame);
         }
         Ok(to)
     }
@@ -382,6 +427,7 @@ impl<S: Storage> Site<S> {
             to_master,
             to,
             deadline: now + timeout,
+            frame: None,
         });
         if to == self.meta.site {
             let delivered = self.channel_dispatch
@@ -405,7 +451,15 @@ impl<S: Storage> Site<S> {
             return Ok(id);
         }
         if let Some(frame) = self.channel_frame(to_master, id, parts) {
-            self.send_frame(Dest::Site(to), frame);
+            if self.channel_waits_for(to) {
+                // Sent when the connection comes up, within the timeout.
+                self.stats.channel_held += 1;
+                if let Some(p) = self.channel_requests.iter_mut().find(|p| p.id == id) {
+                    p.frame = Some(frame);
+                }
+            } else {
+                self.send_frame(Dest::Site(to), frame);
+            }
         }
         Ok(id)
     }
@@ -438,7 +492,7 @@ impl<S: Storage> Site<S> {
             part,
         };
         if let Some(frame) = self.encode(Flags::NONE, &msg, part.len() + 64) {
-            self.send_frame(Dest::Site(reply.site), frame);
+            self.channel_out(reply.site, frame);
         }
         Ok(())
     }
@@ -458,7 +512,152 @@ impl<S: Storage> Site<S> {
 
     fn send_channel_fail(&mut self, to: SiteId, request: u64, error: ChannelError) {
         self.stats.channel_refused += 1;
-        self.send(to, Flags::NONE, &Message::ChannelFail { request, error });
+        if let Some(frame) = self.encode(Flags::NONE, &Message::ChannelFail { request, error }, 64)
+        {
+            self.channel_out(to, frame);
+        }
+    }
+
+    /// Whether a channel frame to `to` waits for the connection: `to` is a
+    /// member the host has not reported any connection to (nor a failed
+    /// try) since this site opened or learned of it, so its first
+    /// connection is most likely still forming. A frame sent now would be
+    /// refused by the host or lost, and a request would end with nothing
+    /// better than its timeout. Once the host reported on the site, frames
+    /// go at once, as before (a broken connection ends requests early).
+    ///
+    /// Only on a host that reports connections (it has reported one since
+    /// this site opened): on a host that reports none, frames go at once.
+    fn channel_waits_for(&self, to: SiteId) -> bool {
+        self.reports_connections
+            && to != self.meta.site
+            && self.members.get(to).is_some_and(|m| !m.connected)
+            && !self.channel_reported.contains(&to)
+    }
+
+    /// Send a channel response, refusal or message to `to`, or keep it
+    /// until the site's first connection (bounded by
+    /// `max_channel_requests`; past it the frame goes at once).
+    fn channel_out(&mut self, to: SiteId, frame: Vec<u8>) {
+        let room = self.channel_outbox.len() + self.channel_held.len()
+            < self.cfg.limits.max_channel_requests as usize;
+        if room && self.channel_waits_for(to) {
+            self.stats.channel_held += 1;
+            let until = self.now + self.cfg.timeouts.channel_request;
+            self.channel_outbox.push(Parked { to, frame, until });
+        } else {
+            self.send_frame(Dest::Site(to), frame);
+        }
+    }
+
+    /// The host reported on the connection to member `site` (W2): frames
+    /// that waited for it leave when it is up; when it is down (or a try
+    /// failed), requests that waited end now with `Unreachable` and the
+    /// rest is dropped.
+    pub(super) fn channel_connection(&mut self, site: SiteId, up: bool) {
+        self.reports_connections = true;
+        self.channel_reported.insert(site);
+        let mut sends: Vec<Vec<u8>> = Vec::new();
+        let mut ended: Vec<RequestId> = Vec::new();
+        for p in self.channel_requests.iter_mut().filter(|p| p.to == site) {
+            if let Some(f) = p.frame.take() {
+                if up {
+                    sends.push(f);
+                } else {
+                    ended.push(p.id);
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.channel_outbox.len() {
+            if self.channel_outbox[i].to == site {
+                let p = self.channel_outbox.swap_remove(i);
+                if up {
+                    sends.push(p.frame);
+                } else {
+                    self.stats.channel_refused += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        for f in sends {
+            self.send_frame(Dest::Site(site), f);
+        }
+        for id in ended {
+            self.finish_channel(
+                id,
+                Err(ChannelRequestError::Send(ChannelSendError::Unreachable(
+                    site,
+                ))),
+            );
+        }
+    }
+
+    /// CHANNEL_MSG from a site the membership does not know: held until
+    /// the record that adds it is applied, at most the request timeout
+    /// (and within `max_channel_requests` frames held). A site that joined
+    /// a moment ago can write to a client before the master's record
+    /// adding it reached that client; dropping its message would leave
+    /// its request to time out.
+    pub(super) fn hold_channel_msg(
+        &mut self,
+        env: &Envelope,
+        m: &ChannelMsg<'_>,
+    ) -> Result<(), Drop> {
+        let room = self.channel_outbox.len() + self.channel_held.len()
+            < self.cfg.limits.max_channel_requests as usize;
+        if env.from.0 == 0 || !room {
+            self.stats.channel_refused += 1;
+            return Err(Drop::UnknownSite);
+        }
+        self.stats.channel_held += 1;
+        self.channel_held.push(Held {
+            from: env.from,
+            request: m.request,
+            to_master: env.flags.contains(Flags::TO_MASTER),
+            parts: m.parts.iter().map(|p| p.to_vec()).collect(),
+            until: self.now + self.cfg.timeouts.channel_request,
+        });
+        Ok(())
+    }
+
+    /// Member `site` was added (W2): take the messages it sent before.
+    pub(super) fn channel_member_added(&mut self, site: SiteId) {
+        self.channel_reported.remove(&site);
+        let mut i = 0;
+        while i < self.channel_held.len() {
+            if self.channel_held[i].from == site {
+                let h = self.channel_held.remove(i);
+                self.take_channel_msg(h.from, h.request, h.to_master, h.parts);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Member `site` was removed (W2): its waiting frames go.
+    pub(super) fn channel_member_removed(&mut self, site: SiteId) {
+        self.channel_reported.remove(&site);
+        let before = self.channel_outbox.len() + self.channel_held.len();
+        self.channel_outbox.retain(|p| p.to != site);
+        self.channel_held.retain(|h| h.from != site);
+        let dropped = before - self.channel_outbox.len() - self.channel_held.len();
+        self.stats.channel_refused += dropped as u64;
+        let ended: Vec<RequestId> = self
+            .channel_requests
+            .iter()
+            .filter(|p| p.to == site && p.frame.is_some())
+            .map(|p| p.id)
+            .collect();
+        for id in ended {
+            self.finish_channel(
+                id,
+                Err(ChannelRequestError::Send(ChannelSendError::UnknownSite(
+                    site,
+                ))),
+            );
+        }
     }
 
     /// The host could not send request `id`'s frame to `to` (no
@@ -497,7 +696,24 @@ impl<S: Storage> Site<S> {
         env: &Envelope,
         m: &ChannelMsg<'_>,
     ) -> Result<(), Drop> {
-        let to_master = env.flags.contains(Flags::TO_MASTER);
+        let parts = m.parts.iter().map(|p| p.to_vec()).collect();
+        self.take_channel_msg(
+            env.from,
+            m.request,
+            env.flags.contains(Flags::TO_MASTER),
+            parts,
+        );
+        Ok(())
+    }
+
+    /// A channel message from member `from`: to the dispatch, or refused.
+    fn take_channel_msg(
+        &mut self,
+        from: SiteId,
+        request: u64,
+        to_master: bool,
+        parts: Vec<Vec<u8>>,
+    ) {
         let refuse = if to_master && self.role != Role::Master {
             Some(ChannelError::NotMaster)
         } else if !self.channel_dispatch {
@@ -506,30 +722,29 @@ impl<S: Storage> Site<S> {
             None
         };
         if let Some(error) = refuse {
-            if m.request != 0 {
-                self.send_channel_fail(env.from, m.request, error);
-                return Ok(());
+            if request != 0 {
+                self.send_channel_fail(from, request, error);
+                return;
             }
             // A plain message nobody can take: dropped, counted.
             self.stats.channel_refused += 1;
-            return Ok(());
+            return;
         }
-        let reply = (m.request != 0).then_some(ReplyTo {
-            site: env.from,
-            request: m.request,
+        let reply = (request != 0).then_some(ReplyTo {
+            site: from,
+            request,
         });
         let delivered = self.deliver_message(Incoming {
-            from: env.from,
+            from,
             reply,
             to_master,
-            parts: m.parts.iter().map(|p| p.to_vec()).collect(),
+            parts,
         });
         if !delivered {
             if let Some(r) = reply {
                 self.send_channel_fail(r.site, r.request, ChannelError::NoResponse);
             }
         }
-        Ok(())
     }
 
     /// The request `request` from `from`, if this site waits on it.
@@ -598,20 +813,33 @@ impl<S: Storage> Site<S> {
 
     /// The earliest channel request deadline.
     pub(super) fn channel_deadline(&self) -> Option<Instant> {
-        self.channel_requests.iter().map(|p| p.deadline).min()
+        let requests = self.channel_requests.iter().map(|p| p.deadline);
+        let parked = self.channel_outbox.iter().map(|p| p.until);
+        let held = self.channel_held.iter().map(|h| h.until);
+        requests.chain(parked).chain(held).min()
     }
 
     /// End requests whose time is up.
     pub(super) fn channel_timeouts(&mut self) {
         let now = self.now;
-        let due: Vec<RequestId> = self
+        let due: Vec<(RequestId, Option<SiteId>)> = self
             .channel_requests
             .iter()
             .filter(|p| p.deadline <= now)
-            .map(|p| p.id)
+            .map(|p| (p.id, p.frame.as_ref().map(|_| p.to)))
             .collect();
-        for id in due {
-            self.finish_channel(id, Err(ChannelRequestError::Timeout));
+        for (id, waited_for) in due {
+            // A request whose site's connection never came up says so.
+            let error = match waited_for {
+                Some(to) => ChannelRequestError::Send(ChannelSendError::Unreachable(to)),
+                None => ChannelRequestError::Timeout,
+            };
+            self.finish_channel(id, Err(error));
         }
+        let before = self.channel_outbox.len() + self.channel_held.len();
+        self.channel_outbox.retain(|p| p.until > now);
+        self.channel_held.retain(|h| h.until > now);
+        let dropped = before - self.channel_outbox.len() - self.channel_held.len();
+        self.stats.channel_refused += dropped as u64;
     }
 }

@@ -43,7 +43,7 @@ use crate::meta::Meta;
 use crate::store::Store;
 use crate::traits::Storage;
 use crate::wire::{encode_frame_trusted, Envelope, Flags, Message};
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -265,6 +265,10 @@ pub struct Stats {
     /// Channel messages and requests this site refused or dropped: no
     /// dispatch, not master on a channel to the master, or no room (W2).
     pub channel_refused: u64,
+    /// Channel frames held back for a while: to a member whose connection
+    /// had not come up yet since this site learned of it, or from a site
+    /// this site's membership did not know yet (W2).
+    pub channel_held: u64,
 }
 
 /// A commit the master is waiting on.
@@ -419,6 +423,17 @@ pub struct Site<S: Storage> {
     channel_requests: Vec<channel::Pending>,
     /// The host has a dispatch for channel messages (W2).
     channel_dispatch: bool,
+    /// Channel responses, refusals and messages waiting for their site's
+    /// first connection (W2).
+    channel_outbox: Vec<channel::Parked>,
+    /// Channel messages from sites not (yet) in the membership (W2).
+    channel_held: Vec<channel::Held>,
+    /// Members the host has reported on (a connection up or down, or a
+    /// failed try) since this site opened or learned of them (W2).
+    channel_reported: BTreeSet<SiteId>,
+    /// The host has reported a connection (or a failed try) since this
+    /// site opened: it is a host that reports connections (W2).
+    reports_connections: bool,
     // Both.
     waiters: Vec<Waiter>,
     joining: Option<Joining>,
@@ -561,6 +576,10 @@ impl<S: Storage> Site<S> {
             forward_seen: BTreeMap::new(),
             channel_requests: Vec::new(),
             channel_dispatch: false,
+            channel_outbox: Vec::new(),
+            channel_held: Vec::new(),
+            channel_reported: BTreeSet::new(),
+            reports_connections: false,
             joining: None,
             election: None,
             elect_at: None,
@@ -1314,10 +1333,15 @@ impl<S: Storage> Site<S> {
                 if let Some(x) = self.members.get_mut(id) {
                     x.last_heard = now;
                 }
-                self.event(Event::SiteAdded(id))
+                self.event(Event::SiteAdded(id));
+                // Channel messages it sent before this site knew it (W2).
+                self.channel_member_added(id);
             }
             Change::Removed(id) if id == self.meta.site => self.event(Event::LocalSiteRemoved),
-            Change::Removed(id) => self.event(Event::SiteRemoved(id)),
+            Change::Removed(id) => {
+                self.event(Event::SiteRemoved(id));
+                self.channel_member_removed(id);
+            }
             Change::Updated(_) | Change::None => {}
         }
     }
@@ -1787,6 +1811,12 @@ impl<S: Storage> Site<S> {
                 self.on_join_answer(a);
                 Ok(())
             }
+            // A site that joined a moment ago may write before this site
+            // applied the record that adds it: hold its channel message
+            // until the membership knows it (W2).
+            Message::ChannelMsg(m) if !known && self.meta.site.0 != 0 => {
+                self.hold_channel_msg(&env, m)
+            }
             _ if !known && self.meta.site.0 != 0 => Err(Drop::UnknownSite),
             _ => self.dispatch(&env, &msg),
         };
@@ -1948,6 +1978,10 @@ impl<S: Storage> Site<S> {
     /// A connection to `site` opened (`up`) or broke.
     pub fn handle_connection(&mut self, now: Instant, site: SiteId, up: bool) {
         self.now = now;
+        if self.members.get(site).is_none() {
+            return;
+        }
+        self.channel_connection(site, up);
         let Some(m) = self.members.get_mut(site) else {
             return;
         };
@@ -1990,6 +2024,9 @@ impl<S: Storage> Site<S> {
     pub fn handle_connect_failed(&mut self, now: Instant, site: SiteId) {
         self.now = now;
         self.event(Event::ConnectTryFailed(site));
+        if self.members.get(site).is_some() {
+            self.channel_connection(site, false);
+        }
     }
 
     /// The host dropped incoming frames because its queue was full (R13).
