@@ -79,7 +79,11 @@
 //!   [`Site::handle_flushed`], whose outputs are drained in turn. Every
 //!   commit queued before the step, by any number of tasks, shares that one
 //!   sync. A failed sync is counted and retried after [`FLUSH_RETRY`]; the
-//!   commits it holds stay unanswered until a sync succeeds.
+//!   commits it holds stay unanswered until a sync succeeds. A host whose
+//!   fsync can wait on its own ([`Node::with_syncer`]) has it run beside
+//!   the driver instead, one at a time, serving every flush asked for
+//!   before it started: the driver never waits for a disk, so a slow
+//!   fsync delays the commits that asked for it and nothing else.
 //! - **Events are never dropped.** The event queue holds
 //!   [`NodeLimits::events`] events; when it is full the driver parks the
 //!   next event and pauses (no frames, timeouts or flushes are processed,
@@ -130,7 +134,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 use core::future::{poll_fn, Future};
-use core::pin::pin;
+use core::pin::{pin, Pin};
 use core::task::{Poll, Waker};
 use core::time::Duration;
 use embassy_sync::blocking_mutex::raw::RawMutex;
@@ -340,6 +344,8 @@ pub struct Node<S: Storage, T, C, M: RawMutex> {
     gate: FairSemaphore<M, GATE_QUEUE>,
     shared: BlockingMutex<M, RefCell<Shared>>,
     kick: Signal<M, ()>,
+    /// Wakes the sync loop: a flush was asked for ([`Node::with_syncer`]).
+    sync_kick: Signal<M, ()>,
     clock: C,
     limits: Limits,
     node_limits: NodeLimits,
@@ -397,8 +403,13 @@ impl<M: RawMutex> Drop for SlotGuard<'_, M> {
     }
 }
 
+/// One fsync of the host's, under way (see [`Node::with_syncer`]): true
+/// once everything written out before it started is durable, false if it
+/// failed.
+pub type SyncFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
+
 /// The host's fsync for [`Node::with_syncer`].
-type Syncer = Box<dyn Fn() -> bool + Send + Sync>;
+type Syncer = Box<dyn Fn() -> SyncFuture + Send + Sync>;
 
 /// Complete when either future completes.
 async fn either<A: Future, B: Future>(a: A, b: B) {
@@ -483,6 +494,7 @@ where
             }),
             shared: BlockingMutex::new(RefCell::new(shared)),
             kick: Signal::new(),
+            sync_kick: Signal::new(),
             clock,
             limits,
             node_limits,
@@ -491,16 +503,23 @@ where
         }
     }
 
-    /// Sync the log with `sync` instead of [`Storage::sync`]: the driver
-    /// hands the records to the operating system with
-    /// [`Storage::write_out`] under the core lock, then calls `sync`
-    /// without it, so commits, incoming frames and reads go on during the
-    /// fsync (the next flush then serves everything they added). `sync`
-    /// must make durable everything written out before it was called, may
-    /// block, may run on any thread, and returns false when it failed (the
-    /// flush is retried like a failed [`Storage::sync`]).
-    pub fn with_syncer(mut self, sync: impl Fn() -> bool + Send + Sync + 'static) -> Self {
-        self.syncer = Some(Box::new(sync));
+    /// Sync the log with `sync` instead of [`Storage::sync`], beside the
+    /// driver rather than inside its step: [`Node::run`] then also runs a
+    /// sync loop that hands the records to the operating system with
+    /// [`Storage::write_out`] under the core lock and awaits the future
+    /// `sync` returns without it. Meanwhile the driver goes on handling
+    /// frames, deadlines (heartbeats: a slow disk does not make a master
+    /// look gone) and application calls, and the next sync serves every
+    /// flush asked for during this one (group commit). The future must
+    /// make durable everything written out before `sync` was called, must
+    /// not block the executor (a tokio host runs the fsync with
+    /// `spawn_blocking`), and returns false when it failed (the flush is
+    /// retried like a failed [`Storage::sync`], after [`FLUSH_RETRY`]).
+    pub fn with_syncer<F>(mut self, sync: impl Fn() -> F + Send + Sync + 'static) -> Self
+    where
+        F: Future<Output = bool> + Send + 'static,
+    {
+        self.syncer = Some(Box::new(move || Box::pin(sync()) as SyncFuture));
         self
     }
 
@@ -629,6 +648,15 @@ where
     /// The driver loop: runs until [`Node::stop`]. See the module
     /// documentation for what one step does.
     pub async fn run(&self, timer: &impl Timer) {
+        match &self.syncer {
+            None => self.drive(timer).await,
+            // The sync loop never ends: `drive` returning ends both.
+            Some(sync) => either(self.drive(timer), self.sync_loop(sync)).await,
+        }
+    }
+
+    /// The driver's loop (see [`Node::run`]).
+    async fn drive(&self, timer: &impl Timer) {
         loop {
             if self.with_shared(|s| core::mem::take(&mut s.stop)) {
                 return;
@@ -728,32 +756,14 @@ where
             core.site.handle_timeout(now);
             paused = self.drain(core, &mut st);
         }
-        // Group commit: one sync for every flush asked for so far.
+        // Group commit: one sync for every flush asked for so far, by the
+        // sync loop beside this one when the host gave a syncer, else here.
         if self.syncer.is_some() {
-            (paused, guard) = self.sync_unlocked(guard, now, paused, &mut st).await;
-        }
-        let core = &mut *guard;
-        while let Some(lsn) = core.flush {
-            if core.flush_retry.is_some_and(|t| t > now) {
-                break;
+            if core.flush.is_some() && core.flush_retry.is_none_or(|t| t <= now) {
+                self.sync_kick.signal(());
             }
-            match core.site.storage_mut().sync() {
-                Ok(()) => {
-                    st.flushes += 1;
-                    core.flush = None;
-                    core.flush_retry = None;
-                    core.site.handle_flushed(self.clock.now(), lsn);
-                    if paused {
-                        break;
-                    }
-                    paused = self.drain(core, &mut st);
-                }
-                Err(_) => {
-                    st.flush_failures += 1;
-                    core.flush_retry = Some(now + FLUSH_RETRY);
-                    break;
-                }
-            }
+        } else {
+            paused = self.sync_inline(core, now, paused, &mut st);
         }
         let synchronizing = core.site.is_synchronizing();
         let mut next = core.site.poll_timeout();
@@ -783,49 +793,116 @@ where
         next
     }
 
-    /// Group commit with the fsync outside the core lock (see
-    /// [`Node::with_syncer`]). Returns whether the node must pause, and the
-    /// lock taken again.
-    async fn sync_unlocked<'a>(
-        &'a self,
-        mut guard: CoreGuard<'a, M, S, T>,
+    /// Group commit under the core lock, when the host gave no syncer: one
+    /// [`Storage::sync`] for every flush asked for so far. Returns whether
+    /// the node must pause.
+    fn sync_inline(
+        &self,
+        core: &mut Core<S, T>,
         now: Instant,
         mut paused: bool,
         st: &mut StepStats,
-    ) -> (bool, CoreGuard<'a, M, S, T>) {
-        let Some(sync) = &self.syncer else {
-            return (paused, guard);
-        };
-        while let Some(lsn) = guard.flush {
-            if guard.flush_retry.is_some_and(|t| t > now) {
+    ) -> bool {
+        while let Some(lsn) = core.flush {
+            if core.flush_retry.is_some_and(|t| t > now) {
                 break;
             }
-            if guard.site.storage_mut().write_out().is_err() {
-                st.flush_failures += 1;
-                guard.flush_retry = Some(now + FLUSH_RETRY);
-                break;
+            match core.site.storage_mut().sync() {
+                Ok(()) => {
+                    st.flushes += 1;
+                    core.flush = None;
+                    core.flush_retry = None;
+                    core.site.handle_flushed(self.clock.now(), lsn);
+                    if paused {
+                        break;
+                    }
+                    paused = self.drain(core, st);
+                }
+                Err(_) => {
+                    st.flush_failures += 1;
+                    core.flush_retry = Some(now + FLUSH_RETRY);
+                    break;
+                }
             }
-            guard.flush = None;
-            drop(guard);
-            let synced = sync();
-            guard = self.lock_core().await;
-            if !synced {
-                st.flush_failures += 1;
-                // What was asked meanwhile joins the retry.
-                guard.flush = Some(guard.flush.map_or(lsn, |f| f.max(lsn)));
-                guard.flush_retry = Some(now + FLUSH_RETRY);
-                break;
-            }
-            st.flushes += 1;
-            guard.flush_retry = None;
-            let at = self.clock.now();
-            guard.site.handle_flushed(at, lsn);
-            if paused {
-                break;
-            }
-            paused = self.drain(&mut guard, st);
         }
-        (paused, guard)
+        paused
+    }
+
+    /// Group commit beside the driver (see [`Node::with_syncer`]): woken
+    /// when a flush is asked for, it writes the log out under the core
+    /// lock, awaits the host's sync without it, and hands the site what is
+    /// now durable. One sync at a time; the flush asked for stays noted
+    /// until its sync succeeded, so a `run` dropped mid-sync loses nothing.
+    /// Never returns.
+    async fn sync_loop(&self, sync: &Syncer) {
+        loop {
+            self.sync_kick.wait().await;
+            while let Some(lsn) = self.write_out_for_sync().await {
+                let synced = sync().await;
+                if !self.synced(lsn, synced).await {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Write the log out for a sync, if a flush is due and the node is not
+    /// paused (a parked event: the driver moves it first, then wakes this
+    /// loop again). Returns the LSN the sync will make durable.
+    async fn write_out_for_sync(&self) -> Option<Lsn> {
+        let mut guard = self.lock_core().await;
+        let core = &mut *guard;
+        let lsn = core.flush?;
+        let now = self.clock.now();
+        if core.flush_retry.is_some_and(|t| t > now) || self.with_shared(|s| s.parked.is_some()) {
+            return None;
+        }
+        if core.site.storage_mut().write_out().is_err() {
+            self.sync_failed(core, lsn, now);
+            return None;
+        }
+        Some(lsn)
+    }
+
+    /// A sync up to `lsn` ended. Returns whether to look for the next one.
+    async fn synced(&self, lsn: Lsn, ok: bool) -> bool {
+        let mut guard = self.lock_core().await;
+        let core = &mut *guard;
+        let now = self.clock.now();
+        if !ok {
+            self.sync_failed(core, lsn, now);
+            return false;
+        }
+        // What was asked for during the sync stays for the next one.
+        if core.flush.is_some_and(|f| f <= lsn) {
+            core.flush = None;
+        }
+        core.flush_retry = None;
+        core.site.handle_flushed(now, lsn);
+        let mut st = StepStats {
+            flushes: 1,
+            ..StepStats::default()
+        };
+        let paused = self.drain(core, &mut st);
+        let wake_driver = self.needs_driver(core, paused);
+        self.with_shared(|s| {
+            s.stats.flushes += st.flushes;
+            s.stats.send_failures += st.send_failures;
+        });
+        drop(guard);
+        if wake_driver {
+            self.kick.signal(());
+        }
+        !paused
+    }
+
+    /// A write-out or sync up to `lsn` failed: counted, and retried after
+    /// [`FLUSH_RETRY`] by the driver, which wakes for it.
+    fn sync_failed(&self, core: &mut Core<S, T>, lsn: Lsn, now: Instant) {
+        core.flush = Some(core.flush.map_or(lsn, |f| f.max(lsn)));
+        core.flush_retry = Some(now + FLUSH_RETRY);
+        self.with_shared(|s| s.stats.flush_failures += 1);
+        self.kick.signal(());
     }
 
     /// Hand the site's outputs to their destinations. Returns true when an
@@ -861,6 +938,9 @@ where
                 }
                 Output::Flush { lsn } => {
                     core.flush = Some(core.flush.map_or(lsn, |f| f.max(lsn)));
+                    if self.syncer.is_some() {
+                        self.sync_kick.signal(());
+                    }
                 }
                 Output::Event(e) => {
                     let fits = self.with_shared(|s| {
@@ -1009,12 +1089,19 @@ where
         // A deadline the call added (an ack timeout, a request's timeout)
         // before the one the driver sleeps until needs the driver to look
         // again.
+        // Paused, the call's own frame may still be queued in the site.
+        let failed = if paused { None } else { st.failed_to };
+        (self.needs_driver(core, paused), failed)
+    }
+
+    /// Does the driver need a step now, after work done outside it: paused
+    /// (it moves the parked event), a flush it serves itself (no syncer),
+    /// or a deadline before the one it sleeps until?
+    fn needs_driver(&self, core: &mut Core<S, T>, paused: bool) -> bool {
         let due = core.site.poll_timeout();
         let sleeps_until = self.with_shared(|s| s.driver_wake);
         let earlier = due.is_some_and(|d| sleeps_until.is_none_or(|w| d < w));
-        // Paused, the call's own frame may still be queued in the site.
-        let failed = if paused { None } else { st.failed_to };
-        (paused || core.flush.is_some() || earlier, failed)
+        paused || (core.flush.is_some() && self.syncer.is_none()) || earlier
     }
 
     /// Run a channel call on the site and hand its outputs over.

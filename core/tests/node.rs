@@ -17,7 +17,7 @@ use futures::task::LocalSpawnExt;
 use shoal_core::config::{Config, Durability, Limits};
 use shoal_core::log::Op;
 use shoal_core::mem::MemStorage;
-use shoal_core::node::{InqueueFull, Node, NodeLimits, NodeTransport, Timer};
+use shoal_core::node::{InqueueFull, Node, NodeLimits, NodeTransport, SyncFuture, Timer};
 use shoal_core::site::{CommitError, Event, ReadError, Role, Site, WaitError};
 use shoal_core::traits::{Clock, SendError, Transport};
 use shoal_core::{CommitToken, Instant, Lsn, SiteId};
@@ -166,6 +166,9 @@ impl NodeTransport for MailTransport {
 
 type TestNode = Node<MemStorage, MailTransport, ManualClock, NoopRawMutex>;
 
+/// A test's fsync: node index to the future of one sync.
+type Syncer = Arc<dyn Fn(usize) -> SyncFuture + Send + Sync>;
+
 struct World {
     pool: LocalPool,
     clock: ManualClock,
@@ -184,16 +187,22 @@ impl World {
     }
 
     /// Nodes that sync through `sync` (called with the node's index)
-    /// instead of `Storage::sync`.
+    /// instead of `Storage::sync`, at once.
     fn with_syncer(n: usize, cfg: Config, sync: Arc<dyn Fn(usize) -> bool + Send + Sync>) -> World {
+        let sync: Syncer = Arc::new(move |i| {
+            let ok = sync(i);
+            Box::pin(async move { ok }) as SyncFuture
+        });
         Self::build(vec![cfg; n], NodeLimits::default(), Some(sync))
     }
 
-    fn build(
-        cfgs: Vec<Config>,
-        node_limits: NodeLimits,
-        sync: Option<Arc<dyn Fn(usize) -> bool + Send + Sync>>,
-    ) -> World {
+    /// Nodes that sync through the futures `sync` returns (called with the
+    /// node's index).
+    fn with_sync_futures(cfgs: Vec<Config>, sync: Syncer) -> World {
+        Self::build(cfgs, NodeLimits::default(), Some(sync))
+    }
+
+    fn build(cfgs: Vec<Config>, node_limits: NodeLimits, sync: Option<Syncer>) -> World {
         let n = cfgs.len();
         let clock = ManualClock::default();
         let net = Rc::new(Net {
@@ -509,6 +518,100 @@ fn a_syncer_makes_the_log_durable_and_a_failed_sync_is_retried() {
     assert!(st.flush_failures >= 1, "the failed sync was not counted");
     assert!(st.flushes >= 1);
     assert!(calls.load(Ordering::Relaxed) as u64 >= st.flushes + st.flush_failures);
+}
+
+/// An fsync the test holds until it lets go (`Node::with_syncer`).
+#[derive(Default)]
+struct HeldSync {
+    held: std::sync::atomic::AtomicBool,
+    /// Syncs started while held.
+    started_held: AtomicUsize,
+    waker: std::sync::Mutex<Option<Waker>>,
+}
+
+impl HeldSync {
+    fn future(self: &Arc<Self>) -> SyncFuture {
+        let me = self.clone();
+        if me.held.load(Ordering::SeqCst) {
+            me.started_held.fetch_add(1, Ordering::SeqCst);
+        }
+        Box::pin(poll_fn(move |cx| {
+            if !me.held.load(Ordering::SeqCst) {
+                return Poll::Ready(true);
+            }
+            *me.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }))
+    }
+
+    fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+}
+
+/// A host's fsync runs beside the driver (`Node::with_syncer`): while the
+/// master's hangs for ten seconds of simulated time, the commit that asked
+/// for it waits, and nothing else does: the driver keeps sending
+/// heartbeats and handling frames, so the clients (heartbeat monitor 1 s)
+/// hold no election and the master stays master. Once the fsync ends the
+/// commit is answered, flushed and permanent. (With the fsync inside the
+/// driver's step, or under the core lock, the clients elect a new master.)
+#[test]
+fn a_hanging_fsync_holds_its_commit_and_nothing_else() {
+    let held = Arc::new(HeldSync::default());
+    let h = held.clone();
+    let sync: Syncer = Arc::new(move |i| {
+        if i == 0 {
+            h.future()
+        } else {
+            Box::pin(async { true })
+        }
+    });
+    let mut cfg = Config::default();
+    cfg.timeouts.heartbeat_send = Duration::from_millis(200);
+    cfg.timeouts.heartbeat_monitor = Duration::from_secs(1);
+    let mut w = World::with_sync_futures(vec![cfg; 3], sync);
+    form_group(&mut w);
+    let nodes = w.nodes.clone();
+    let before = w.run(Duration::from_secs(1), async move {
+        nodes[0].with_site(|s| s.generation()).await
+    });
+    held.held.store(true, Ordering::SeqCst);
+    let nodes = w.nodes.clone();
+    let clock = w.clock.clone();
+    let h = held.clone();
+    let (early, during, outcome) = w.run(Duration::from_secs(60), async move {
+        let mut commit = core::pin::pin!(nodes[0].put("db", b"k", b"v"));
+        let at = Instant(clock.now().0 + 10_000_000);
+        let sleep = core::pin::pin!(clock.sleep_until(at));
+        let early = matches!(
+            futures::future::select(commit.as_mut(), sleep).await,
+            futures::future::Either::Left(_)
+        );
+        let mut during = Vec::new();
+        for n in &nodes {
+            during.push(
+                n.with_site(|s| (s.role(), s.generation(), s.stats().elections))
+                    .await,
+            );
+        }
+        h.release();
+        (early, during, commit.await)
+    });
+    assert!(
+        held.started_held.load(Ordering::SeqCst) >= 1,
+        "the master's sync was never started while held"
+    );
+    assert!(!early, "the commit was answered before its fsync ended");
+    assert_eq!(during[0], (Role::Master, before, 0), "the master changed");
+    for d in &during[1..] {
+        assert_eq!(*d, (Role::Client, before, 0), "a client held an election");
+    }
+    let o = outcome.expect("commit");
+    assert!(o.permanent && o.flushed, "{o:?}");
 }
 
 #[test]

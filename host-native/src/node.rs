@@ -168,8 +168,8 @@ pub async fn start(s: Settings) -> Result<Running, String> {
     let origin = std::time::Instant::now();
     let clock = SysClock(origin);
     let storage = FileStorage::open(&s.home).map_err(|e| e.to_string())?;
-    // The driver fsyncs through this handle without the node's lock, so
-    // commits and replication go on during the fsync.
+    // The node fsyncs through this handle beside its driver and without
+    // its lock, so commits and replication go on during the fsync.
     let syncer = storage.sync_handle();
     let site = Site::open(s.config.clone(), &s.advertise, storage, clock.now())
         .map_err(|e| format!("cannot open the site in {}: {e}", s.home.display()))?;
@@ -201,8 +201,16 @@ pub async fn start(s: Settings) -> Result<Running, String> {
     };
     let node = Arc::new(
         SiteNode::with_limits(site, gate.clone(), clock, limits)
-            // The fsync blocks: other tasks move off this worker meanwhile.
-            .with_syncer(move || tokio::task::block_in_place(|| syncer.sync().is_ok())),
+            // Each fsync runs on tokio's blocking pool while the driver
+            // goes on (heartbeats, frames, commits without sync).
+            .with_syncer(move || {
+                let syncer = syncer.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || syncer.sync().is_ok())
+                        .await
+                        .unwrap_or(false)
+                }
+            }),
     );
     // Frames go straight from the connection's task into the node's queue.
     {
