@@ -506,3 +506,56 @@ fn w2_a_site_that_is_not_master_refuses_the_master_channel() {
         Some(Err(ChannelRequestError::NotMaster))
     );
 }
+
+/// W2: messages from ids no member has (a site that joined a moment ago,
+/// or a peer making ids up) are held, but boundedly: at most
+/// HELD_PER_SENDER from one id and a quarter of max_channel_requests in
+/// all; the rest are refused and counted. The site's own requests keep
+/// their room. (A held message is handled once its sender's member record
+/// is applied: see the W2 scenarios in shoal-tests.)
+#[test]
+fn w2_messages_from_unknown_sites_are_held_within_bounds() {
+    let mut c = cfg();
+    c.limits.max_channel_requests = 16;
+    let mut net = Net::group(vec![c; 2]);
+    for i in 0..2 {
+        net.site_mut(i).set_channel_dispatch(true);
+    }
+    let limits = net.site(1).config().limits;
+    let env0 = common::envelope_of(net.site(0));
+    let unknown = |k: u32| {
+        let mut env = env0;
+        env.from = SiteId(1000 + k);
+        let mut parts = heapless::Vec::new();
+        parts.push(&b"hello"[..]).expect("one part");
+        let mut f = Vec::new();
+        let msg = Message::ChannelMsg(shoal_core::wire::ChannelMsg { request: 7, parts });
+        encode_frame(&env, &msg, &mut f, &limits).expect("encodes");
+        f
+    };
+    // One id sends ten: HELD_PER_SENDER are held.
+    let now = net.now;
+    let one: Vec<Vec<u8>> = (0..10).map(|_| unknown(0)).collect();
+    let taken = one
+        .iter()
+        .filter(|f| net.site_mut(1).handle_frame(now, f).is_ok())
+        .count();
+    assert_eq!(taken, shoal_core::site::HELD_PER_SENDER);
+    // Twenty made-up ids: at most a quarter of 16 held in all.
+    let many: Vec<Vec<u8>> = (1..=20).map(unknown).collect();
+    for f in &many {
+        let _ = net.site_mut(1).handle_frame(now, f);
+    }
+    let st = net.site(1).stats();
+    assert_eq!(st.channel_held, 4, "held beyond a quarter of the room");
+    assert_eq!(st.channel_refused, 6 + 20);
+    assert!(
+        take_messages(&mut net, 1).is_empty(),
+        "an unknown site's message reached the dispatch"
+    );
+    // The site's own requests still have their room: all 12 of the rest.
+    for k in 0..12u8 {
+        request(&mut net, 1, ChannelTarget::Master, &[&[k]], None)
+            .unwrap_or_else(|e| panic!("request {k} refused: {e:?}"));
+    }
+}

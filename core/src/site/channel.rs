@@ -270,6 +270,11 @@ pub(super) struct Parked {
     until: Instant,
 }
 
+/// Most channel messages held from one site the membership does not know
+/// yet: a site that just joined sends a request or two before its member
+/// record reaches everyone.
+pub const HELD_PER_SENDER: usize = 4;
+
 /// A channel message from a site this site's membership does not know
 /// yet (it joined a moment ago), held until the membership does.
 #[derive(Clone, Debug)]
@@ -595,18 +600,29 @@ impl<S: Storage> Site<S> {
     }
 
     /// CHANNEL_MSG from a site the membership does not know: held until
-    /// the record that adds it is applied, at most the request timeout
-    /// (and within `max_channel_requests` frames held). A site that joined
-    /// a moment ago can write to a client before the master's record
-    /// adding it reached that client; dropping its message would leave
-    /// its request to time out.
+    /// the record that adds it is applied, at most the request timeout. A
+    /// site that joined a moment ago can write to a client before the
+    /// master's record adding it reached that client; dropping its message
+    /// would leave its request to time out. Any peer can claim an id no
+    /// member has, so what is held is bounded apart from this site's own
+    /// waiting frames: at most [`HELD_PER_SENDER`] from one id, and at
+    /// most a quarter of `max_channel_requests` in all (at least one), so
+    /// made-up ids never take the room this site's own requests need.
     pub(super) fn hold_channel_msg(
         &mut self,
         env: &Envelope,
         m: &ChannelMsg<'_>,
     ) -> Result<(), Drop> {
-        let room = self.channel_outbox.len() + self.channel_held.len()
-            < self.cfg.limits.max_channel_requests as usize;
+        let limit = self.cfg.limits.max_channel_requests as usize;
+        let held_cap = (limit / 4).max(1);
+        let from_sender = self
+            .channel_held
+            .iter()
+            .filter(|h| h.from == env.from)
+            .count();
+        let room = self.channel_outbox.len() + self.channel_held.len() < limit
+            && self.channel_held.len() < held_cap
+            && from_sender < HELD_PER_SENDER;
         if env.from.0 == 0 || !room {
             self.stats.channel_refused += 1;
             return Err(Drop::UnknownSite);

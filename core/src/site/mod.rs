@@ -18,7 +18,9 @@
 
 pub mod acks;
 mod channel;
-pub use channel::{ChannelRequestError, ChannelSendError, ChannelTarget, Incoming, ReplyTo};
+pub use channel::{
+    ChannelRequestError, ChannelSendError, ChannelTarget, Incoming, ReplyTo, HELD_PER_SENDER,
+};
 mod client;
 mod election;
 mod forward;
