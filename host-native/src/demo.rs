@@ -71,6 +71,12 @@ pub const NODE_ARGS: &[&str] = &[
     "--forward-writes",
 ];
 
+/// [`NODE_ARGS`] as owned strings, for a [`Cluster`] (the process tests
+/// run their nodes with the demo's settings).
+pub fn node_args() -> Vec<String> {
+    NODE_ARGS.iter().map(|s| s.to_string()).collect()
+}
+
 /// Settings of the demo's nodes beyond [`NODE_ARGS`]: 4 MB log segments,
 /// a checkpoint at most every second, and nothing kept before the latest
 /// one, so the last step's writes archive the log a stopped client needs

@@ -27,10 +27,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The demo's node settings: fast heartbeats, elections and reconnects.
 fn fast_args() -> Vec<String> {
-    shoal_native::demo::NODE_ARGS
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    shoal_native::demo::node_args()
 }
 
 /// A small xorshift generator (seed printed for reproduction).

@@ -18,6 +18,7 @@ pub mod linearizability;
 pub mod net;
 pub mod random;
 pub mod rng;
+pub mod scenario;
 pub mod sim;
 pub mod trace;
 

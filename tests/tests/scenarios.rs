@@ -11,6 +11,7 @@ use shoal_core::site::{
 };
 use shoal_core::wire::{Flags, MessageKind};
 use shoal_core::SiteId;
+use shoal_tests::scenario::{operator_mode, small_segments};
 use shoal_tests::*;
 use std::time::Duration;
 
@@ -36,27 +37,6 @@ fn sim(name: &str, sites: usize, cfg: Config) -> Sim {
     let mut c = SimConfig::new("scenarios", name, sites);
     c.site = operator_mode(cfg);
     Sim::new(c)
-}
-
-/// Elections are not what these scenarios test: the harness plays the
-/// operator who promotes a master.
-fn operator_mode(mut cfg: Config) -> Config {
-    cfg.elections = false;
-    cfg.step_down_without_majority = false;
-    cfg
-}
-
-/// Limits with 2 KB segments, so a few records switch segments.
-fn small_segments() -> shoal_core::config::Limits {
-    shoal_core::config::Limits {
-        max_record: 1024,
-        max_key: 64,
-        max_value: 512,
-        max_frame: 4096,
-        segment_size: 2048,
-        max_channel_message: 1024,
-        ..shoal_core::config::Limits::default()
-    }
 }
 
 fn has_event(sim: &Sim, i: usize, f: impl Fn(&Event) -> bool) -> bool {

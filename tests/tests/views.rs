@@ -13,32 +13,13 @@ use shoal_core::log::Op;
 use shoal_core::site::{CommitError, Event, OpenError, ReadError, Role, Site};
 use shoal_core::traits::Storage;
 use shoal_core::wire::MessageKind;
+use shoal_tests::scenario::{operator_mode, small_segments};
 use shoal_tests::*;
 
 fn sim(name: &str, sites: usize, cfg: Config) -> Sim {
     let mut c = SimConfig::new("views", name, sites);
     c.site = cfg;
     Sim::new(c)
-}
-
-/// The harness plays the operator who promotes a master.
-fn operator_mode(mut cfg: Config) -> Config {
-    cfg.elections = false;
-    cfg.step_down_without_majority = false;
-    cfg
-}
-
-/// Limits with 2 KB segments, so a few records switch segments.
-fn small_segments() -> shoal_core::config::Limits {
-    shoal_core::config::Limits {
-        max_record: 1024,
-        max_key: 64,
-        max_value: 512,
-        max_frame: 4096,
-        segment_size: 2048,
-        max_channel_message: 1024,
-        ..shoal_core::config::Limits::default()
-    }
 }
 
 /// `cfg` made a view of `dbs` (every database when empty).
