@@ -561,7 +561,12 @@ impl<S: Storage> Site<S> {
     /// rest is dropped.
     pub(super) fn channel_connection(&mut self, site: SiteId, up: bool) {
         self.reports_connections = true;
-        self.channel_reported.insert(site);
+        // Members only, so the set stays within max_sites: a report on a
+        // site not (yet) a member says nothing channel_waits_for asks, and
+        // its entry would be cleared when it is added anyway.
+        if self.members.get(site).is_some() {
+            self.channel_reported.insert(site);
+        }
         let mut sends: Vec<Vec<u8>> = Vec::new();
         let mut ended: Vec<RequestId> = Vec::new();
         for p in self.channel_requests.iter_mut().filter(|p| p.to == site) {
