@@ -655,6 +655,25 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
             ..shoal_core::wire::RequesterLimits::of(&Limits::default())
         },
     };
+    // Site 0 is handed `msg` from site 1 as raw bytes: it is refused
+    // naming `what`, and nothing is sent in answer.
+    let refused_unserved = |net: &mut Net, msg: &Message<'_>, what: &'static str, case: &str| {
+        let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        f = postcard::to_extend(&env, f).unwrap();
+        f = postcard::to_extend(msg, f).unwrap();
+        let mark = net.sent.len();
+        let now = net.now;
+        assert_eq!(
+            net.site(0).handle_frame(now, &f),
+            Err(Drop::Malformed(DecodeError::BelowMinimum(what))),
+            "{case}"
+        );
+        net.run(&mut |_| true);
+        assert!(
+            !net.sent[mark..].iter().any(|s| s.from == 0 && s.to == 1),
+            "nothing served for {case}"
+        );
+    };
     // Built by hand, as a hostile peer could: the encoder refuses them.
     let (ok, min) = (1 << 20, MIN_BULK_BYTES);
     for (bulk, record, what) in [
@@ -668,21 +687,7 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
         let mut out = Vec::new();
         let l = net.cfgs[1].limits;
         assert!(shoal_core::wire::encode_frame(&env, &msg, &mut out, &l).is_err());
-        let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
-        f = postcard::to_extend(&env, f).unwrap();
-        f = postcard::to_extend(&msg, f).unwrap();
-        let mark = net.sent.len();
-        let now = net.now;
-        assert_eq!(
-            net.site(0).handle_frame(now, &f),
-            Err(Drop::Malformed(DecodeError::BelowMinimum(what))),
-            "{bulk} {record}"
-        );
-        net.run(&mut |_| true);
-        assert!(
-            !net.sent[mark..].iter().any(|s| s.from == 0 && s.to == 1),
-            "nothing served for {bulk} {record}"
-        );
+        refused_unserved(&mut net, &msg, what, &format!("{bulk} {record}"));
     }
     // The other limits a request announces (protocol version 6): an
     // answer size below 64 bytes, or a key, value or operation count
@@ -700,21 +705,7 @@ fn r11_absurd_bulk_sizes_are_refused_or_clamped_without_panic() {
         if let Message::LogReq { limits, .. } = &mut msg {
             *field(limits) = bad;
         }
-        let mut f = PROTOCOL_VERSION.to_le_bytes().to_vec();
-        f = postcard::to_extend(&env, f).unwrap();
-        f = postcard::to_extend(&msg, f).unwrap();
-        let mark = net.sent.len();
-        let now = net.now;
-        assert_eq!(
-            net.site(0).handle_frame(now, &f),
-            Err(Drop::Malformed(DecodeError::BelowMinimum(what))),
-            "{what}"
-        );
-        net.run(&mut |_| true);
-        assert!(
-            !net.sent[mark..].iter().any(|s| s.from == 0 && s.to == 1),
-            "nothing served for {what} {bad}"
-        );
+        refused_unserved(&mut net, &msg, what, &format!("{what} {bad}"));
     }
     let own = shoal_core::wire::max_bulk_bytes(&net.cfgs[0].limits);
     for (bulk, lone) in [(u32::MAX, false), (min, true)] {
