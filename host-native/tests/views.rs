@@ -5,7 +5,7 @@
 //! themselves and the view follows it, never elected. A client names the
 //! view as its `--peer` (S3).
 
-use shoal_native::api::{Request, Status};
+use shoal_native::api::{Request, Response, Status};
 use shoal_native::procs::{self, Cluster, Start};
 use std::time::Duration;
 
@@ -29,6 +29,23 @@ fn put(db: &str, key: &str, value: &str) -> Request {
         value: value.into(),
         sync: None,
     }
+}
+
+/// `orders-i` and `users-i` for every i in `range`, written on the
+/// master (node 0): every write answered ok; the answers, in order.
+async fn put_both(c: &mut Cluster, range: std::ops::Range<usize>) -> Vec<Response> {
+    let mut out = Vec::new();
+    for i in range {
+        for db in ["orders", "users"] {
+            let r = c
+                .call(0, &put(db, &format!("{db}-{i}"), &format!("v{i}")))
+                .await
+                .unwrap();
+            assert!(r.ok, "put {db}-{i}: {:?}", r.error);
+            out.push(r);
+        }
+    }
+    out
 }
 
 fn get(db: &str, key: &str) -> Request {
@@ -84,19 +101,12 @@ async fn a_view_of_one_database_replicates_it_refuses_the_other_and_is_never_ele
     c.nodes[1].extra = vec!["--peer".into(), view_addr];
     c.start_group(WAIT).await.unwrap();
 
-    for i in 0..20 {
-        for db in ["orders", "users"] {
-            let r = c
-                .call(0, &put(db, &format!("{db}-{i}"), &format!("v{i}")))
-                .await
-                .unwrap();
-            assert!(r.ok, "put {db}-{i}: {:?}", r.error);
-            assert!(
-                r.commit.as_ref().is_some_and(|ci| ci.permanent),
-                "{:?}",
-                r.commit
-            );
-        }
+    for r in put_both(&mut c, 0..20).await {
+        assert!(
+            r.commit.as_ref().is_some_and(|ci| ci.permanent),
+            "{:?}",
+            r.commit
+        );
     }
     procs::converge(&mut c, &[0, 1, 2], WAIT).await.unwrap();
     let st = view_caught_up(&mut c, view, 0).await;
@@ -126,15 +136,7 @@ async fn a_view_of_one_database_replicates_it_refuses_the_other_and_is_never_ele
         .await
         .unwrap();
     c.link(0, 1, true).await.unwrap();
-    for i in 20..40 {
-        for db in ["orders", "users"] {
-            let r = c
-                .call(0, &put(db, &format!("{db}-{i}"), &format!("v{i}")))
-                .await
-                .unwrap();
-            assert!(r.ok, "put {db}-{i}: {:?}", r.error);
-        }
-    }
+    put_both(&mut c, 20..40).await;
     view_caught_up(&mut c, view, 0).await;
     c.link(0, 1, false).await.unwrap();
     let r = c.call(0, &put("users", "after-heal", "1")).await.unwrap();

@@ -803,14 +803,7 @@ fn r13_log_more_when_a_catch_up_exceeds_the_answer_cap() {
     let from = sim.steps() as usize;
     sim.restart(2, Start::Client);
     sim.run_until_true(ms(5000), "s2 caught up", |s| s.converged());
-    let more = sim
-        .trace()
-        .steps()
-        .skip(from)
-        .filter(|st| st.site == 0)
-        .flat_map(|st| st.outputs.iter())
-        .filter(|o| matches!(o, trace::Out::Send { to: Some(2), msg, .. } if msg.kind == Some(MessageKind::LogMore)))
-        .count();
+    let more = log_mores(&sim, from, 0, 2);
     // About 40 x 150 bytes in answers of at most 1 KB.
     assert!(more >= 4, "{more} LOG_MORE");
     let requests = sim
@@ -867,16 +860,20 @@ fn r13_a_device_behind_a_default_master_catches_up_without_inqueue_overflow() {
         !has_event(&sim, 2, |e| matches!(e, Event::InqueueFull)),
         "no INQUEUE_FULL"
     );
-    let more = sim
-        .trace()
-        .steps()
-        .skip(from)
-        .filter(|st| st.site == 0)
-        .flat_map(|st| st.outputs.iter())
-        .filter(|o| matches!(o, trace::Out::Send { to: Some(2), msg, .. } if msg.kind == Some(MessageKind::LogMore)))
-        .count();
+    let more = log_mores(&sim, from, 0, 2);
     // About 130 KiB in answers of at most 8 KiB.
     assert!(more >= 12, "{more} LOG_MORE");
+}
+
+/// LOG_MOREs site `by` sent site `to` since trace step `from` (R13).
+fn log_mores(sim: &Sim, from: usize, by: usize, to: usize) -> usize {
+    sim.trace()
+        .steps()
+        .skip(from)
+        .filter(|st| st.site == by)
+        .flat_map(|st| st.outputs.iter())
+        .filter(|o| matches!(o, trace::Out::Send { to: Some(t), msg, .. } if *t == to && msg.kind == Some(MessageKind::LogMore)))
+        .count()
 }
 
 // ----- the checker itself ------------------------------------------------------------
